@@ -1,0 +1,86 @@
+"""Resolve user callables named as "package.module:name", under an optional allowlist.
+
+In a Python pipeline the user's own code is trusted, so any importable function or class
+resolves. The expansion service installs an allowlist (``set_allowlist``): then a name
+resolves only if it matches one of the globs, and only to a function or class defined in
+that very module (never something the module merely imported, like ``os.system``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import importlib
+import inspect
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, Optional
+
+from crossinfer._errors import CallableNotAllowedError, ConfigurationError
+
+_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+_allowlist: Optional[tuple[str, ...]] = None
+
+
+def set_allowlist(globs: Optional[Sequence[str]]) -> None:
+    """Restrict named callables to these globs (``None``: no restriction, in-process use)."""
+    global _allowlist
+    if globs is not None:
+        for glob in globs:
+            if glob.strip("*.?[]") == "":
+                raise ConfigurationError(
+                    f"allowlist glob {glob!r} admits everything; name packages, "
+                    "e.g. 'mypkg.features.*'")
+    _allowlist = None if globs is None else tuple(globs)
+
+
+def get_allowlist() -> Optional[tuple[str, ...]]:
+    """The globs in force, or ``None`` when every importable name resolves."""
+    return _allowlist
+
+
+@contextlib.contextmanager
+def allowlist(globs: Optional[Sequence[str]]) -> Iterator[None]:
+    """Apply an allowlist for the duration of a ``with`` block."""
+    old = _allowlist
+    set_allowlist(globs)
+    try:
+        yield
+    finally:
+        set_allowlist(old)
+
+
+def resolve(name: Any, argument: str, *, want_class: bool = False) -> Callable[..., Any]:
+    """Import the function (or class) that ``name`` ("package.module:attr") points at."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"{argument}={name!r} is not a callable name; give it as "
+            "'package.module:function' (a string, no code)")
+    module_name, attr = name.split(":")
+    dotted = f"{module_name}.{attr}"
+    if attr.startswith("__"):
+        raise CallableNotAllowedError(f"{argument}={name!r}: dunder names are never resolved")
+    if _allowlist is not None and not any(fnmatch.fnmatchcase(dotted, g) for g in _allowlist):
+        raise CallableNotAllowedError(
+            f"{argument}={name!r} is not allowed by this expansion service; start it with "
+            f"--allow '{module_name}.*' (allowed now: {list(_allowlist) or 'nothing'})")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigurationError(
+            f"{argument}={name!r}: cannot import module {module_name!r} ({e}); "
+            "install the package where the pipeline is expanded and run") from e
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise ConfigurationError(f"{argument}={name!r}: module {module_name!r} has no {attr!r}")
+    kind_ok = inspect.isclass(obj) if want_class else (inspect.isfunction(obj) or inspect.isclass(obj))
+    defined_here = getattr(obj, "__module__", None) == module_name and getattr(
+        obj, "__qualname__", None) == attr
+    if not kind_ok or not defined_here:
+        what = "a class" if want_class else "a function or class"
+        raise CallableNotAllowedError(
+            f"{argument}={name!r} must name {what} defined in {module_name!r} itself, "
+            f"not {type(obj).__name__} {getattr(obj, '__module__', '?')}."
+            f"{getattr(obj, '__qualname__', attr)}")
+    return obj

@@ -1,0 +1,134 @@
+"""Everything the transform needs, checked once at construction: callables, models, types.
+
+``build`` does the slow and fallible work (imports, model loads) so that a bad argument
+fails when the transform is applied or expanded, never on a worker hours later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.typehints import row_type
+
+from crossinfer import _postprocess, _schemas
+from crossinfer._callables import resolve
+from crossinfer._config import Config
+from crossinfer._errors import ConfigurationError
+from crossinfer._features import Extractor, InputSpec
+from crossinfer._handler import Framework, KeyedRowHandler, RowHandler
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    extract: Extractor
+    specs: dict[Optional[str], InputSpec]  # model key (None: the only model) -> input spec
+    key_field: Optional[str]
+    handler: ModelHandler
+    postprocess: Callable[[Any, str, Any], dict[str, Any]]
+    passthrough: tuple[str, ...]
+    prediction_type: row_type.RowTypeConstraint
+
+
+def _check_input(config: Config, fields: dict[str, Any]) -> None:
+    def need(name: str, argument: str) -> Any:
+        if name not in fields:
+            raise ConfigurationError(
+                f"{argument} names field {name!r}, but the input rows have only "
+                f"{sorted(fields)}")
+        return fields[name]
+
+    if config.feature_field is not None:
+        if _schemas.is_array_type(need(config.feature_field, "feature_field")) is False:
+            raise ConfigurationError(
+                f"feature_field={config.feature_field!r} is a scalar field; name an array "
+                "field, or list scalar fields in feature_fields")
+    for name in config.feature_fields or ():
+        t = need(name, "feature_fields")
+        if _schemas.is_array_type(t) is not False or t in (str, bytes):
+            if _schemas.is_array_type(t) is None and t not in (str, bytes):
+                continue  # type unknown (Any): checked per row
+            raise ConfigurationError(
+                f"feature_fields must be numeric scalar fields; {name!r} is {t}. An array "
+                "field goes in feature_field")
+    for name in config.passthrough_fields:
+        need(name, "passthrough_fields")
+    if config.model_key_field is not None:
+        need(config.model_key_field, "model_key_field")
+
+
+def _framework(config: Config, uri: Optional[str]) -> Framework:
+    if config.framework == "sklearn":
+        from crossinfer import _sklearn
+        return _sklearn.build(config, uri)
+    if config.framework == "pytorch":
+        from crossinfer import _pytorch
+        model_class = (resolve(config.model_class, "model_class", want_class=True)
+                       if config.model_class else None)
+        return _pytorch.build(config, uri, model_class)
+    if config.framework == "onnx":
+        from crossinfer import _onnx
+        return _onnx.build(config, uri)
+    from crossinfer import _custom
+    return _custom.build(config, uri, resolve(config.handler, "handler"))
+
+
+def _result_fields(config: Config) -> list[tuple[str, Any]]:
+    if config.output_schema is None:
+        return _schemas.BUILTIN_FIELDS[config.postprocess]
+    return [(name, _schemas.parse_type(t)) for name, t in config.output_schema.items()]
+
+
+def build(config: Config, element_type: Any) -> Plan:
+    """Resolve, load and type-check everything ``config`` names, against the input schema."""
+    fields = _schemas.input_fields(element_type)
+    _check_input(config, fields)
+    extract = Extractor(
+        feature_field=config.feature_field, feature_fields=config.feature_fields,
+        preprocess=resolve(config.preprocess, "preprocess") if config.preprocess else None)
+
+    result_fields = _result_fields(config)
+    prediction_type = _schemas.prediction_type(
+        [(name, fields[name]) for name in config.passthrough_fields], result_fields)
+    if config.postprocess in _schemas.BUILTIN_FIELDS:
+        post_fn = None
+    else:
+        post_fn = resolve(config.postprocess, "postprocess")
+
+    frameworks = {key: _framework(config, uri) for key, uri in config.model_uris().items()}
+    if config.feature_fields is not None:
+        for fw in frameworks.values():
+            if fw.spec.width is not None and fw.spec.width != len(config.feature_fields):
+                raise ConfigurationError(
+                    f"feature_fields names {len(config.feature_fields)} fields but model "
+                    f"{fw.model_id!r} takes {fw.spec.width} values ({fw.spec.describe})")
+
+    batching = {k: v for k, v in (("min_batch_size", config.min_batch_size),
+                                  ("max_batch_size", config.max_batch_size),
+                                  ("max_batch_duration_secs", config.max_batch_duration_secs))
+                if v is not None}
+    if config.models is None:
+        handler: ModelHandler = RowHandler(frameworks[None], batching)
+    else:
+        handler = KeyedRowHandler(
+            {key: RowHandler(fw, {}) for key, fw in frameworks.items()}, batching)
+
+    if post_fn is not None:
+        postprocess: Callable[[Any, str, Any], dict[str, Any]] = _postprocess.Custom(
+            post_fn, config.postprocess, result_fields)
+    elif config.postprocess == "argmax":
+        postprocess = _postprocess.Argmax(
+            softmax={fw.model_id: fw.softmax for fw in frameworks.values()},
+            classes={fw.model_id: fw.classes for fw in frameworks.values()})
+    else:
+        postprocess = getattr(_postprocess, config.postprocess)
+
+    return Plan(
+        extract=extract,
+        specs={key: fw.spec for key, fw in frameworks.items()},
+        key_field=config.model_key_field,
+        handler=handler,
+        postprocess=postprocess,
+        passthrough=config.passthrough_fields,
+        prediction_type=prediction_type)

@@ -1,0 +1,115 @@
+"""Model output of one row -> the typed fields of its prediction row."""
+
+from __future__ import annotations
+
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional
+
+import numpy as np
+from apache_beam.ml.inference.base import PredictionResult
+
+from crossinfer._errors import OutputError
+
+
+def _values(inference: Any) -> np.ndarray:
+    out = np.asarray(inference, dtype=np.float64).ravel()
+    if out.size == 0:
+        raise OutputError("the model returned no values for this row")
+    if not np.all(np.isfinite(out)):
+        raise OutputError(
+            f"the model output for this row is not finite ({out[~np.isfinite(out)][0]}); "
+            "check the input for NaN or infinite values")
+    return out
+
+
+class Argmax:
+    """label: the winning class; score: its probability (softmax over logits)."""
+
+    def __init__(self, softmax: Mapping[str, bool],
+                 classes: Mapping[str, Optional[Sequence[int]]]) -> None:
+        self._softmax = dict(softmax)  # per model_id
+        self._classes = dict(classes)
+
+    def __call__(self, inference: Any, model_id: str, row: Any) -> dict[str, Any]:
+        out = _values(inference)
+        if self._softmax.get(model_id, True):
+            if out.size == 1:  # one logit: a binary classifier
+                p1 = 1.0 / (1.0 + math.exp(-out[0]))
+                return {"label": int(p1 > 0.5), "score": max(p1, 1.0 - p1)}
+            out = np.exp(out - out.max())
+            out /= out.sum()
+        i = int(out.argmax())
+        classes = self._classes.get(model_id)
+        return {"label": int(classes[i]) if classes else i, "score": float(out[i])}
+
+
+def regression(inference: Any, model_id: str, row: Any) -> dict[str, Any]:
+    """value: the single number the model returned."""
+    out = _values(inference)
+    if out.size != 1:
+        raise OutputError(f"postprocess='regression' needs one output value per row, the model "
+                          f"returned {out.size}; use postprocess='raw'")
+    return {"value": float(out[0])}
+
+
+def raw(inference: Any, model_id: str, row: Any) -> dict[str, Any]:
+    """output: every value the model returned, flattened."""
+    return {"output": _values(inference).tolist()}
+
+
+def _coercer(t: Any) -> Callable[[Any], Any]:
+    """A converter to the Python type the Row coder expects, raising on a mismatch."""
+    origin = typing.get_origin(t)
+    if origin is typing.Union:  # Optional[T]
+        inner = _coercer(next(a for a in typing.get_args(t) if a is not type(None)))
+        return lambda v: None if v is None else inner(v)
+    if origin is not None and issubclass(origin, Mapping):
+        k, v = (_coercer(a) for a in typing.get_args(t))
+        return lambda m: {k(a): v(b) for a, b in dict(m).items()}
+    if origin is not None:  # Sequence[T]
+        inner = _coercer(typing.get_args(t)[0])
+        return lambda v: [inner(x) for x in (v.tolist() if hasattr(v, "tolist") else v)]
+    if t is bytes:
+        return lambda v: v if isinstance(v, bytes) else bytes(v)
+    if t is str:
+        return lambda v: v if isinstance(v, str) else _fail(v, "string")
+    if t is bool:
+        return lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else _fail(v, "bool")
+
+    def number(v: Any) -> Any:
+        if v is None or isinstance(v, (str, bytes)):
+            _fail(v, getattr(t, "__name__", str(t)))
+        return t(v.item() if hasattr(v, "item") else v)
+
+    return number
+
+
+def _fail(value: Any, want: str) -> Any:
+    raise OutputError(f"postprocess returned {type(value).__name__} {value!r} where "
+                      f"output_schema says {want}")
+
+
+class Custom:
+    """A user function PredictionResult(example=row, inference, model_id) -> dict."""
+
+    def __init__(self, fn: Callable[[PredictionResult], Any], name: str,
+                 fields: Sequence[tuple[str, Any]]) -> None:
+        self._fn = fn
+        self._name = name
+        self._coerce = {field: _coercer(t) for field, t in fields}
+
+    def __call__(self, inference: Any, model_id: str, row: Any) -> dict[str, Any]:
+        result = self._fn(PredictionResult(row, inference, model_id))
+        if hasattr(result, "_asdict"):
+            result = result._asdict()
+        if not isinstance(result, Mapping):
+            raise OutputError(f"postprocess {self._name!r} returned {type(result).__name__}, "
+                              "not a dict of output_schema fields")
+        missing = self._coerce.keys() - result.keys()
+        extra = result.keys() - self._coerce.keys()
+        if missing or extra:
+            raise OutputError(f"postprocess {self._name!r} returned fields {sorted(result)}; "
+                              f"output_schema declares {sorted(self._coerce)}")
+        return {f: coerce(result[f]) for f, coerce in self._coerce.items()}

@@ -1,0 +1,87 @@
+"""PyTorch: Beam's PytorchModelHandlerTensor (state_dict + model_class, or TorchScript)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from apache_beam.ml.inference import utils
+from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
+
+from crossinfer._config import Config
+from crossinfer._errors import ConfigurationError
+from crossinfer._features import InputSpec
+from crossinfer._handler import Framework
+from crossinfer._loading import load_once
+
+_SEQUENCE_LAYERS = ("Embedding", "EmbeddingBag", "Conv1d", "RNN", "LSTM", "GRU",
+                    "TransformerEncoderLayer", "TransformerEncoder", "MultiheadAttention")
+
+
+def _infer(batch: torch.Tensor, model: torch.nn.Module, device: Any,
+           inference_args: Optional[dict] = None, model_id: Optional[str] = None) -> Any:
+    # The batch arrives stacked (and padded) already: no torch.stack over single rows.
+    with torch.no_grad():
+        output = model(batch.to(device), **(inference_args or {}))
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    return utils._convert_to_result(batch, output.detach().cpu().numpy(), model_id)
+
+
+def _to_tensor(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(batch)
+
+
+def _prepare(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _layer_name(module: torch.nn.Module) -> str:
+    # TorchScript modules keep their Python class name in original_name.
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
+def input_spec(model: torch.nn.Module) -> InputSpec:
+    """Fixed width from a leading nn.Linear; variable length from a leading sequence layer."""
+    for module in model.modules():
+        name = _layer_name(module)
+        if name == "Linear":
+            width = int(module.weight.shape[1])
+            return InputSpec(width=width, pad=False, dtype="float32",
+                             describe=f"its first layer is Linear({width}, ...)")
+        if name in ("Embedding", "EmbeddingBag"):
+            return InputSpec(pad=True, dtype="int64")
+        if name in _SEQUENCE_LAYERS:
+            return InputSpec(pad=True)
+    return InputSpec(pad=True)
+
+
+def build(config: Config, model_uri: str, model_class: Optional[type]) -> Framework:
+    """Load the module once on CPU to check it and learn what input it takes."""
+    if model_class is not None and not issubclass(model_class, torch.nn.Module):
+        raise ConfigurationError(
+            f"model_class={config.model_class!r} is not a torch.nn.Module subclass")
+
+    def handler(device: str, **kwargs: Any) -> PytorchModelHandlerTensor:
+        if model_class is None:
+            return PytorchModelHandlerTensor(torch_script_model_path=model_uri, device=device,
+                                             **kwargs)
+        return PytorchModelHandlerTensor(state_dict_path=model_uri, model_class=model_class,
+                                         model_params=config.model_params, device=device,
+                                         **kwargs)
+
+    kind = "pytorch state_dict" if model_class is not None else "TorchScript"
+    try:
+        probe = handler("CPU")
+    except Exception as e:  # Beam checks the argument combination
+        raise ConfigurationError(f"pytorch handler rejected the arguments: {e}") from e
+    model = load_once(probe.load_model, model_uri, kind)
+    return Framework(
+        handler=handler(config.device, inference_fn=_infer, large_model=config.large_model,
+                        model_copies=config.model_copies),
+        spec=input_spec(model),
+        model_id=model_uri,
+        to_model=_to_tensor,
+        prepare=_prepare,
+        softmax=True)
