@@ -1,0 +1,92 @@
+"""Shared fixtures: models trained once per session, and a pipeline runner that collects."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pytest
+
+from tests import models
+
+_collected: dict[str, list[Any]] = {}
+_lock = threading.Lock()
+_ids = itertools.count()
+
+
+class _Collect(beam.DoFn):
+    """Keeps elements in this process (the in-process runner), under one run's token."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def process(self, element: Any):
+        with _lock:
+            _collected.setdefault(self._token, []).append(element)
+
+
+def collect(pcoll: beam.PCollection, name: str) -> str:
+    token = f"{name}-{next(_ids)}"
+    _collected[token] = []
+    _ = pcoll | f"Collect{token}" >> beam.ParDo(_Collect(token))
+    return token
+
+
+def collected(token: str) -> list[Any]:
+    return list(_collected[token])
+
+
+def run(rows: list[Any], **kwargs: Any) -> tuple[list[Any], list[Any]]:
+    """Apply crossinfer.Inference to rows on the DirectRunner; (predictions, failures)."""
+    from crossinfer import Inference
+
+    with beam.Pipeline() as p:
+        out = p | beam.Create(rows) | Inference(**kwargs)
+        pred = collect(out["predictions"], "pred")
+        fail = collect(out["failures"], "fail")
+    return collected(pred), collected(fail)
+
+
+def feature_rows(x: np.ndarray, start: int = 0) -> list[beam.Row]:
+    return [beam.Row(id=start + i, features=[float(v) for v in xi]) for i, xi in enumerate(x)]
+
+
+def failure_ids(failures: list[Any]) -> set[int]:
+    return {json.loads(f.element)["id"] for f in failures}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def sklearn_model(model_dir: Path) -> tuple[Path, Any]:
+    path = model_dir / "logreg.pkl"
+    return path, models.train_sklearn(path)
+
+
+@pytest.fixture(scope="session")
+def mlp_model(model_dir: Path) -> tuple[Path, Any]:
+    path = model_dir / "mlp.pt"
+    return path, models.train_mlp(path)
+
+
+@pytest.fixture(scope="session")
+def mlp_onnx(model_dir: Path, mlp_model: tuple[Path, Any]) -> tuple[Path, Any]:
+    import torch
+
+    path = model_dir / "mlp.onnx"
+    models.export_onnx(mlp_model[1], path, torch.zeros(2, models.N_FEATURES))
+    return path, mlp_model[1]
+
+
+@pytest.fixture(scope="session")
+def sequence_model(model_dir: Path) -> tuple[Path, Any]:
+    path = model_dir / "seq.pt"
+    return path, models.make_sequence_model(path)

@@ -1,0 +1,145 @@
+"""Small real models the tests train themselves, and the named callables tests refer to.
+
+Everything here is importable by name ("tests.models:MLP"), as a user's package would be:
+the expansion service is started with --allow 'tests.models.*'.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy
+
+N_FEATURES = 8
+VOCAB = 50
+
+
+class MLP(torch.nn.Module):
+    """Fixed-width classifier: its first layer is nn.Linear(n_features, hidden)."""
+
+    def __init__(self, n_features: int = N_FEATURES, hidden: int = 16, classes: int = 3):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(n_features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MeanEmbedding(torch.nn.Module):
+    """Sequence classifier that ignores token 0: the mean of the non-padding embeddings."""
+
+    def __init__(self, vocab: int = VOCAB, dim: int = 8, classes: int = 2):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim, padding_idx=0)
+        self.head = torch.nn.Linear(dim, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != 0).unsqueeze(-1).float()
+        pooled = (self.embed(tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.head(pooled)
+
+
+class RecordingMeanEmbedding(MeanEmbedding):
+    """MeanEmbedding that remembers the shape of every batch it is called with."""
+
+    shapes: list[tuple[int, ...]] = []
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        RecordingMeanEmbedding.shapes.append(tuple(tokens.shape))
+        return super().forward(tokens)
+
+
+def dataset(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1.0)
+    return x, y
+
+
+def token_sequences(n: int = 200, seed: int = 0, max_len: int = 40) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, max_len, size=n)
+    return [rng.integers(1, VOCAB, size=int(k)).astype(np.int64) for k in lengths]
+
+
+def train_sklearn(path: Path, seed: int = 0) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = dataset(seed=seed)
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    with open(path, "wb") as f:
+        pickle.dump(model, f)
+    return model
+
+
+def train_mlp(path: Path, seed: int = 0) -> MLP:
+    torch.manual_seed(seed)
+    x, y = dataset(seed=seed)
+    model = MLP()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+    model.eval()
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def export_torchscript(model: torch.nn.Module, path: Path) -> None:
+    torch.jit.script(model).save(str(path))
+
+
+def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor,
+                dynamic_length: bool = False) -> None:
+    axes = {0: "batch", 1: "length"} if dynamic_length else {0: "batch"}
+    torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": axes, "y": {0: "batch"}})
+
+
+def make_sequence_model(path: Path, seed: int = 0) -> MeanEmbedding:
+    torch.manual_seed(seed)
+    model = MeanEmbedding().eval()
+    torch.save(model.state_dict(), path)
+    return model
+
+
+# Named callables, as a user's package would define them.
+
+def scaled_features(row: Any) -> np.ndarray:
+    """preprocess: the row's features, doubled."""
+    return np.asarray(row.features, dtype=np.float32) * 2.0
+
+
+def label_name(result: PredictionResult) -> dict[str, Any]:
+    """postprocess: class name and the top logit."""
+    scores = np.asarray(result.inference)
+    return {"name": ["low", "mid", "high"][int(scores.argmax())], "top": float(scores.max())}
+
+
+def broken_postprocess(result: PredictionResult) -> dict[str, Any]:
+    """postprocess that fails on rows whose id is odd."""
+    if result.example.id % 2:
+        raise RuntimeError(f"cannot describe row {result.example.id}")
+    return {"ok": True}
+
+
+def threads_in_use(result: PredictionResult) -> dict[str, Any]:
+    """postprocess: how many intra-op threads torch uses on this worker."""
+    return {"threads": torch.get_num_threads()}
+
+
+def sklearn_handler(model_uri: str) -> SklearnModelHandlerNumpy:
+    """handler factory for framework='custom'."""
+    return SklearnModelHandlerNumpy(model_uri)
+
+
+def not_a_handler(model_uri: str) -> str:
+    return "this is not a ModelHandler"

@@ -1,0 +1,129 @@
+"""Bad configuration fails when the transform is applied, naming the argument and the fix."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+
+from crossinfer import CallableNotAllowedError, ConfigurationError, Inference, ModelLoadError
+from crossinfer._callables import allowlist, resolve
+
+ROW = beam.Row(id=1, features=[0.0] * 8, name="x")
+
+
+def _apply(**kwargs):
+    """Build (not run) a pipeline; errors must come from here, before any worker starts."""
+    p = beam.Pipeline()
+    _ = p | beam.Create([ROW]) | Inference(**kwargs)
+
+
+@pytest.fixture
+def sk(sklearn_model):
+    return dict(framework="sklearn", model_uri=str(sklearn_model[0]), feature_field="features")
+
+
+@pytest.mark.parametrize("change, error, words", [
+    (dict(framework="tensorflow"), ConfigurationError, "framework='tensorflow' is not supported"),
+    (dict(model_uri="/nonexistent/model.pkl"), ModelLoadError, "does not exist"),
+    (dict(model_uri=None), ConfigurationError, "needs model_uri"),
+    (dict(feature_fields=["id"]), ConfigurationError, "exactly one input source"),
+    (dict(feature_field=None), ConfigurationError, "exactly one input source"),
+    (dict(feature_field="nope"), ConfigurationError, "feature_field names field 'nope'"),
+    (dict(feature_field="name"), ConfigurationError, "scalar field"),
+    (dict(passthrough_fields=["id", "missing"]), ConfigurationError, "passthrough_fields names"),
+    (dict(passthrough_fields="id"), ConfigurationError, "must be a list"),
+    (dict(model_class="tests.models:MLP"), ConfigurationError, "only for framework='pytorch'"),
+    (dict(handler="tests.models:sklearn_handler"), ConfigurationError, "only for framework='custom'"),
+    (dict(postprocess="tests.models:label_name"), ConfigurationError, "needs output_schema"),
+    (dict(postprocess="softmax"), ConfigurationError, "neither built in"),
+    (dict(postprocess="tests.models:label_name", output_schema={"name": "text"}),
+     ConfigurationError, "not a Beam type name"),
+    (dict(output_schema={"a": "int64"}), ConfigurationError, "output_schema is for a custom"),
+    (dict(min_batch_size=10, max_batch_size=5), ConfigurationError, "larger than max_batch_size"),
+    (dict(max_batch_size=0), ConfigurationError, "max_batch_size must be an integer >= 1"),
+    (dict(max_batch_duration_secs=-1), ConfigurationError, "positive number of seconds"),
+    (dict(device="TPU"), ConfigurationError, "device='TPU'"),
+    (dict(device="GPU"), ConfigurationError, "not supported for sklearn"),
+    (dict(large_model="yes"), ConfigurationError, "large_model must be true or false"),
+    (dict(model_key_field="name"), ConfigurationError, "needs both model_key_field"),
+    (dict(passthrough_fields=["model_id"]), ConfigurationError, "field 'model_id'"),
+    (dict(preprocess="os:system", feature_field=None), CallableNotAllowedError,
+     "defined in 'os' itself"),
+    (dict(preprocess="tests.models:np", feature_field=None), CallableNotAllowedError,
+     "defined in 'tests.models' itself"),
+    (dict(preprocess="print('hi')", feature_field=None), ConfigurationError,
+     "not a callable name"),
+    (dict(preprocess="nopackage.nomodule:f", feature_field=None), ConfigurationError,
+     "cannot import module"),
+])
+def test_bad_configuration_fails_at_construction(sk, change, error, words):
+    with pytest.raises(error) as raised:
+        _apply(**{**sk, **change})
+    assert words in str(raised.value)
+
+
+def test_model_that_does_not_load(tmp_path):
+    bad = tmp_path / "garbage.pkl"
+    bad.write_bytes(b"this is not a pickle")
+    with pytest.raises(ModelLoadError, match="did not load as a sklearn model"):
+        _apply(framework="sklearn", model_uri=str(bad), feature_field="features")
+    with pytest.raises(ModelLoadError, match="did not load as a onnx model"):
+        _apply(framework="onnx", model_uri=str(bad), feature_field="features")
+    with pytest.raises(ModelLoadError, match="TorchScript"):
+        _apply(framework="pytorch", model_uri=str(bad), feature_field="features")
+
+
+def test_state_dict_that_does_not_fit_model_params(mlp_model):
+    with pytest.raises(ModelLoadError, match="size mismatch"):
+        _apply(framework="pytorch", model_uri=str(mlp_model[0]), model_class="tests.models:MLP",
+               model_params={"hidden": 7}, feature_field="features")
+
+
+def test_feature_fields_must_match_the_model_width(sklearn_model):
+    row = beam.Row(a=1.0, b=2.0)
+    p = beam.Pipeline()
+    with pytest.raises(ConfigurationError, match="names 2 fields but model .* takes 8"):
+        _ = p | beam.Create([row]) | Inference(framework="sklearn",
+                                               model_uri=str(sklearn_model[0]),
+                                               feature_fields=["a", "b"])
+
+
+def test_argmax_needs_a_classifier(tmp_path):
+    import pickle
+
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    path = tmp_path / "reg.pkl"
+    path.write_bytes(pickle.dumps(LinearRegression().fit(np.eye(8), np.arange(8))))
+    with pytest.raises(ConfigurationError, match="use postprocess='regression'"):
+        _apply(framework="sklearn", model_uri=str(path), feature_field="features")
+
+
+def test_unschemad_input_is_rejected(sk):
+    p = beam.Pipeline()
+    with pytest.raises(ConfigurationError, match="schema'd rows"):
+        _ = p | beam.Create([{"features": [0.0] * 8}]) | Inference(**sk)
+
+
+def test_allowlist_admits_only_matching_functions_defined_in_their_module():
+    with allowlist(["tests.models.*"]):
+        assert resolve("tests.models:scaled_features", "preprocess").__name__ == "scaled_features"
+        with pytest.raises(CallableNotAllowedError, match="--allow 'os.*'"):
+            resolve("os:system", "preprocess")
+        with pytest.raises(CallableNotAllowedError, match="defined in 'tests.models' itself"):
+            resolve("tests.models:pickle", "preprocess")  # a module it imported
+        with pytest.raises(CallableNotAllowedError, match="dunder"):
+            resolve("tests.models:__loader__", "preprocess")
+    with allowlist([]):
+        with pytest.raises(CallableNotAllowedError, match="allowed now: nothing"):
+            resolve("tests.models:scaled_features", "preprocess")
+    with pytest.raises(ConfigurationError, match="admits everything"):
+        with allowlist(["*"]):
+            pass
+
+
+def test_allowlist_is_enforced_at_construction(sk):
+    with allowlist(["mypkg.*"]):
+        with pytest.raises(CallableNotAllowedError, match="not allowed by this expansion service"):
+            _apply(**{**sk, "feature_field": None, "preprocess": "tests.models:scaled_features"})
