@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -17,6 +18,13 @@ from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy
 
 N_FEATURES = 8
 VOCAB = 50
+
+
+class FeatureRow(NamedTuple):
+    """A typed input row, as a Python pipeline would declare it."""
+
+    id: int
+    features: Optional[Sequence[float]]
 
 
 class MLP(torch.nn.Module):

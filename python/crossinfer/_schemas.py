@@ -1,6 +1,6 @@
 """Row types of the two outputs, and Beam type names as plain strings."""
 
-from __future__ import annotations
+# No "from __future__ import annotations" here: Beam reads Failure's field types at runtime.
 
 import re
 import typing
@@ -62,6 +62,14 @@ def parse_type(name: str) -> Any:
 
 def input_fields(element_type: Any) -> dict[str, Any]:
     """Field name -> type of a schema'd input PCollection."""
+    if isinstance(element_type, type) and hasattr(element_type, "_fields"):
+        # A NamedTuple from a module with postponed annotations holds strings; Beam reads
+        # those as Any, which another SDK cannot decode. Resolve them.
+        try:
+            hints = typing.get_type_hints(element_type)
+            return {name: hints.get(name, Any) for name in element_type._fields}
+        except Exception:  # pylint: disable=broad-except
+            pass
     try:
         return dict(named_fields_from_element_type(element_type))
     except (TypeError, ValueError, AttributeError) as e:

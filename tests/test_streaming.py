@@ -1,0 +1,38 @@
+"""Unbounded input: TestStream with max_batch_duration_secs on the DirectRunner."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_stream import TestStream
+
+from crossinfer import Inference
+from tests import models
+from tests.conftest import collect, collected, failure_ids, feature_rows
+
+
+def test_streaming_rows_are_all_predicted_or_failed(sklearn_model):
+    path, model = sklearn_model
+    x, _ = models.dataset(n=45, seed=31)
+    rows = [models.FeatureRow(r.id, r.features) for r in feature_rows(x)]
+    bad = models.FeatureRow(1000, [1.0, 2.0])
+    stream = TestStream(coder=beam.coders.RowCoder.from_type_hint(models.FeatureRow, None))
+    for start in range(0, 45, 15):
+        stream = stream.add_elements(rows[start:start + 15]).advance_processing_time(3)
+        stream = stream.advance_watermark_to(start + 15)
+    stream = stream.add_elements([bad]).advance_watermark_to_infinity()
+
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as p:
+        out = (p | stream.with_output_types(models.FeatureRow)
+               | Inference(framework="sklearn", model_uri=str(path), feature_field="features",
+                           passthrough_fields=["id"], max_batch_duration_secs=1,
+                           max_batch_size=10))
+        pred = collect(out["predictions"], "spred")
+        fail = collect(out["failures"], "sfail")
+    preds, fails = collected(pred), collected(fail)
+    assert sorted(p.id for p in preds) == list(range(45))
+    assert failure_ids(fails) == {1000}
+    proba = model.predict_proba(x)
+    assert all(p.label == int(proba[p.id].argmax()) for p in preds)
