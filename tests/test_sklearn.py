@@ -96,3 +96,15 @@ def test_corrupt_rows_fail_alone_and_nothing_is_lost(sklearn_model):
     assert by_id[104].stage == "preprocess" and "non-numeric" in by_id[104].error
     proba = model.predict_proba(x)
     assert all(p.label == int(proba[p.id].argmax()) for p in preds)
+
+
+@pytest.mark.parametrize("sharing", [{"large_model": True}, {"model_copies": 1}])
+def test_model_shared_across_processes(sklearn_model, sharing):
+    # Beam then serves the model from one process and calls it through a proxy.
+    path, model = sklearn_model
+    x, _ = models.dataset(n=40, seed=15)
+    preds, fails = run(feature_rows(x), framework="sklearn", model_uri=str(path),
+                       feature_field="features", passthrough_fields=["id"], **sharing)
+    assert not fails
+    proba = model.predict_proba(x)
+    assert {p.id: p.label for p in preds} == {i: int(proba[i].argmax()) for i in range(40)}
