@@ -1,0 +1,81 @@
+"""Beam's ExpansionServiceServicer behind the request guard, with readable errors and a log line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from apache_beam.portability.api import beam_expansion_api_pb2
+from apache_beam.runners.portability.expansion_service import ExpansionServiceServicer
+
+from expansion_service import _guard
+
+_LOGGER = logging.getLogger("expansion_service")
+
+_TRACEBACK_HEADER = "Traceback (most recent call last):\n"
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<message>.*))?$", re.S)
+
+
+class GuardedExpansionServicer(ExpansionServiceServicer):
+    """Expands crossinfer.Inference with Beam's own machinery, after the guard has passed it."""
+
+    def environment_artifacts(self) -> list:
+        """The dependencies of the environment expanded transforms get (for artifact serving)."""
+        return list(self._default_environment.artifacts())
+
+    def Expand(self, request, context=None):
+        started = time.perf_counter()
+        constructor = "?"
+        try:
+            inspected = _guard.inspect(request)
+        except _guard.Rejected as e:
+            response = beam_expansion_api_pb2.ExpansionResponse(
+                error=f"Rejected by the crossinfer expansion service: {e}")
+            outcome = "rejected"
+        except Exception as e:  # noqa: BLE001 - a bug in inspection must fail closed
+            _LOGGER.exception("request inspection failed")
+            response = beam_expansion_api_pb2.ExpansionResponse(
+                error=("Rejected by the crossinfer expansion service: the request could not be "
+                       f"inspected ({type(e).__name__}: {e})"))
+            outcome = "rejected"
+        else:
+            constructor = inspected.constructor
+            if inspected.dropped_options or inspected.dropped_output_coders:
+                _LOGGER.debug("ignored client pipeline options %s and output coder requests %s",
+                              inspected.dropped_options, inspected.dropped_output_coders)
+            response = super().Expand(inspected.request, context)
+            if response.error:
+                response.error, outcome = explain(response.error)
+            else:
+                outcome = "ok"
+        _LOGGER.info(
+            "expansion transform=%r constructor=%r outcome=%s ms=%d",
+            request.transform.unique_name, constructor, outcome,
+            round((time.perf_counter() - started) * 1000))
+        return response
+
+
+def explain(error: str) -> tuple[str, str]:
+    """Put the exception's type and message first; return (error text, outcome for the log).
+
+    Beam reports an expansion failure as the whole traceback. crossinfer's own errors are
+    configuration mistakes, so their message alone is the answer; anything else keeps the
+    traceback after the message, for whoever has to debug it.
+    """
+    section = error.rsplit(_TRACEBACK_HEADER, 1)[-1]
+    # Frame lines are indented; the exception starts at the first line that is not.
+    lines = section.splitlines()
+    start = next((i for i, line in enumerate(lines) if line and not line.startswith(" ")), None)
+    if start is None:
+        return error, "error"
+    match = _EXCEPTION_LINE.match("\n".join(lines[start:]).strip())
+    if match is None:
+        return error, "error"
+    qualified = match.group("type")
+    short = qualified.rsplit(".", 1)[-1]
+    message = (match.group("message") or "").strip()
+    headline = f"{short}: {message}" if message else short
+    if qualified.startswith("crossinfer."):
+        return headline, short
+    return f"{headline}\n\n{error}", short
