@@ -10,15 +10,17 @@ import java.util.Map;
 import java.util.Set;
 import java.util.SortedMap;
 import java.util.TreeMap;
+import java.util.concurrent.TimeoutException;
 import java.util.regex.Pattern;
 import org.apache.beam.sdk.coders.Coder;
-import org.apache.beam.sdk.coders.RowCoder;
 import org.apache.beam.sdk.extensions.python.PythonExternalTransform;
 import org.apache.beam.sdk.options.PipelineOptions;
+import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.schemas.SchemaCoder;
 import org.apache.beam.sdk.transforms.PTransform;
 import org.apache.beam.sdk.transforms.WithFailures;
+import org.apache.beam.sdk.util.construction.Environments;
 import org.apache.beam.sdk.values.PCollection;
 import org.apache.beam.sdk.values.PCollectionTuple;
 import org.apache.beam.sdk.values.POutput;
@@ -50,8 +52,8 @@ import org.checkerframework.checker.nullness.qual.Nullable;
  * result.failures().apply(...);
  * }</pre>
  *
- * <p>Each {@code with…} method sets one keyword argument of {@code crossinfer.Inference}; only
- * the arguments set here are sent, the Python defaults apply to the others. Exactly one of {@link
+ * <p>Each {@code with…} method sets one keyword argument of {@code crossinfer.Inference}; only the
+ * arguments set here are sent, the Python defaults apply to the others. Exactly one of {@link
  * #withFeatureField}, {@link #withFeatureFields} and {@link #withPreprocess} must be set. What can
  * be checked without Python is checked here, with an {@link IllegalArgumentException}; the rest
  * (model files, framework specific arguments, allowed callables) is checked by the expansion
@@ -83,7 +85,8 @@ public final class CrossInference
   private static final Pattern CALLABLE =
       Pattern.compile("^[A-Za-z_]\\w*(\\.[A-Za-z_]\\w*)*:[A-Za-z_]\\w*$");
   private static final Pattern IDENTIFIER = Pattern.compile("^[A-Za-z_]\\w*$");
-  private static final List<String> BUILTIN_POSTPROCESS = Arrays.asList("argmax", "regression", "raw");
+  private static final List<String> BUILTIN_POSTPROCESS =
+      Arrays.asList("argmax", "regression", "raw");
   private static final List<String> INPUT_SOURCES =
       Arrays.asList("feature_field", "feature_fields", "preprocess");
 
@@ -139,9 +142,9 @@ public final class CrossInference
 
   /**
    * A model served by your own Beam {@code ModelHandler}: {@code handlerFqn} names a Python
-   * callable {@code "package.module:factory"} that returns it. The expansion service must admit
-   * it ({@code --allow 'package.*'}). Sends {@code framework="custom"} and {@code handler}, no
-   * {@code model_uri}.
+   * callable {@code "package.module:factory"} that returns it. The expansion service must admit it
+   * ({@code --allow 'package.*'}). Sends {@code framework="custom"} and {@code handler}, no {@code
+   * model_uri}.
    *
    * @param handlerFqn the factory, as {@code "package.module:factory"}
    * @return a transform for that handler
@@ -165,10 +168,10 @@ public final class CrossInference
   }
 
   /**
-   * Keyword arguments for the model class ({@link #withModelClass}). Values may be String,
-   * Integer, Long, Float, Double, Boolean, a List of one of those, or a nested Map of the same;
-   * keys must be Python identifiers. Sends {@code model_params}, encoded as a schema'd row (one
-   * field per key) because Beam's kwargs encoding needs one type per field.
+   * Keyword arguments for the model class ({@link #withModelClass}). Values may be String, Integer,
+   * Long, Float, Double, Boolean, a List of one of those, or a nested Map of the same; keys must be
+   * Python identifiers. Sends {@code model_params}, encoded as a schema'd row (one field per key)
+   * because Beam's kwargs encoding needs one type per field.
    *
    * @param modelParams argument name to value
    * @return a new transform with this setting
@@ -256,8 +259,8 @@ public final class CrossInference
 
   /**
    * How a model output becomes prediction fields: {@code "argmax"} (the Python default: {@code
-   * label}, {@code score}), {@code "regression"} ({@code value}), {@code "raw"} ({@code output})
-   * or a Python function {@code "package.module:function"} admitted by the expansion service (then
+   * label}, {@code score}), {@code "regression"} ({@code value}), {@code "raw"} ({@code output}) or
+   * a Python function {@code "package.module:function"} admitted by the expansion service (then
    * also set {@link #withOutputSchema}). Sends {@code postprocess}.
    *
    * @param postprocess a built-in name or {@code "package.module:function"}
@@ -275,8 +278,8 @@ public final class CrossInference
   }
 
   /**
-   * The prediction fields a custom {@link #withPostprocess postprocess} returns, field name to
-   * Beam type name ({@code "int64"}, {@code "float64"}, {@code "string"}, {@code "bool"}, {@code
+   * The prediction fields a custom {@link #withPostprocess postprocess} returns, field name to Beam
+   * type name ({@code "int64"}, {@code "float64"}, {@code "string"}, {@code "bool"}, {@code
    * "array<float64>"}, …), so the output is typed before the pipeline runs. Sends {@code
    * output_schema}.
    *
@@ -305,8 +308,7 @@ public final class CrossInference
         "withBatchSize: maxBatchSize %s is below minBatchSize %s; give min <= max",
         maxBatchSize,
         minBatchSize);
-    return with("min_batch_size", (long) minBatchSize)
-        .with("max_batch_size", (long) maxBatchSize);
+    return with("min_batch_size", (long) minBatchSize).with("max_batch_size", (long) maxBatchSize);
   }
 
   /**
@@ -318,9 +320,7 @@ public final class CrossInference
    */
   public CrossInference withMaxBatchDurationSecs(int seconds) {
     checkArgument(
-        seconds >= 1,
-        "withMaxBatchDurationSecs: %s seconds; give a positive duration",
-        seconds);
+        seconds >= 1, "withMaxBatchDurationSecs: %s seconds; give a positive duration", seconds);
     return with("max_batch_duration_secs", (long) seconds);
   }
 
@@ -340,8 +340,8 @@ public final class CrossInference
   }
 
   /**
-   * Whether to share one model across the worker's processes, as Beam's {@code large_model}.
-   * Sends {@code large_model}.
+   * Whether to share one model across the worker's processes, as Beam's {@code large_model}. Sends
+   * {@code large_model}.
    *
    * @param largeModel true to share one copy of the model
    * @return a new transform with this setting
@@ -364,15 +364,19 @@ public final class CrossInference
 
   /**
    * Several models: each row's {@code keyField} value picks its model from {@code models}. Sends
-   * {@code model_key_field} and {@code models}.
+   * {@code model_key_field} and {@code models}, and no longer the factory's {@code model_uri}: the
+   * Python side takes one model or several, not both. All models use the factory's framework.
    *
    * @param keyField name of the input field whose value is a key of {@code models}
    * @param models key to model URI, in a non-empty map
    * @return a new transform with this setting
    */
   public CrossInference withModels(String keyField, Map<String, String> models) {
-    return with("model_key_field", checkNonEmpty("withModels", "keyField", keyField))
-        .with("models", checkStringMap("withModels", "models", models));
+    SortedMap<String, Object> copy = new TreeMap<>(kwargs);
+    copy.remove("model_uri");
+    copy.put("model_key_field", checkNonEmpty("withModels", "keyField", keyField));
+    copy.put("models", checkStringMap("withModels", "models", models));
+    return new CrossInference(copy, expansionService);
   }
 
   /**
@@ -420,8 +424,7 @@ public final class CrossInference
   }
 
   /**
-   * Checks that the configuration is complete: an expansion service and exactly one input
-   * source.
+   * Checks that the configuration is complete: an expansion service and exactly one input source.
    *
    * @param options the pipeline's options (unused)
    */
@@ -443,8 +446,25 @@ public final class CrossInference
         input.hasSchema(),
         "CrossInference needs rows with a schema: call setRowSchema(schema) on the input");
     checkInputFields(input.getSchema());
+    checkLoopbackAddress(input.getPipeline().getOptions().as(PortablePipelineOptions.class));
 
-    POutput output = input.apply("Inference", toPythonTransform());
+    POutput output;
+    try {
+      output = input.apply("Inference", toPythonTransform());
+    } catch (RuntimeException e) {
+      // Beam's own message, "Timeout waiting for Python service startup", suggests Beam was
+      // starting a service; here nothing answered at the address given.
+      if (e.getCause() instanceof TimeoutException) {
+        throw new IllegalStateException(
+            String.format(
+                "CrossInference: no expansion service answers at %s; start "
+                    + "`crossinfer-expansion-service --port PORT` and pass its address to "
+                    + "withExpansionService",
+                expansionService),
+            e);
+      }
+      throw e;
+    }
     checkState(
         output instanceof PCollectionTuple,
         "%s returned one output; expected %s and %s (is the expansion service a crossinfer one?)",
@@ -456,6 +476,7 @@ public final class CrossInference
     TupleTag<Row> failures = new TupleTag<>(FAILURES);
     withRowSchema(tuple, predictions);
     withRowSchema(tuple, failures);
+    checkFailureSchema(tuple.get(failures).getSchema());
     return WithFailures.Result.of(tuple, predictions, failures);
   }
 
@@ -465,8 +486,7 @@ public final class CrossInference
   }
 
   /** The expansion service address, or null if not set yet. */
-  @Nullable
-  String expansionService() {
+  @Nullable String expansionService() {
     return expansionService;
   }
 
@@ -510,6 +530,33 @@ public final class CrossInference
           "CrossInference: the input has no field %s; its fields are %s",
           quote(name),
           schema.getFieldNames());
+    }
+  }
+
+  // Beam Java builds the pipeline's environment when an external transform is expanded, but
+  // PortableRunner picks the LOOPBACK worker's address only in run(), unless one is configured.
+  // Without one Beam fails deep inside External with a message that does not say what to do.
+  private static void checkLoopbackAddress(PortablePipelineOptions options) {
+    String address = Environments.getExternalServiceAddress(options);
+    checkArgument(
+        !Environments.ENVIRONMENT_LOOPBACK.equals(options.getDefaultEnvironmentType())
+            || (address != null && !address.isEmpty()),
+        "CrossInference with --defaultEnvironmentType=LOOPBACK also needs "
+            + "--defaultEnvironmentConfig=localhost:PORT with a free PORT: Beam Java needs the "
+            + "loopback worker's address when the transform is expanded, and PortableRunner then "
+            + "starts that worker there");
+  }
+
+  // The failure rows are part of the contract; a mismatch means another service or version.
+  private static void checkFailureSchema(Schema schema) {
+    for (String field : Arrays.asList("element", "stage", "error")) {
+      checkState(
+          schema.hasField(field)
+              && schema.getField(field).getType().getTypeName() == Schema.TypeName.STRING,
+          "%s returned failures with schema %s; expected string fields element, stage, error "
+              + "(is the expansion service a matching crossinfer version?)",
+          PYTHON_TRANSFORM,
+          schema);
     }
   }
 
@@ -618,14 +665,19 @@ public final class CrossInference
     Set<String> seen = new HashSet<>();
     for (String name : names) {
       checkNonEmpty(method, "a field name", name);
-      checkArgument(seen.add(name), "%s: field %s is named twice; name it once", method, quote(name));
+      checkArgument(
+          seen.add(name), "%s: field %s is named twice; name it once", method, quote(name));
     }
     return Collections.unmodifiableList(new ArrayList<>(names));
   }
 
   private static Map<String, String> checkStringMap(
       String method, String param, @Nullable Map<String, String> map) {
-    checkArgument(map != null && !map.isEmpty(), "%s: %s is null or empty; give at least one entry", method, param);
+    checkArgument(
+        map != null && !map.isEmpty(),
+        "%s: %s is null or empty; give at least one entry",
+        method,
+        param);
     SortedMap<String, String> copy = new TreeMap<>();
     for (Map.Entry<String, String> entry : map.entrySet()) {
       checkNonEmpty(method, "a key of " + param, entry.getKey());
@@ -680,9 +732,7 @@ public final class CrossInference
 
     private static Schema.FieldType typeOf(String where, @Nullable Object value) {
       checkArgument(
-          value != null,
-          "%s is null; leave the key out to use the model class's default",
-          where);
+          value != null, "%s is null; leave the key out to use the model class's default", where);
       if (value instanceof String) {
         return Schema.FieldType.STRING;
       } else if (value instanceof Integer
@@ -721,8 +771,7 @@ public final class CrossInference
     }
 
     // A list of ints and floats is a list of floats, as Python would treat it.
-    private static Schema.FieldType widen(
-        String where, Schema.FieldType a, Schema.FieldType b) {
+    private static Schema.FieldType widen(String where, Schema.FieldType a, Schema.FieldType b) {
       if (a.equals(b)) {
         return a;
       }
