@@ -59,7 +59,9 @@ def _as_dict(value: Any, argument: str) -> dict[str, Any]:
         raise ConfigurationError(f"{argument} must be a dict (a Java Map), not {type(value).__name__}")
     if not all(isinstance(k, str) for k in value):
         raise ConfigurationError(f"{argument} keys must be strings")
-    return dict(value)
+    # Nested Java Maps arrive as nested Rows: make them dicts all the way down.
+    return {k: _as_dict(v, f"{argument}[{k!r}]") if hasattr(v, "_asdict") else v
+            for k, v in value.items()}
 
 
 def _as_names(value: Any, argument: str) -> Optional[tuple[str, ...]]:

@@ -1,0 +1,130 @@
+"""The local cross-language stack, no Docker: Beam's Python job server and our expansion
+service as real processes on free loopback ports. Used by the demo, the end-to-end tests and
+the benchmarks; ``with LocalStack(workdir) as stack:`` starts both and always stops both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+_LISTENING = re.compile(r"crossinfer expansion service listening on (\S+)")
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (on loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, grace: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        # Beam's job server stops serving on SIGTERM but does not exit.
+        proc.kill()
+        proc.wait()
+
+
+class LocalStack:
+    """Job server + expansion service; logs go to ``workdir``."""
+
+    def __init__(self, workdir: Path, allow: Sequence[str] = (),
+                 env: Optional[dict[str, str]] = None, timeout: float = 120.0) -> None:
+        self.workdir = Path(workdir)
+        self._allow = tuple(allow)
+        self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._timeout = timeout
+        self._procs: list[subprocess.Popen] = []
+        self.job_endpoint = ""
+        self.expansion_address = ""
+        self.service_start_seconds = 0.0
+
+    def __enter__(self) -> "LocalStack":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_job_server()
+            self._start_service()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every process this stack started."""
+        for proc in reversed(self._procs):
+            _stop(proc, grace=5.0)
+        self._procs.clear()
+
+    def java_args(self) -> list[str]:
+        """Flags for a Java pipeline (ClassifyRows) to run on this stack."""
+        return ["--runner=PortableRunner", f"--jobEndpoint={self.job_endpoint}",
+                "--defaultEnvironmentType=LOOPBACK",
+                f"--expansionService={self.expansion_address}"]
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _spawn(self, name: str, args: list[str], **kwargs: Any) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "wb")
+        proc = subprocess.Popen([sys.executable, *args], stderr=log, env=self._env,
+                                cwd=str(self.workdir), **kwargs)
+        log.close()  # the child holds its own descriptor
+        self._procs.append(proc)
+        return proc
+
+    def _start_job_server(self) -> None:
+        port = free_port()
+        proc = self._spawn("job_server", [
+            "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(port)],
+            stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the job server exited:\n{self.log('job_server')}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    self.job_endpoint = f"localhost:{port}"
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the job server did not listen within {self._timeout} s")
+
+    def _start_service(self) -> None:
+        started = time.monotonic()
+        args = ["-m", "expansion_service", "--port", "0"]
+        for glob in self._allow:
+            args += ["--allow", glob]
+        proc = self._spawn("expansion_service", args, stdout=subprocess.PIPE)
+        out = b""
+        deadline = started + self._timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the expansion service exited:\n{self.log('expansion_service')}")
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                out += os.read(proc.stdout.fileno(), 4096)
+                match = _LISTENING.search(out.decode(errors="replace"))
+                if match:
+                    self.expansion_address = match.group(1)
+                    self.service_start_seconds = time.monotonic() - started
+                    return
+        raise RuntimeError(f"the expansion service did not start within {self._timeout} s")
