@@ -127,3 +127,21 @@ def test_allowlist_is_enforced_at_construction(sk):
     with allowlist(["mypkg.*"]):
         with pytest.raises(CallableNotAllowedError, match="not allowed by this expansion service"):
             _apply(**{**sk, "feature_field": None, "preprocess": "tests.models:scaled_features"})
+
+
+def test_java_rows_and_nested_maps_become_plain_dicts():
+    from typing import NamedTuple
+
+    from crossinfer._config import _as_dict
+
+    class Inner(NamedTuple):
+        depth: int
+
+    class Params(NamedTuple):  # how Java's withModelParams arrives: a Row, maybe nested
+        hidden: int
+        layers: Inner
+
+    assert _as_dict(Params(16, Inner(2)), "model_params") == {"hidden": 16,
+                                                              "layers": {"depth": 2}}
+    with pytest.raises(ConfigurationError, match="model_params must be a dict"):
+        _as_dict([1, 2], "model_params")
