@@ -9,7 +9,7 @@ import numpy as np
 # A bucket may waste this share of its tokens on padding, or this many tokens, whichever is
 # more: tiny sequences are not worth a model call each.
 MAX_PADDING_SHARE = 0.15
-PADDING_SLACK_TOKENS = 256
+PADDING_SLACK_TOKENS = 64
 
 
 def stack(xs: Sequence[np.ndarray], pad: bool) -> np.ndarray:

@@ -39,6 +39,7 @@ class Config:
     model_key_field: Optional[str]
     models: Optional[dict[str, str]]
     device: str
+    blocks: bool = False
 
     def model_uris(self) -> dict[str, Optional[str]]:
         """Model key -> URI; a single model has the key ``None``."""
@@ -197,6 +198,10 @@ def parse(**kw: Any) -> Config:
     if device == "GPU" and framework == "sklearn":
         raise ConfigurationError("device='GPU' is not supported for sklearn; use device='CPU'")
 
+    blocks = _blocks(kw.get("blocks", False), framework=framework, preprocess=preprocess,
+                     postprocess=postprocess, models=models, min_batch=min_batch,
+                     duration=duration)
+
     return Config(
         framework=framework, model_uri=model_uri, model_class=model_class,
         model_params=model_params, handler=handler, feature_field=feature_field,
@@ -205,4 +210,27 @@ def parse(**kw: Any) -> Config:
         max_batch_size=max_batch,
         max_batch_duration_secs=None if duration is None else float(duration),
         large_model=large_model, model_copies=copies, model_key_field=model_key_field,
-        models=models, device=device)
+        models=models, device=device, blocks=blocks)
+
+
+def _blocks(blocks: Any, *, framework: str, preprocess: Optional[str], postprocess: str,
+            models: Any, min_batch: Optional[int], duration: Any) -> bool:
+    """blocks=True: each element holds many rows; what it cannot be combined with."""
+    if not isinstance(blocks, bool):
+        raise ConfigurationError(f"blocks must be true or false, got {blocks!r}")
+    if not blocks:
+        return False
+    conflicts = [
+        (framework == "custom", "framework='custom' (use sklearn, pytorch or onnx)"),
+        (preprocess is not None, "preprocess (name the block's array in feature_field)"),
+        (postprocess not in BUILTIN_POSTPROCESS,
+         f"a custom postprocess (use one of {', '.join(BUILTIN_POSTPROCESS)})"),
+        (models is not None, "models / model_key_field (one model per transform)"),
+        (min_batch is not None, "min_batch_size (a block is scored as it comes; "
+                                "max_batch_size caps the rows per model call)"),
+        (duration is not None, "max_batch_duration_secs (blocks are not batched further)"),
+    ]
+    for bad, what in conflicts:
+        if bad:
+            raise ConfigurationError(f"blocks=True cannot be combined with {what}")
+    return True

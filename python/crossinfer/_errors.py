@@ -23,3 +23,9 @@ class InputError(CrossinferError, ValueError):
 
 class OutputError(CrossinferError, ValueError):
     """One model output cannot be turned into a prediction row."""
+
+
+def describe(e: BaseException) -> str:
+    """'ExceptionType: message', the form of every failure's error field."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

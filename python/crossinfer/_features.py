@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from crossinfer._errors import InputError
+from crossinfer._errors import InputError, describe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,27 @@ def conform(arr: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
     return arr
 
 
+def stacked(values: Any, spec: InputSpec) -> Optional[np.ndarray]:
+    """All rows' arrays in one numpy conversion, or None when some row needs a closer look.
+
+    Gives exactly what ``to_array`` + ``conform`` give row by row, for the common case: every
+    row a list (or array) of plain numbers of the same, allowed length.
+    """
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError):  # ragged, or values numpy cannot hold
+        return None
+    kind = arr.dtype.kind
+    if arr.ndim != 2 or arr.shape[1] == 0 or kind not in "iufb":
+        return None
+    if spec.width is not None and arr.shape[1] != spec.width:
+        return None
+    if spec.dtype == "int64" and kind in "fb":
+        return None  # row by row: a non-integer value is that row's failure
+    dtype = spec.dtype or ("int64" if kind in "iu" else "float32")
+    return arr.astype(dtype, copy=False)
+
+
 class Extractor:
     """row -> model input, from feature_field, feature_fields or a preprocess function."""
 
@@ -99,3 +120,29 @@ class Extractor:
             name = "the preprocess output"
             arr = to_array(x, name)
         return conform(arr, spec, name)
+
+    def batch(self, rows: Sequence[Any], spec: InputSpec
+              ) -> tuple[list[int], Any, list[tuple[int, str]]]:
+        """The model inputs of a batch of rows.
+
+        Returns (indices of the rows that were read, their inputs, (index, error) of the rest).
+        The inputs are one stacked array when a single conversion of the whole batch works
+        (every row a numeric array of the same allowed length), else a list of arrays.
+        """
+        if self._field is not None:
+            try:
+                stacked_ = stacked([getattr(row, self._field) for row in rows], spec)
+            except Exception:  # pylint: disable=broad-except
+                stacked_ = None  # e.g. a row without the field: found row by row below
+            if stacked_ is not None:
+                return list(range(len(rows))), stacked_, []
+        good: list[int] = []
+        xs: list[Any] = []
+        bad: list[tuple[int, str]] = []
+        for i, row in enumerate(rows):
+            try:
+                xs.append(self(row, spec))
+                good.append(i)
+            except Exception as e:  # pylint: disable=broad-except
+                bad.append((i, describe(e)))
+        return good, xs, bad

@@ -65,7 +65,7 @@ def build(config: Config, model_uri: str) -> Framework:
                            large_model=config.large_model, model_copies=config.model_copies)
     return Framework(
         handler=handler, spec=input_spec(session), model_id=model_uri, to_model=_identity,
-        prepare=_set_threads, softmax=True)
+        prepare=_set_threads, softmax=True, predict=_infer)
 
 
 def _set_threads(threads: int) -> None:

@@ -7,6 +7,7 @@ fails when the transform is applied or expanded, never on a worker hours later.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from apache_beam.ml.inference.base import ModelHandler
@@ -16,17 +17,19 @@ from crossinfer import _postprocess, _schemas
 from crossinfer._callables import resolve
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
+from crossinfer._blocks import Reader
 from crossinfer._features import Extractor, InputSpec
 from crossinfer._handler import Framework, KeyedRowHandler, RowHandler
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    extract: Extractor
     specs: dict[Optional[str], InputSpec]  # model key (None: the only model) -> input spec
     key_field: Optional[str]
     handler: ModelHandler
-    postprocess: Callable[[Any, str, Any], dict[str, Any]]
+    postprocess: Callable[[Any, str, Any], dict[str, Any]]  # one row's output -> fields
+    # A whole batch's output array -> (field columns, row position -> error); None: per row.
+    postprocess_many: Optional[Callable[[Any, str], _postprocess.Columns]]
     passthrough: tuple[str, ...]
     prediction_type: row_type.RowTypeConstraint
 
@@ -44,6 +47,13 @@ def _check_input(config: Config, fields: dict[str, Any]) -> None:
             raise ConfigurationError(
                 f"feature_field={config.feature_field!r} is a scalar field; name an array "
                 "field, or list scalar fields in feature_fields")
+    if config.blocks:
+        for name in (*(config.feature_fields or ()), *config.passthrough_fields):
+            if _schemas.is_array_type(need(name, "feature_fields or passthrough_fields")) is False:
+                raise ConfigurationError(
+                    f"with blocks=True every input field holds one value per row (an array); "
+                    f"{name!r} is a scalar field")
+        return
     for name in config.feature_fields or ():
         t = need(name, "feature_fields")
         if _schemas.is_array_type(t) is not False or t in (str, bytes):
@@ -90,7 +100,8 @@ def build(config: Config, element_type: Any) -> Plan:
 
     result_fields = _result_fields(config)
     prediction_type = _schemas.prediction_type(
-        [(name, fields[name]) for name in config.passthrough_fields], result_fields)
+        [(name, fields[name]) for name in config.passthrough_fields],
+        [(name, Sequence[t]) for name, t in result_fields] if config.blocks else result_fields)
     if config.postprocess in _schemas.BUILTIN_FIELDS:
         post_fn = None
     else:
@@ -108,27 +119,36 @@ def build(config: Config, element_type: Any) -> Plan:
                                   ("max_batch_size", config.max_batch_size),
                                   ("max_batch_duration_secs", config.max_batch_duration_secs))
                 if v is not None}
-    if config.models is None:
-        handler: ModelHandler = RowHandler(frameworks[None], batching)
+    if config.blocks:  # one block per model call (or several, of max_batch_size rows)
+        reader = Reader(extract, config.feature_field, config.feature_fields,
+                        config.passthrough_fields)
+        handler: ModelHandler = RowHandler(
+            frameworks[None], extract, {"min_batch_size": 1, "max_batch_size": 1}, reader,
+            max_rows=config.max_batch_size)
+    elif config.models is None:
+        handler = RowHandler(frameworks[None], extract, batching)
     else:
         handler = KeyedRowHandler(
-            {key: RowHandler(fw, {}) for key, fw in frameworks.items()}, batching)
+            {key: RowHandler(fw, extract, {}) for key, fw in frameworks.items()}, batching)
 
+    many: Optional[Callable[[Any, str], _postprocess.Columns]] = None
     if post_fn is not None:
         postprocess: Callable[[Any, str, Any], dict[str, Any]] = _postprocess.Custom(
             post_fn, config.postprocess, result_fields)
     elif config.postprocess == "argmax":
-        postprocess = _postprocess.Argmax(
+        argmax = _postprocess.Argmax(
             softmax={fw.model_id: fw.softmax for fw in frameworks.values()},
             classes={fw.model_id: fw.classes for fw in frameworks.values()})
+        postprocess, many = argmax, argmax.many
     else:
         postprocess = getattr(_postprocess, config.postprocess)
+        many = getattr(_postprocess, config.postprocess + "_many")
 
     return Plan(
-        extract=extract,
         specs={key: fw.spec for key, fw in frameworks.items()},
         key_field=config.model_key_field,
         handler=handler,
         postprocess=postprocess,
+        postprocess_many=many,
         passthrough=config.passthrough_fields,
         prediction_type=prediction_type)

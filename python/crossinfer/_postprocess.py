@@ -10,7 +10,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
-from crossinfer._errors import OutputError
+from crossinfer._errors import OutputError, describe
+
+# The vectorized forms below take a whole batch's output (one entry per row) and return
+# (field -> list of values, row position -> error) with the same values and messages as the
+# per-row forms.
+Columns = tuple[dict[str, list[Any]], dict[int, str]]
 
 
 def _values(inference: Any) -> np.ndarray:
@@ -22,6 +27,21 @@ def _values(inference: Any) -> np.ndarray:
             f"the model output for this row is not finite ({out[~np.isfinite(out)][0]}); "
             "check the input for NaN or infinite values")
     return out
+
+
+def _values_many(output: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    out = np.asarray(output, dtype=np.float64).reshape(len(output), -1)
+    if out.shape[1] == 0:
+        error = describe(OutputError("the model returned no values for this row"))
+        return out, dict.fromkeys(range(len(out)), error)
+    finite = np.isfinite(out).all(axis=1)
+    errors: dict[int, str] = {}
+    for j in np.flatnonzero(~finite).tolist():
+        bad = out[j][~np.isfinite(out[j])][0]
+        errors[j] = describe(OutputError(
+            f"the model output for this row is not finite ({bad}); "
+            "check the input for NaN or infinite values"))
+    return out, errors
 
 
 class Argmax:
@@ -45,6 +65,25 @@ class Argmax:
         return {"label": int(classes[i]) if classes else i, "score": float(out[i])}
 
 
+    def many(self, output: np.ndarray, model_id: str) -> Columns:
+        out, errors = _values_many(output)
+        with np.errstate(all="ignore"):  # rows with errors are dropped, their values unused
+            if self._softmax.get(model_id, True) and out.shape[1] == 1:
+                p1 = 1.0 / (1.0 + np.exp(-out[:, 0]))
+                label = (p1 > 0.5).astype(np.int64)
+                score = np.maximum(p1, 1.0 - p1)
+            else:
+                if self._softmax.get(model_id, True):
+                    out = np.exp(out - out.max(axis=1, keepdims=True))
+                    out /= out.sum(axis=1, keepdims=True)
+                label = out.argmax(axis=1) if out.shape[1] else np.zeros(len(out), np.int64)
+                score = out[np.arange(len(out)), label] if out.shape[1] else np.zeros(len(out))
+                classes = self._classes.get(model_id)
+                if classes:
+                    label = np.asarray(classes, dtype=np.int64)[label]
+        return {"label": label.tolist(), "score": score.tolist()}, errors
+
+
 def regression(inference: Any, model_id: str, row: Any) -> dict[str, Any]:
     """value: the single number the model returned."""
     out = _values(inference)
@@ -57,6 +96,21 @@ def regression(inference: Any, model_id: str, row: Any) -> dict[str, Any]:
 def raw(inference: Any, model_id: str, row: Any) -> dict[str, Any]:
     """output: every value the model returned, flattened."""
     return {"output": _values(inference).tolist()}
+
+
+def regression_many(output: np.ndarray, model_id: str) -> Columns:
+    out, errors = _values_many(output)
+    if out.shape[1] != 1:
+        error = describe(OutputError(
+            f"postprocess='regression' needs one output value per row, the model returned "
+            f"{out.shape[1]}; use postprocess='raw'"))
+        return {"value": [0.0] * len(out)}, dict.fromkeys(range(len(out)), error)
+    return {"value": out[:, 0].tolist()}, errors
+
+
+def raw_many(output: np.ndarray, model_id: str) -> Columns:
+    out, errors = _values_many(output)
+    return {"output": out.tolist()}, errors
 
 
 def _coercer(t: Any) -> Callable[[Any], Any]:

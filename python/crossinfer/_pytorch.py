@@ -29,6 +29,19 @@ def _infer(batch: torch.Tensor, model: torch.nn.Module, device: Any,
     return utils._convert_to_result(batch, output.detach().cpu().numpy(), model_id)
 
 
+def _forward(model: torch.nn.Module, batch: torch.Tensor,
+             inference_args: Optional[dict] = None) -> np.ndarray:
+    """One stacked batch through the module, on the module's device; numpy out."""
+    param = next(model.parameters(), None)
+    if param is not None and param.device != batch.device:
+        batch = batch.to(param.device)
+    with torch.no_grad():
+        output = model(batch, **(inference_args or {}))
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    return output.detach().cpu().numpy()
+
+
 def _to_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(batch)
 
@@ -84,4 +97,5 @@ def build(config: Config, model_uri: str, model_class: Optional[type]) -> Framew
         model_id=model_uri,
         to_model=_to_tensor,
         prepare=_prepare,
-        softmax=True)
+        softmax=True,
+        predict=_forward)

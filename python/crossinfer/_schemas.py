@@ -91,7 +91,11 @@ def prediction_type(passthrough: Sequence[tuple[str, Any]],
                 f"output field {name!r} appears twice (passthrough_fields, the postprocess "
                 "fields and model_id must not overlap); rename or drop one")
         seen.add(name)
-    return row_type.RowTypeConstraint.from_fields(fields)
+    try:
+        # A NamedTuple is cheaper to build per row than beam.Row, and encodes the same way.
+        return row_type.RowTypeConstraint.from_user_type(NamedTuple("Prediction", fields))
+    except (TypeError, ValueError):  # e.g. a field name NamedTuple refuses ("_x", "class")
+        return row_type.RowTypeConstraint.from_fields(fields)
 
 
 def is_array_type(t: Any) -> Optional[bool]:

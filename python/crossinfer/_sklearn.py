@@ -15,11 +15,11 @@ from crossinfer._loading import load_once
 
 
 def _predict(model: Any, batch: np.ndarray, inference_args: Optional[dict] = None) -> Any:
-    return model.predict(batch, **(inference_args or {}))
+    return np.asarray(model.predict(batch, **(inference_args or {})))
 
 
 def _predict_proba(model: Any, batch: np.ndarray, inference_args: Optional[dict] = None) -> Any:
-    return model.predict_proba(batch, **(inference_args or {}))
+    return np.asarray(model.predict_proba(batch, **(inference_args or {})))
 
 
 def _prepare(threads: int) -> None:
@@ -50,6 +50,7 @@ def build(config: Config, model_uri: str) -> Framework:
     integral = classes is not None and np.asarray(classes).dtype.kind in "iu"
     width = getattr(model, "n_features_in_", None)
     return Framework(
+        predict=_predict_proba if (wants_proba and has_proba) else _predict,
         handler=handler,
         spec=InputSpec(width=None if width is None else int(width), pad=False, dtype="float32",
                        describe=f"{type(model).__name__}.n_features_in_"),

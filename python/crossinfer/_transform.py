@@ -7,67 +7,32 @@ from typing import Any, Optional, Union
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
-from apache_beam.pvalue import TaggedOutput
 
 from crossinfer import _config, _plan
-from crossinfer._errors import InputError
-from crossinfer._handler import Failed, Item, describe
-from crossinfer._rows import to_json
+from crossinfer._emit import FAILURES, Postprocess, failure
+from crossinfer._errors import InputError, describe
 from crossinfer._schemas import Failure
 
 PREDICTIONS = "predictions"
-FAILURES = "failures"
 
 
-def _failure(row: Any, stage: str, error: str) -> TaggedOutput:
-    return TaggedOutput(FAILURES, Failure(to_json(row), stage, error))
-
-
-class _Preprocess(beam.DoFn):
-    """row -> Item (or (model key, Item)); a row that cannot be read goes to failures."""
+class _KeyRows(beam.DoFn):
+    """Multi-model: row -> (model key, row); a row whose key names no model is a failure."""
 
     def __init__(self, plan: _plan.Plan) -> None:
-        self._extract = plan.extract
         self._specs = plan.specs
         self._key_field = plan.key_field
 
     def process(self, row: Any):
         try:
-            if self._key_field is None:
-                yield Item(self._extract(row, self._specs[None]), row)
-                return
             key = getattr(row, self._key_field)
-            spec = self._specs.get(key)
-            if spec is None:
+            if key is None or key not in self._specs:
                 raise InputError(
                     f"{self._key_field}={key!r} names no model; models has "
                     f"{sorted(k for k in self._specs if k is not None)}")
-            yield key, Item(self._extract(row, spec), row)
+            yield key, row
         except Exception as e:  # pylint: disable=broad-except
-            yield _failure(row, "preprocess", describe(e))
-
-
-class _Postprocess(beam.DoFn):
-    """Scored -> prediction row; Failed and postprocess errors -> failures."""
-
-    def __init__(self, plan: _plan.Plan) -> None:
-        self._post = plan.postprocess
-        self._passthrough = plan.passthrough
-
-    def process(self, outcome: Any):
-        if isinstance(outcome, tuple) and len(outcome) == 2 and not hasattr(outcome, "_fields"):
-            outcome = outcome[1]  # keyed: (model key, outcome)
-        if isinstance(outcome, Failed):
-            yield _failure(outcome.row, outcome.stage, outcome.error)
-            return
-        row = outcome.row
-        try:
-            fields = {name: getattr(row, name) for name in self._passthrough}
-            fields.update(self._post(outcome.inference, outcome.model_id, row))
-            fields["model_id"] = outcome.model_id
-            yield beam.Row(**fields)
-        except Exception as e:  # pylint: disable=broad-except
-            yield _failure(row, "postprocess", describe(e))
+            yield failure(row, "preprocess", describe(e))
 
 
 class Inference(beam.PTransform):
@@ -100,6 +65,7 @@ class Inference(beam.PTransform):
         model_key_field: Optional[str] = None,
         models: Optional[Mapping[str, str]] = None,
         device: str = "CPU",
+        blocks: bool = False,
     ) -> None:
         super().__init__()
         # Stored as given; checked in one place, expand(), like scikit-learn's fit().
@@ -111,20 +77,27 @@ class Inference(beam.PTransform):
             min_batch_size=min_batch_size, max_batch_size=max_batch_size,
             max_batch_duration_secs=max_batch_duration_secs, large_model=large_model,
             model_copies=model_copies, model_key_field=model_key_field, models=models,
-            device=device)
+            device=device, blocks=blocks)
 
     def default_label(self) -> str:
         return f"Inference({self._kwargs['framework']})"
 
     def expand(self, pcoll: beam.PCollection) -> dict[str, beam.PCollection]:
         plan = _plan.build(_config.parse(**self._kwargs), pcoll.element_type)
-        pre = pcoll | "Preprocess" >> beam.ParDo(_Preprocess(plan)).with_outputs(
-            FAILURES, main="items")
-        scored = pre.items | "RunInference" >> RunInference(plan.handler)
-        post = scored | "Postprocess" >> beam.ParDo(_Postprocess(plan)).with_outputs(
+        failed: list[beam.PCollection] = []
+        rows = pcoll
+        if plan.key_field is not None:
+            keyed = pcoll | "KeyByModel" >> beam.ParDo(_KeyRows(plan)).with_outputs(
+                FAILURES, main="rows")
+            rows = keyed.rows
+            failed.append(keyed[FAILURES])
+        # Rows go to RunInference as they are: the handler reads a whole batch's features at
+        # once, and emits one Outcomes per batch.
+        scored = rows | "RunInference" >> RunInference(plan.handler)
+        post = scored | "Postprocess" >> beam.ParDo(Postprocess(plan)).with_outputs(
             FAILURES, main=PREDICTIONS)
         predictions = post[PREDICTIONS]
         predictions.element_type = plan.prediction_type
-        failures = ((pre[FAILURES], post[FAILURES])
-                    | "Failures" >> beam.Flatten().with_output_types(Failure))
+        failed.append(post[FAILURES])
+        failures = tuple(failed) | "Failures" >> beam.Flatten().with_output_types(Failure)
         return {PREDICTIONS: predictions, FAILURES: failures}

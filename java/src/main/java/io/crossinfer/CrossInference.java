@@ -351,6 +351,20 @@ public final class CrossInference
   }
 
   /**
+   * Whether each input row is a block of many rows, column by column: every passthrough field
+   * and the feature field hold one value per row (the feature field a 2-D array, or a flat one of
+   * rows times width numbers). Predictions then come out as one block row per input block, with
+   * array fields; failures stay one row each. The per-row cost of the runner is then paid once
+   * per block. Sends {@code blocks}.
+   *
+   * @param blocks true when each input row carries many rows
+   * @return a new transform with this setting
+   */
+  public CrossInference withBlocks(boolean blocks) {
+    return with("blocks", blocks);
+  }
+
+  /**
    * Load exactly this many copies of the model per worker, as Beam's {@code model_copies}. Sends
    * {@code model_copies}.
    *

@@ -117,6 +117,7 @@ public class CrossInferenceTest {
                 .withBatchSize(8, 64)
                 .withMaxBatchDurationSecs(0.5)
                 .withLargeModel(true)
+                .withBlocks(true)
                 .withModelCopies(2)
                 .withDevice("gpu")
                 .withExpansionService(SERVICE));
@@ -135,6 +136,7 @@ public class CrossInferenceTest {
             "max_batch_size",
             "max_batch_duration_secs",
             "large_model",
+            "blocks",
             "model_copies",
             "device"),
         fieldNames(kwargs));
@@ -153,6 +155,8 @@ public class CrossInferenceTest {
     assertEquals(0.5, kwargs.getDouble("max_batch_duration_secs"), 0.0);
     assertEquals(FieldType.BOOLEAN, typeOf(kwargs, "large_model"));
     assertTrue(kwargs.getBoolean("large_model"));
+    assertEquals(FieldType.BOOLEAN, typeOf(kwargs, "blocks"));
+    assertTrue(kwargs.getBoolean("blocks"));
     assertEquals(Long.valueOf(2), kwargs.getInt64("model_copies"));
     assertEquals("GPU", kwargs.getString("device"));
     assertEquals(Long.valueOf(16), kwargs.getRow("model_params").getInt64("hidden"));
