@@ -1,0 +1,1 @@
+"""crossinfer benchmarks: ``python -m bench [--quick]`` (see bench/README.md)."""
