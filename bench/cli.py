@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     text = table.render(results, repeats=repeats, quick=args.quick, machine=before,
                         elapsed=elapsed, load_after=machine.load())
     (workdir / "results.json").write_text(json.dumps(
-        [{"job": vars(j), "result": r} for j, r in results], indent=1))
+        {"machine": before, "load_after": machine.load(), "elapsed_s": elapsed,
+         "repeats": repeats, "results": [{"job": vars(j), "result": r} for j, r in results]},
+        indent=1))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
     print()

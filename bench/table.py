@@ -32,7 +32,7 @@ def _ratio(a: Optional[float], b: Optional[float]) -> str:
 
 def _notes(job: Job, r: dict[str, Any], results: Results) -> str:
     notes = [job.note] if job.note else []
-    if "mean_batch" in r and job.system not in ("crossinfer-blocks",):
+    if "mean_batch" in r and not job.system.startswith("crossinfer-blocks"):
         notes.append(f"mean batch {r['mean_batch']:.0f}")
     if r.get("padded_tokens") and r.get("real_tokens"):
         notes.append(f"padded/real tokens {r['padded_tokens'] / r['real_tokens']:.3f}")
