@@ -41,6 +41,11 @@ class Config:
     device: str
     blocks: bool = False
 
+    def kwargs(self) -> dict[str, Any]:
+        """Plain keyword arguments that ``parse`` turns back into this Config."""
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
     def model_uris(self) -> dict[str, Optional[str]]:
         """Model key -> URI; a single model has the key ``None``."""
         if self.models is not None:

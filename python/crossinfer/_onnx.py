@@ -9,9 +9,9 @@ import onnxruntime as ort
 from apache_beam.ml.inference.onnx_inference import OnnxModelHandlerNumpy
 
 from crossinfer._config import Config
-from crossinfer._features import InputSpec
 from crossinfer._handler import Framework
 from crossinfer._loading import load_once
+from crossinfer._signature import Signature
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
            "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -44,28 +44,37 @@ def _identity(batch: np.ndarray) -> np.ndarray:
     return batch
 
 
-def input_spec(session: ort.InferenceSession) -> InputSpec:
+def input_signature(session: ort.InferenceSession) -> Signature:
     """Width from the first input's second axis: a number is fixed, a name is dynamic."""
     first = session.get_inputs()[0]
     dtype = _DTYPES.get(first.type)
     shape = list(first.shape)
     if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
-        return InputSpec(width=shape[1], pad=False, dtype=dtype,
+        return Signature(width=shape[1], pad=False, dtype=dtype, softmax=True,
                          describe=f"input {first.name!r} has shape {shape}")
-    return InputSpec(pad=len(shape) == 2, dtype=dtype)
+    return Signature(pad=len(shape) == 2, dtype=dtype, softmax=True)
 
 
-def build(config: Config, model_uri: str) -> Framework:
+def loads_code(config: Config, model_uri: str) -> bool:
+    """An ONNX graph is data: onnxruntime interprets it, it holds no Python."""
+    return False
+
+
+def describe(config: Config, model_uri: str) -> Signature:
     """Open one session to check the file and read its input shape and type."""
+    probe = OnnxModelHandlerNumpy(model_uri, providers=["CPUExecutionProvider"])
+    return input_signature(load_once(probe.load_model, model_uri, "onnx"))
+
+
+def build(config: Config, model_uri: str, signature: Signature) -> Framework:
+    """Beam's handler for the graph ``signature`` describes."""
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if config.device == "GPU"
                  else ["CPUExecutionProvider"])
-    probe = OnnxModelHandlerNumpy(model_uri, providers=["CPUExecutionProvider"])
-    session = load_once(probe.load_model, model_uri, "onnx")
     handler = _OnnxHandler(model_uri, providers=providers, inference_fn=_infer,
                            large_model=config.large_model, model_copies=config.model_copies)
     return Framework(
-        handler=handler, spec=input_spec(session), model_id=model_uri, to_model=_identity,
-        prepare=_set_threads, softmax=True, predict=_infer)
+        handler=handler, spec=signature.input_spec(), model_id=model_uri, to_model=_identity,
+        prepare=_set_threads, softmax=signature.softmax, predict=_infer)
 
 
 def _set_threads(threads: int) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.typehints import row_type
 
-from crossinfer import _postprocess, _schemas
+from crossinfer import _inspect, _postprocess, _schemas
 from crossinfer._callables import resolve
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
@@ -68,20 +68,10 @@ def _check_input(config: Config, fields: dict[str, Any]) -> None:
         need(config.model_key_field, "model_key_field")
 
 
-def _framework(config: Config, uri: Optional[str]) -> Framework:
-    if config.framework == "sklearn":
-        from crossinfer import _sklearn
-        return _sklearn.build(config, uri)
-    if config.framework == "pytorch":
-        from crossinfer import _pytorch
-        model_class = (resolve(config.model_class, "model_class", want_class=True)
-                       if config.model_class else None)
-        return _pytorch.build(config, uri, model_class)
-    if config.framework == "onnx":
-        from crossinfer import _onnx
-        return _onnx.build(config, uri)
-    from crossinfer import _custom
-    return _custom.build(config, uri, resolve(config.handler, "handler"))
+def _framework(config: Config, key: Optional[str]) -> Framework:
+    signature = _inspect.describe(config, key)
+    module = _inspect.framework_module(config.framework)
+    return module.build(config, config.model_uris()[key], signature)
 
 
 def _result_fields(config: Config) -> list[tuple[str, Any]]:
@@ -107,7 +97,7 @@ def build(config: Config, element_type: Any) -> Plan:
     else:
         post_fn = resolve(config.postprocess, "postprocess")
 
-    frameworks = {key: _framework(config, uri) for key, uri in config.model_uris().items()}
+    frameworks = {key: _framework(config, key) for key in config.model_uris()}
     if config.feature_fields is not None:
         for fw in frameworks.values():
             if fw.spec.width is not None and fw.spec.width != len(config.feature_fields):

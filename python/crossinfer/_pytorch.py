@@ -9,11 +9,12 @@ import torch
 from apache_beam.ml.inference import utils
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
+from crossinfer._callables import resolve
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
-from crossinfer._features import InputSpec
 from crossinfer._handler import Framework
 from crossinfer._loading import load_once
+from crossinfer._signature import Signature
 
 _SEQUENCE_LAYERS = ("Embedding", "EmbeddingBag", "Conv1d", "RNN", "LSTM", "GRU",
                     "TransformerEncoderLayer", "TransformerEncoder", "MultiheadAttention")
@@ -55,47 +56,62 @@ def _layer_name(module: torch.nn.Module) -> str:
     return getattr(module, "original_name", None) or type(module).__name__
 
 
-def input_spec(model: torch.nn.Module) -> InputSpec:
+def input_signature(model: torch.nn.Module) -> Signature:
     """Fixed width from a leading nn.Linear; variable length from a leading sequence layer."""
     for module in model.modules():
         name = _layer_name(module)
         if name == "Linear":
             width = int(module.weight.shape[1])
-            return InputSpec(width=width, pad=False, dtype="float32",
-                             describe=f"its first layer is Linear({width}, ...)")
+            return Signature(width=width, pad=False, dtype="float32",
+                             describe=f"its first layer is Linear({width}, ...)", softmax=True)
         if name in ("Embedding", "EmbeddingBag"):
-            return InputSpec(pad=True, dtype="int64")
+            return Signature(pad=True, dtype="int64", softmax=True)
         if name in _SEQUENCE_LAYERS:
-            return InputSpec(pad=True)
-    return InputSpec(pad=True)
+            return Signature(pad=True, softmax=True)
+    return Signature(pad=True, softmax=True)
 
 
-def build(config: Config, model_uri: str, model_class: Optional[type]) -> Framework:
-    """Load the module once on CPU to check it and learn what input it takes."""
-    if model_class is not None and not issubclass(model_class, torch.nn.Module):
+def _model_class(config: Config) -> Optional[type]:
+    if config.model_class is None:
+        return None
+    model_class = resolve(config.model_class, "model_class", want_class=True)
+    if not issubclass(model_class, torch.nn.Module):
         raise ConfigurationError(
             f"model_class={config.model_class!r} is not a torch.nn.Module subclass")
+    return model_class
 
-    def handler(device: str, **kwargs: Any) -> PytorchModelHandlerTensor:
+
+def _handler(config: Config, model_uri: str, model_class: Optional[type], device: str,
+             **kwargs: Any) -> PytorchModelHandlerTensor:
+    try:
         if model_class is None:
             return PytorchModelHandlerTensor(torch_script_model_path=model_uri, device=device,
                                              **kwargs)
         return PytorchModelHandlerTensor(state_dict_path=model_uri, model_class=model_class,
                                          model_params=config.model_params, device=device,
                                          **kwargs)
-
-    kind = "pytorch state_dict" if model_class is not None else "TorchScript"
-    try:
-        probe = handler("CPU")
     except Exception as e:  # Beam checks the argument combination
         raise ConfigurationError(f"pytorch handler rejected the arguments: {e}") from e
-    model = load_once(probe.load_model, model_uri, kind)
+
+
+def loads_code(config: Config, model_uri: str) -> bool:
+    """TorchScript runs code when loaded; a state_dict is loaded as weights only."""
+    return config.model_class is None
+
+
+def describe(config: Config, model_uri: str) -> Signature:
+    """Load the module once on CPU to check it and learn what input it takes."""
+    model_class = _model_class(config)
+    kind = "pytorch state_dict" if model_class is not None else "TorchScript"
+    probe = _handler(config, model_uri, model_class, "CPU")
+    return input_signature(load_once(probe.load_model, model_uri, kind))
+
+
+def build(config: Config, model_uri: str, signature: Signature) -> Framework:
+    """Beam's handler for the module ``signature`` describes."""
+    handler = _handler(config, model_uri, _model_class(config), config.device,
+                       inference_fn=_infer, large_model=config.large_model,
+                       model_copies=config.model_copies)
     return Framework(
-        handler=handler(config.device, inference_fn=_infer, large_model=config.large_model,
-                        model_copies=config.model_copies),
-        spec=input_spec(model),
-        model_id=model_uri,
-        to_model=_to_tensor,
-        prepare=_prepare,
-        softmax=True,
-        predict=_forward)
+        handler=handler, spec=signature.input_spec(), model_id=model_uri, to_model=_to_tensor,
+        prepare=_prepare, softmax=signature.softmax, predict=_forward)

@@ -9,9 +9,9 @@ from apache_beam.ml.inference.sklearn_inference import ModelFileType, SklearnMod
 
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
-from crossinfer._features import InputSpec
 from crossinfer._handler import Framework
 from crossinfer._loading import load_once
+from crossinfer._signature import Signature
 
 
 def _predict(model: Any, batch: np.ndarray, inference_args: Optional[dict] = None) -> Any:
@@ -32,33 +32,40 @@ def _file_type(uri: str) -> ModelFileType:
     return ModelFileType.JOBLIB if uri.endswith((".joblib", ".jl")) else ModelFileType.PICKLE
 
 
-def build(config: Config, model_uri: str) -> Framework:
+def loads_code(config: Config, model_uri: str) -> bool:
+    """Pickle and joblib files run whatever they hold when loaded."""
+    return True
+
+
+def describe(config: Config, model_uri: str) -> Signature:
     """Load the estimator once to check it and learn its input width and classes."""
-    wants_proba = config.postprocess in ("argmax", "raw")
     probe = SklearnModelHandlerNumpy(model_uri, _file_type(model_uri))
     model = load_once(probe.load_model, model_uri, "sklearn")
-    has_proba = hasattr(model, "predict_proba")
-    if config.postprocess == "argmax" and not has_proba:
-        raise ConfigurationError(
-            f"postprocess='argmax' needs a classifier with predict_proba, but {model_uri!r} is "
-            f"a {type(model).__name__}; use postprocess='regression' or 'raw'")
-    handler = SklearnModelHandlerNumpy(
-        model_uri, _file_type(model_uri),
-        inference_fn=_predict_proba if (wants_proba and has_proba) else _predict,
-        large_model=config.large_model, model_copies=config.model_copies)
     classes = getattr(model, "classes_", None)
     integral = classes is not None and np.asarray(classes).dtype.kind in "iu"
     width = getattr(model, "n_features_in_", None)
+    return Signature(
+        width=None if width is None else int(width), pad=False, dtype="float32",
+        describe=f"{type(model).__name__}.n_features_in_",
+        softmax=False, classes=tuple(int(c) for c in classes) if integral else None,
+        predict_proba=hasattr(model, "predict_proba"))
+
+
+def build(config: Config, model_uri: str, signature: Signature) -> Framework:
+    """Beam's handler for the estimator ``signature`` describes."""
+    if config.postprocess == "argmax" and not signature.predict_proba:
+        raise ConfigurationError(
+            f"postprocess='argmax' needs a classifier with predict_proba, but {model_uri!r} "
+            "has none; use postprocess='regression' or 'raw'")
+    wants_proba = config.postprocess in ("argmax", "raw") and signature.predict_proba
+    predict = _predict_proba if wants_proba else _predict
+    handler = SklearnModelHandlerNumpy(
+        model_uri, _file_type(model_uri), inference_fn=predict,
+        large_model=config.large_model, model_copies=config.model_copies)
     return Framework(
-        predict=_predict_proba if (wants_proba and has_proba) else _predict,
-        handler=handler,
-        spec=InputSpec(width=None if width is None else int(width), pad=False, dtype="float32",
-                       describe=f"{type(model).__name__}.n_features_in_"),
-        model_id=model_uri,
-        to_model=_identity,
-        prepare=_prepare,
-        softmax=False,
-        classes=tuple(int(c) for c in classes) if integral else None)
+        predict=predict, handler=handler, spec=signature.input_spec(), model_id=model_uri,
+        to_model=_identity, prepare=_prepare, softmax=signature.softmax,
+        classes=signature.classes)
 
 
 def _identity(batch: np.ndarray) -> np.ndarray:
