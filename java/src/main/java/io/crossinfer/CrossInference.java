@@ -1,26 +1,29 @@
 package io.crossinfer;
 
+import static org.apache.beam.vendor.guava.v32_1_2_jre.com.google.common.base.Preconditions.checkArgument;
+import static org.apache.beam.vendor.guava.v32_1_2_jre.com.google.common.base.Preconditions.checkState;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.UncheckedIOException;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
-import java.util.HashSet;
+import java.util.LinkedHashMap;
 import java.util.List;
-import java.util.Locale;
 import java.util.Map;
-import java.util.Set;
+import java.util.Properties;
 import java.util.SortedMap;
 import java.util.TreeMap;
 import java.util.concurrent.TimeoutException;
-import java.util.regex.Pattern;
 import org.apache.beam.sdk.coders.Coder;
 import org.apache.beam.sdk.extensions.python.PythonExternalTransform;
-import org.apache.beam.sdk.options.PipelineOptions;
-import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.schemas.SchemaCoder;
+import org.apache.beam.sdk.schemas.transforms.Select;
 import org.apache.beam.sdk.transforms.PTransform;
 import org.apache.beam.sdk.transforms.WithFailures;
-import org.apache.beam.sdk.util.construction.Environments;
+import org.apache.beam.sdk.transforms.display.DisplayData;
 import org.apache.beam.sdk.values.PCollection;
 import org.apache.beam.sdk.values.PCollectionTuple;
 import org.apache.beam.sdk.values.POutput;
@@ -44,29 +47,43 @@ import org.checkerframework.checker.nullness.qual.Nullable;
  * <pre>{@code
  * WithFailures.Result<PCollection<Row>, Row> result =
  *     rows.apply(
- *         CrossInference.sklearn("gs://bucket/model.pkl")
+ *         CrossInference.sklearn("/models/model.pkl")
  *             .withFeatureField("features")
- *             .withPassthroughFields("id")
- *             .withExpansionService("localhost:8097"));
+ *             .withPassthroughFields("id"));
  * result.output().apply(...);
  * result.failures().apply(...);
  * }</pre>
  *
- * <p>Each {@code with…} method sets one keyword argument of {@code crossinfer.Inference}; only the
- * arguments set here are sent, the Python defaults apply to the others. Exactly one of {@link
- * #withFeatureField}, {@link #withFeatureFields} and {@link #withPreprocess} must be set. What can
- * be checked without Python is checked here, with an {@link IllegalArgumentException}; the rest
- * (model files, framework specific arguments, allowed callables) is checked by the expansion
- * service when the pipeline is constructed.
+ * <p><b>Arguments.</b> Each {@code with…} method sets one keyword argument of {@code
+ * crossinfer.Inference}; only the arguments set are sent, the Python defaults apply to the others.
+ * The Python side checks them all (and opens the model files) when the transform is expanded,
+ * which is when {@code apply} returns: a mistake fails the pipeline's construction with a message
+ * that names the argument, never a running job. This class checks only what it needs to encode
+ * the arguments.
  *
- * <p>The expansion service must be running and named with {@link #withExpansionService}: start it
- * with {@code crossinfer-expansion-service --port PORT}. This transform never starts a Python
- * service itself, because Beam's auto-started one accepts any Python callable.
+ * <p><b>The expansion service.</b> With {@link #withExpansionService} the transform is expanded by
+ * the crossinfer expansion service running at that address. Without it, this library starts one
+ * itself, once per JVM and settings, on a free port of 127.0.0.1, and stops it when the JVM exits:
+ * {@code crossinfer-expansion-service} from the Python named by {@link #withPython}, else by the
+ * environment variable {@code CROSSINFER_PYTHON}, else {@code python3}. That Python needs the
+ * same version of crossinfer as this library ({@link #VERSION}: {@code pip install
+ * crossinfer==VERSION}), which is checked before the service starts. The started service admits the Python callables allowed with {@link #withAllow}
+ * and nothing else, and reads models from {@link #withModelRoots}/{@link #withTrustedModelRoots}.
+ *
+ * <p><b>Local runs.</b> With {@code --runner=PortableRunner --jobEndpoint=localhost:PORT} (Beam's
+ * Python job server) and no {@code --defaultEnvironmentType}, the Java stages run in this JVM
+ * (LOOPBACK), and the LOOPBACK worker's address is picked when not given.
+ *
+ * <p><b>Only what Python needs crosses.</b> Unless a Python preprocess or postprocess needs whole
+ * rows, the input is narrowed to the feature, passthrough and model key fields before it crosses
+ * to Python.
  *
  * <p>Instances are immutable: every {@code with…} method returns a new {@code CrossInference}.
  */
 public final class CrossInference
     extends PTransform<PCollection<Row>, WithFailures.Result<PCollection<Row>, Row>> {
+
+  private static final long serialVersionUID = 1L;
 
   /** Fully qualified name of the Python transform this wrapper expands. */
   public static final String PYTHON_TRANSFORM = "crossinfer.Inference";
@@ -77,112 +94,145 @@ public final class CrossInference
   /** Output name of the failure rows in the Python transform's result. */
   public static final String FAILURES = "failures";
 
-  private static final String NO_EXPANSION_SERVICE =
-      "CrossInference needs withExpansionService(\"host:port\"): start "
-          + "`crossinfer-expansion-service --port PORT`";
+  /** This library's version: the crossinfer (Python package) version it was built with. */
+  public static final String VERSION = readVersion();
 
-  // Same syntax the Python side accepts for a named callable: "package.module:name".
-  private static final Pattern CALLABLE =
-      Pattern.compile("^[A-Za-z_]\\w*(\\.[A-Za-z_]\\w*)*:[A-Za-z_]\\w*$");
-  private static final Pattern IDENTIFIER = Pattern.compile("^[A-Za-z_]\\w*$");
   private static final List<String> BUILTIN_POSTPROCESS =
       Arrays.asList("argmax", "regression", "raw");
-  private static final List<String> INPUT_SOURCES =
-      Arrays.asList("feature_field", "feature_fields", "preprocess");
 
-  // Python kwarg name -> value, already in its wire type: String, Long, Double, Boolean,
-  // List<String>, Map<String, String> or Row. Sorted, so the payload schema is deterministic.
+  // Python kwarg name -> value, already in its wire type (see WireValues). Sorted, so the
+  // payload schema is deterministic.
   private final SortedMap<String, Object> kwargs;
   private final @Nullable String expansionService;
+  private final LocalExpansionService.Settings service;
 
-  private CrossInference(SortedMap<String, Object> kwargs, @Nullable String expansionService) {
+  private CrossInference(
+      SortedMap<String, Object> kwargs,
+      @Nullable String expansionService,
+      LocalExpansionService.Settings service) {
     super("CrossInference");
     this.kwargs = Collections.unmodifiableSortedMap(kwargs);
     this.expansionService = expansionService;
+    this.service = service;
   }
 
-  private static CrossInference forModel(String framework, String factory, String modelUri) {
+  private static CrossInference forFramework(String framework) {
     SortedMap<String, Object> kwargs = new TreeMap<>();
     kwargs.put("framework", framework);
-    kwargs.put("model_uri", checkNonEmpty(factory, "modelUri", modelUri));
-    return new CrossInference(kwargs, null);
+    return new CrossInference(kwargs, null, LocalExpansionService.Settings.defaults());
   }
 
   /**
    * A scikit-learn model: a pickle or joblib file at {@code modelUri} (a local path or any URI
-   * Beam's FileSystems read, such as {@code gs://…}). Sends {@code framework="sklearn"}.
+   * Beam's FileSystems read, such as {@code gs://…}). Sends {@code framework="sklearn"} and {@code
+   * model_uri}.
    *
-   * @param modelUri where the model file is, as seen by the Python workers
+   * @param modelUri where the model file is, as seen by the Python side
    * @return a transform for that model
    */
   public static CrossInference sklearn(String modelUri) {
-    return forModel("sklearn", "sklearn", modelUri);
+    return sklearn().withModelUri(modelUri);
+  }
+
+  /**
+   * scikit-learn models named later, with {@link #withModelUri} or {@link #withModels}. Sends
+   * {@code framework="sklearn"}.
+   *
+   * @return a transform for scikit-learn models
+   */
+  public static CrossInference sklearn() {
+    return forFramework("sklearn");
   }
 
   /**
    * A PyTorch model: a TorchScript file, or a {@code state_dict} when {@link #withModelClass} names
-   * the model class. Sends {@code framework="pytorch"}.
+   * the model class. Sends {@code framework="pytorch"} and {@code model_uri}.
    *
-   * @param modelUri where the model file is, as seen by the Python workers
+   * @param modelUri where the model file is, as seen by the Python side
    * @return a transform for that model
    */
   public static CrossInference pytorch(String modelUri) {
-    return forModel("pytorch", "pytorch", modelUri);
+    return pytorch().withModelUri(modelUri);
   }
 
   /**
-   * An ONNX model: a {@code .onnx} file. Sends {@code framework="onnx"}.
+   * PyTorch models named later, with {@link #withModelUri} or {@link #withModels}. Sends {@code
+   * framework="pytorch"}.
    *
-   * @param modelUri where the model file is, as seen by the Python workers
+   * @return a transform for PyTorch models
+   */
+  public static CrossInference pytorch() {
+    return forFramework("pytorch");
+  }
+
+  /**
+   * An ONNX model: a {@code .onnx} file. Sends {@code framework="onnx"} and {@code model_uri}.
+   *
+   * @param modelUri where the model file is, as seen by the Python side
    * @return a transform for that model
    */
   public static CrossInference onnx(String modelUri) {
-    return forModel("onnx", "onnx", modelUri);
+    return onnx().withModelUri(modelUri);
+  }
+
+  /**
+   * ONNX models named later, with {@link #withModelUri} or {@link #withModels}. Sends {@code
+   * framework="onnx"}.
+   *
+   * @return a transform for ONNX models
+   */
+  public static CrossInference onnx() {
+    return forFramework("onnx");
   }
 
   /**
    * A model served by your own Beam {@code ModelHandler}: {@code handlerFqn} names a Python
-   * callable {@code "package.module:factory"} that returns it. The expansion service must admit it
-   * ({@code --allow 'package.*'}). Sends {@code framework="custom"} and {@code handler}, no {@code
-   * model_uri}.
+   * callable {@code "package.module:factory"} that returns it, called with the model parameters
+   * ({@link #withModelParams}) and the model URI ({@link #withModelUri}, optional). The expansion
+   * service must admit it ({@link #withAllow}). Sends {@code framework="custom"} and {@code
+   * handler}.
    *
    * @param handlerFqn the factory, as {@code "package.module:factory"}
    * @return a transform for that handler
    */
   public static CrossInference custom(String handlerFqn) {
-    SortedMap<String, Object> kwargs = new TreeMap<>();
-    kwargs.put("framework", "custom");
-    kwargs.put("handler", checkCallable("custom", "handlerFqn", handlerFqn));
-    return new CrossInference(kwargs, null);
+    return forFramework("custom").with("handler", notNull("custom", "handlerFqn", handlerFqn));
+  }
+
+  /**
+   * The model file: a local path or any URI Beam's FileSystems read ({@code gs://…}), as the
+   * Python side sees it. Replaces {@link #withModels}. Sends {@code model_uri}.
+   *
+   * @param modelUri where the model file is
+   * @return a new transform with this setting
+   */
+  public CrossInference withModelUri(String modelUri) {
+    return without("models", "model_key_field")
+        .with("model_uri", notNull("withModelUri", "modelUri", modelUri));
   }
 
   /**
    * The model class of a PyTorch {@code state_dict}, as {@code "package.module:ClassName"}; the
-   * expansion service must admit it ({@code --allow}). Sends {@code model_class}.
+   * expansion service must admit it ({@link #withAllow}). Sends {@code model_class}.
    *
    * @param modelClass the class, as {@code "package.module:ClassName"}
    * @return a new transform with this setting
    */
   public CrossInference withModelClass(String modelClass) {
-    return with("model_class", checkCallable("withModelClass", "modelClass", modelClass));
+    return with("model_class", notNull("withModelClass", "modelClass", modelClass));
   }
 
   /**
-   * Keyword arguments for the model class ({@link #withModelClass}). Values may be String, Integer,
-   * Long, Float, Double, Boolean, a List of one of those, or a nested Map of the same; keys must be
-   * Python identifiers. Sends {@code model_params}, encoded as a schema'd row (one field per key)
-   * because Beam's kwargs encoding needs one type per field.
+   * Keyword arguments for the model class ({@link #withModelClass}) or the custom handler's
+   * factory. Values may be String, Integer, Long, Float, Double, Boolean, a List of one of those,
+   * or a nested Map of the same. Sends {@code model_params}, encoded as a schema'd row (one field
+   * per key) because Beam's kwargs encoding needs one type per field; Python receives a dict.
    *
    * @param modelParams argument name to value
    * @return a new transform with this setting
    */
   public CrossInference withModelParams(Map<String, ?> modelParams) {
-    checkArgument(modelParams != null, "withModelParams: modelParams is null; pass a Map");
-    if (modelParams.isEmpty()) {
-      // An empty row has no fields to decode into a dict; an empty map arrives as {}.
-      return with("model_params", Collections.<String, String>emptySortedMap());
-    }
-    return with("model_params", ParamsRow.toRow("withModelParams", modelParams));
+    return withParams("withModelParams", "model_params", modelParams);
   }
 
   /**
@@ -193,44 +243,39 @@ public final class CrossInference
    * @return a new transform with this setting
    */
   public CrossInference withFeatureField(String field) {
-    return withInputSource(
-        "withFeatureField", "feature_field", checkNonEmpty("withFeatureField", "field", field));
+    return with("feature_field", notNull("withFeatureField", "field", field));
   }
 
   /**
    * Scalar numeric fields stacked, in this order, into one float32 vector per row. Sends {@code
    * feature_fields}.
    *
-   * @param fields names of numeric fields of the input rows; at least one, no repeats
+   * @param fields names of numeric fields of the input rows
    * @return a new transform with this setting
    */
   public CrossInference withFeatureFields(List<String> fields) {
-    List<String> checked = checkNames("withFeatureFields", fields);
-    checkArgument(
-        !checked.isEmpty(), "withFeatureFields: no fields given; name at least one numeric field");
-    return withInputSource("withFeatureFields", "feature_fields", checked);
+    return with("feature_fields", WireValues.names("withFeatureFields", fields));
   }
 
   /**
    * Same as {@link #withFeatureFields(List)}.
    *
-   * @param fields names of numeric fields of the input rows; at least one, no repeats
+   * @param fields names of numeric fields of the input rows
    * @return a new transform with this setting
    */
   public CrossInference withFeatureFields(String... fields) {
-    checkArgument(fields != null, "withFeatureFields: fields is null; name the numeric fields");
-    return withFeatureFields(Arrays.asList(fields));
+    return withFeatureFields(Arrays.asList(notNull("withFeatureFields", "fields", fields)));
   }
 
   /**
    * Input fields copied unchanged onto each prediction row, for example {@code "id"}. Sends {@code
    * passthrough_fields}.
    *
-   * @param fields names of fields of the input rows; may be empty, no repeats
+   * @param fields names of fields of the input rows
    * @return a new transform with this setting
    */
   public CrossInference withPassthroughFields(List<String> fields) {
-    return with("passthrough_fields", checkNames("withPassthroughFields", fields));
+    return with("passthrough_fields", WireValues.names("withPassthroughFields", fields));
   }
 
   /**
@@ -240,102 +285,117 @@ public final class CrossInference
    * @return a new transform with this setting
    */
   public CrossInference withPassthroughFields(String... fields) {
-    checkArgument(fields != null, "withPassthroughFields: fields is null; name the fields");
-    return withPassthroughFields(Arrays.asList(fields));
+    return withPassthroughFields(Arrays.asList(notNull("withPassthroughFields", "fields", fields)));
   }
 
   /**
-   * A Python function {@code "package.module:function"} that turns a row into the model input,
-   * instead of the default feature extraction; the expansion service must admit it ({@code
-   * --allow}). Sends {@code preprocess}.
+   * A Python function {@code "package.module:function"} that turns a whole row into the model
+   * input, instead of the default feature extraction; the expansion service must admit it ({@link
+   * #withAllow}). Whole rows then cross to Python. Sends {@code preprocess}.
    *
    * @param function the function, as {@code "package.module:function"}
    * @return a new transform with this setting
    */
   public CrossInference withPreprocess(String function) {
-    return withInputSource(
-        "withPreprocess", "preprocess", checkCallable("withPreprocess", "function", function));
+    return with("preprocess", notNull("withPreprocess", "function", function));
   }
 
   /**
    * How a model output becomes prediction fields: {@code "argmax"} (the Python default: {@code
    * label}, {@code score}), {@code "regression"} ({@code value}), {@code "raw"} ({@code output}) or
    * a Python function {@code "package.module:function"} admitted by the expansion service (then
-   * also set {@link #withOutputSchema}). Sends {@code postprocess}.
+   * also set {@link #withOutputSchema}; whole rows then cross to Python, as the function sees the
+   * input row). Sends {@code postprocess}.
    *
    * @param postprocess a built-in name or {@code "package.module:function"}
    * @return a new transform with this setting
    */
   public CrossInference withPostprocess(String postprocess) {
-    checkNonEmpty("withPostprocess", "postprocess", postprocess);
-    checkArgument(
-        BUILTIN_POSTPROCESS.contains(postprocess) || CALLABLE.matcher(postprocess).matches(),
-        "withPostprocess: %s is neither one of %s nor a callable name; "
-            + "give a built-in or \"package.module:function\"",
-        quote(postprocess),
-        BUILTIN_POSTPROCESS);
-    return with("postprocess", postprocess);
+    return with("postprocess", notNull("withPostprocess", "postprocess", postprocess));
   }
 
   /**
    * The prediction fields a custom {@link #withPostprocess postprocess} returns, field name to Beam
    * type name ({@code "int64"}, {@code "float64"}, {@code "string"}, {@code "bool"}, {@code
-   * "array<float64>"}, …), so the output is typed before the pipeline runs. Sends {@code
-   * output_schema}.
+   * "array<float64>"}, …), in the order the prediction rows get them: pass a {@code LinkedHashMap}
+   * (or use {@link #withOutputSchema(String, String, String...)}). Sends {@code output_schema}, as
+   * a row of string fields in that order (Python receives a dict).
    *
-   * @param schema field name to type name, in a non-empty map
+   * @param schema field name to type name, in field order
    * @return a new transform with this setting
    */
   public CrossInference withOutputSchema(Map<String, String> schema) {
-    return with("output_schema", checkStringMap("withOutputSchema", "schema", schema));
+    Map<String, String> ordered = WireValues.stringMap("withOutputSchema", schema);
+    checkArgument(!ordered.isEmpty(), "withOutputSchema: the schema is empty; name a field");
+    // A row, not a map: its fields keep their order on the wire, and Python reads it as a dict.
+    return with("output_schema", WireValues.toRow("withOutputSchema", ordered));
+  }
+
+  /**
+   * Same as {@link #withOutputSchema(Map)}, with the fields as name, type pairs in order: {@code
+   * withOutputSchema("label", "string", "score", "float64")}.
+   *
+   * @param name the first field's name
+   * @param type the first field's type name
+   * @param moreNamesAndTypes further name, type pairs
+   * @return a new transform with this setting
+   */
+  public CrossInference withOutputSchema(String name, String type, String... moreNamesAndTypes) {
+    notNull("withOutputSchema", "moreNamesAndTypes", moreNamesAndTypes);
+    checkArgument(
+        moreNamesAndTypes.length % 2 == 0,
+        "withOutputSchema: give name, type pairs; %s has no type",
+        moreNamesAndTypes.length == 0 ? "" : moreNamesAndTypes[moreNamesAndTypes.length - 1]);
+    Map<String, String> schema = new LinkedHashMap<>();
+    schema.put(name, type);
+    for (int i = 0; i < moreNamesAndTypes.length; i += 2) {
+      schema.put(moreNamesAndTypes[i], moreNamesAndTypes[i + 1]);
+    }
+    return withOutputSchema(schema);
   }
 
   /**
    * Bounds of the batches handed to the model, as in Beam's RunInference. Sends {@code
    * min_batch_size} and {@code max_batch_size}.
    *
-   * @param minBatchSize smallest batch, at least 1
-   * @param maxBatchSize largest batch, at least {@code minBatchSize}
+   * @param minBatchSize smallest batch
+   * @param maxBatchSize largest batch
    * @return a new transform with this setting
    */
   public CrossInference withBatchSize(int minBatchSize, int maxBatchSize) {
-    checkArgument(
-        minBatchSize >= 1,
-        "withBatchSize: minBatchSize is %s; give a size of at least 1",
-        minBatchSize);
-    checkArgument(
-        maxBatchSize >= minBatchSize,
-        "withBatchSize: maxBatchSize %s is below minBatchSize %s; give min <= max",
-        maxBatchSize,
-        minBatchSize);
-    return with("min_batch_size", (long) minBatchSize).with("max_batch_size", (long) maxBatchSize);
+    return withMinBatchSize(minBatchSize).withMaxBatchSize(maxBatchSize);
   }
 
   /**
-   * The longest a partial batch waits for more rows, in whole seconds. Sends {@code
-   * max_batch_duration_secs} as an int.
+   * The smallest batch handed to the model, as in Beam's RunInference. Sends {@code
+   * min_batch_size}.
    *
-   * @param seconds at least 1
+   * @param minBatchSize smallest batch
    * @return a new transform with this setting
    */
-  public CrossInference withMaxBatchDurationSecs(int seconds) {
-    checkArgument(
-        seconds >= 1, "withMaxBatchDurationSecs: %s seconds; give a positive duration", seconds);
-    return with("max_batch_duration_secs", (long) seconds);
+  public CrossInference withMinBatchSize(int minBatchSize) {
+    return with("min_batch_size", (long) minBatchSize);
   }
 
   /**
-   * The longest a partial batch waits for more rows, in seconds. Sends {@code
-   * max_batch_duration_secs} as a float.
+   * The largest batch handed to the model, as in Beam's RunInference; with {@link #withBlocks},
+   * the most rows of a block per model call. Sends {@code max_batch_size}.
    *
-   * @param seconds a positive, finite duration
+   * @param maxBatchSize largest batch
+   * @return a new transform with this setting
+   */
+  public CrossInference withMaxBatchSize(int maxBatchSize) {
+    return with("max_batch_size", (long) maxBatchSize);
+  }
+
+  /**
+   * The longest a partial batch waits for more rows, in seconds (streaming-friendly batching).
+   * Sends {@code max_batch_duration_secs}.
+   *
+   * @param seconds the duration
    * @return a new transform with this setting
    */
   public CrossInference withMaxBatchDurationSecs(double seconds) {
-    checkArgument(
-        seconds > 0 && !Double.isInfinite(seconds),
-        "withMaxBatchDurationSecs: %s seconds; give a positive, finite duration",
-        seconds);
     return with("max_batch_duration_secs", seconds);
   }
 
@@ -351,11 +411,21 @@ public final class CrossInference
   }
 
   /**
-   * Whether each input row is a block of many rows, column by column: every passthrough field
-   * and the feature field hold one value per row (the feature field a 2-D array, or a flat one of
-   * rows times width numbers). Predictions then come out as one block row per input block, with
-   * array fields; failures stay one row each. The per-row cost of the runner is then paid once
-   * per block. Sends {@code blocks}.
+   * Load exactly this many copies of the model per worker, as Beam's {@code model_copies}. Sends
+   * {@code model_copies}.
+   *
+   * @param copies the number of copies
+   * @return a new transform with this setting
+   */
+  public CrossInference withModelCopies(int copies) {
+    return with("model_copies", (long) copies);
+  }
+
+  /**
+   * Whether each input row is a block of many rows, column by column: every passthrough field and
+   * the feature field hold one value per row (the feature field a 2-D array, or a flat one of rows
+   * times width numbers). Predictions then come out as one block row per input block, with array
+   * fields; failures stay one row each. Sends {@code blocks}.
    *
    * @param blocks true when each input row carries many rows
    * @return a new transform with this setting
@@ -365,61 +435,106 @@ public final class CrossInference
   }
 
   /**
-   * Load exactly this many copies of the model per worker, as Beam's {@code model_copies}. Sends
-   * {@code model_copies}.
-   *
-   * @param copies at least 1
-   * @return a new transform with this setting
-   */
-  public CrossInference withModelCopies(int copies) {
-    checkArgument(copies >= 1, "withModelCopies: %s copies; give at least 1", copies);
-    return with("model_copies", (long) copies);
-  }
-
-  /**
-   * Several models: each row's {@code keyField} value picks its model from {@code models}. Sends
-   * {@code model_key_field} and {@code models}, and no longer the factory's {@code model_uri}: the
-   * Python side takes one model or several, not both. All models use the factory's framework.
+   * Several models: each row's {@code keyField} value picks its model from {@code models}, all of
+   * the factory's framework. Replaces {@link #withModelUri}. Sends {@code model_key_field} and
+   * {@code models}.
    *
    * @param keyField name of the input field whose value is a key of {@code models}
-   * @param models key to model URI, in a non-empty map
+   * @param models key to model URI
    * @return a new transform with this setting
    */
   public CrossInference withModels(String keyField, Map<String, String> models) {
-    SortedMap<String, Object> copy = new TreeMap<>(kwargs);
-    copy.remove("model_uri");
-    copy.put("model_key_field", checkNonEmpty("withModels", "keyField", keyField));
-    copy.put("models", checkStringMap("withModels", "models", models));
-    return new CrossInference(copy, expansionService);
+    return without("model_uri")
+        .with("model_key_field", notNull("withModels", "keyField", keyField))
+        .with("models", WireValues.stringMap("withModels", models));
   }
 
   /**
    * Where the model runs: {@code "CPU"} (the Python default) or {@code "GPU"}. Sends {@code
    * device}.
    *
-   * @param device {@code "CPU"} or {@code "GPU"}, in any case
+   * @param device {@code "CPU"} or {@code "GPU"}
    * @return a new transform with this setting
    */
   public CrossInference withDevice(String device) {
-    checkNonEmpty("withDevice", "device", device);
-    String upper = device.toUpperCase(Locale.ROOT);
-    checkArgument(
-        upper.equals("CPU") || upper.equals("GPU"),
-        "withDevice: %s is not a device; give \"CPU\" or \"GPU\"",
-        quote(device));
-    return with("device", upper);
+    return with("device", notNull("withDevice", "device", device));
+  }
+
+  /**
+   * The shape of one row's model input, stated instead of read off the model: {@code 32} (a fixed
+   * width) or {@code -1} (a sequence of any length). Sends {@code input_shape}.
+   *
+   * @param shape the dimensions of one row's input; -1 for a variable one
+   * @return a new transform with this setting
+   */
+  public CrossInference withInputShape(int... shape) {
+    return with("input_shape", new WireValues.LongList(notNull("withInputShape", "shape", shape)));
+  }
+
+  /**
+   * The element type the model takes, stated instead of read off the model: {@code "float32"},
+   * {@code "int64"}, …. Sends {@code input_dtype}.
+   *
+   * @param dtype a numpy dtype name
+   * @return a new transform with this setting
+   */
+  public CrossInference withInputDtype(String dtype) {
+    return with("input_dtype", notNull("withInputDtype", "dtype", dtype));
+  }
+
+  /**
+   * The value sequences are padded with in a batch (for token ids: the padding token's id). Sends
+   * {@code pad_value} as an int.
+   *
+   * @param padValue the padding value
+   * @return a new transform with this setting
+   */
+  public CrossInference withPadValue(long padValue) {
+    return with("pad_value", padValue);
+  }
+
+  /**
+   * The value float sequences are padded with in a batch. Sends {@code pad_value} as a float.
+   *
+   * @param padValue the padding value
+   * @return a new transform with this setting
+   */
+  public CrossInference withPadValue(double padValue) {
+    return with("pad_value", padValue);
+  }
+
+  /**
+   * What the model returns, stated instead of read off the model: {@code "probabilities"}, {@code
+   * "logits"}, {@code "value"} or {@code "named"}. Sends {@code output}.
+   *
+   * @param output what the model's output is
+   * @return a new transform with this setting
+   */
+  public CrossInference withOutput(String output) {
+    return with("output", notNull("withOutput", "output", output));
+  }
+
+  /**
+   * Plain values passed to Beam's model handler on every call, as RunInference's {@code
+   * inference_args}. Values as for {@link #withModelParams}. Sends {@code inference_args}.
+   *
+   * @param inferenceArgs argument name to value
+   * @return a new transform with this setting
+   */
+  public CrossInference withInferenceArgs(Map<String, ?> inferenceArgs) {
+    return withParams("withInferenceArgs", "inference_args", inferenceArgs);
   }
 
   /**
    * The running crossinfer expansion service that expands this transform, as {@code "host:port"},
    * for example {@code "localhost:8097"} after {@code crossinfer-expansion-service --port 8097}.
-   * Required.
+   * Without it, this library starts a service itself (see the class documentation).
    *
    * @param hostPort address of the expansion service
    * @return a new transform with this setting
    */
   public CrossInference withExpansionService(String hostPort) {
-    checkNonEmpty("withExpansionService", "hostPort", hostPort);
+    notNull("withExpansionService", "hostPort", hostPort);
     int colon = hostPort.lastIndexOf(':');
     boolean valid = colon > 0;
     if (valid) {
@@ -432,19 +547,104 @@ public final class CrossInference
     }
     checkArgument(
         valid,
-        "withExpansionService: %s is not an address; give \"host:port\", e.g. \"localhost:8097\"",
-        quote(hostPort));
-    return new CrossInference(new TreeMap<>(kwargs), hostPort);
+        "withExpansionService: \"%s\" is not an address; give \"host:port\", e.g. "
+            + "\"localhost:8097\"",
+        hostPort);
+    return new CrossInference(new TreeMap<>(kwargs), hostPort, service);
   }
 
   /**
-   * Checks that the configuration is complete: an expansion service and exactly one input source.
+   * The Python whose {@code crossinfer-expansion-service} this library starts when no {@link
+   * #withExpansionService address} is given, for example a virtualenv's {@code
+   * /opt/venv/bin/python}. Default: the environment variable {@code CROSSINFER_PYTHON}, else
+   * {@code python3}.
    *
-   * @param options the pipeline's options (unused)
+   * @param python path or command name of a Python that has crossinfer installed
+   * @return a new transform with this setting
    */
-  @Override
-  public void validate(@Nullable PipelineOptions options) {
-    checkComplete();
+  public CrossInference withPython(String python) {
+    notNull("withPython", "python", python);
+    return withService(
+        new LocalExpansionService.Settings(
+            python,
+            service.allow,
+            service.modelRoots,
+            service.trustedModelRoots,
+            service.sdkContainerImage));
+  }
+
+  /**
+   * Python callables the started expansion service admits for preprocess, postprocess, handler
+   * and model class: globs such as {@code "mypkg.features.*"} ({@code --allow}). Without them no
+   * callable of yours resolves.
+   *
+   * @param globs one glob per package or module of yours
+   * @return a new transform with this setting
+   */
+  public CrossInference withAllow(String... globs) {
+    return withService(
+        new LocalExpansionService.Settings(
+            service.python,
+            WireValues.names("withAllow", Arrays.asList(notNull("withAllow", "globs", globs))),
+            service.modelRoots,
+            service.trustedModelRoots,
+            service.sdkContainerImage));
+  }
+
+  /**
+   * Where the started expansion service may read model files from ({@code --model-root}): local
+   * directories or {@code gs://bucket/path/} prefixes. Files that are code when loaded (pickle,
+   * joblib, TorchScript) also need {@link #withTrustedModelRoots}.
+   *
+   * @param roots directory or URI prefixes
+   * @return a new transform with this setting
+   */
+  public CrossInference withModelRoots(String... roots) {
+    return withService(
+        new LocalExpansionService.Settings(
+            service.python,
+            service.allow,
+            WireValues.names(
+                "withModelRoots", Arrays.asList(notNull("withModelRoots", "roots", roots))),
+            service.trustedModelRoots,
+            service.sdkContainerImage));
+  }
+
+  /**
+   * Where the started expansion service may load model files that are code (pickle, joblib,
+   * TorchScript) from ({@code --trusted-model-root}).
+   *
+   * @param roots directory or URI prefixes whose files you trust to run
+   * @return a new transform with this setting
+   */
+  public CrossInference withTrustedModelRoots(String... roots) {
+    return withService(
+        new LocalExpansionService.Settings(
+            service.python,
+            service.allow,
+            service.modelRoots,
+            WireValues.names(
+                "withTrustedModelRoots",
+                Arrays.asList(notNull("withTrustedModelRoots", "roots", roots))),
+            service.sdkContainerImage));
+  }
+
+  /**
+   * The Docker image the Python stages run in, for Dataflow ({@code --sdk-container-image} of the
+   * started expansion service): Beam's Python SDK image with crossinfer installed. Without it the
+   * started service runs the Python stages itself (local runs only).
+   *
+   * @param image a container image the workers can pull
+   * @return a new transform with this setting
+   */
+  public CrossInference withSdkContainerImage(String image) {
+    return withService(
+        new LocalExpansionService.Settings(
+            service.python,
+            service.allow,
+            service.modelRoots,
+            service.trustedModelRoots,
+            notNull("withSdkContainerImage", "image", image)));
   }
 
   /**
@@ -455,26 +655,25 @@ public final class CrossInference
    */
   @Override
   public WithFailures.Result<PCollection<Row>, Row> expand(PCollection<Row> input) {
-    checkComplete();
     checkArgument(
         input.hasSchema(),
         "CrossInference needs rows with a schema: call setRowSchema(schema) on the input");
-    checkInputFields(input.getSchema());
-    checkLoopbackAddress(input.getPipeline().getOptions().as(PortablePipelineOptions.class));
-
+    LocalRuns.prepare(input.getPipeline().getOptions());
+    String address = expansionServiceAddress();
     POutput output;
     try {
-      output = input.apply("Inference", toPythonTransform());
+      output = project(input).apply("Inference", toPythonTransform(address));
     } catch (RuntimeException e) {
       // Beam's own message, "Timeout waiting for Python service startup", suggests Beam was
-      // starting a service; here nothing answered at the address given.
+      // starting a service; here nothing answered at the address.
       if (e.getCause() instanceof TimeoutException) {
         throw new IllegalStateException(
             String.format(
                 "CrossInference: no expansion service answers at %s; start "
                     + "`crossinfer-expansion-service --port PORT` and pass its address to "
-                    + "withExpansionService",
-                expansionService),
+                    + "withExpansionService, or leave withExpansionService out to have one "
+                    + "started",
+                address),
             e);
       }
       throw e;
@@ -494,71 +693,113 @@ public final class CrossInference
     return WithFailures.Result.of(tuple, predictions, failures);
   }
 
+  /**
+   * Shows the keyword arguments sent to Python and the expansion service, for example in the
+   * Dataflow UI.
+   *
+   * @param builder the display data builder
+   */
+  @Override
+  public void populateDisplayData(DisplayData.Builder builder) {
+    super.populateDisplayData(builder);
+    builder.add(DisplayData.item("pythonTransform", PYTHON_TRANSFORM).withLabel("Python transform"));
+    builder.add(DisplayData.item("crossinferVersion", VERSION).withLabel("crossinfer version"));
+    for (Map.Entry<String, Object> kwarg : kwargs.entrySet()) {
+      builder.add(
+          DisplayData.item(kwarg.getKey(), String.valueOf(kwarg.getValue()))
+              .withLabel(kwarg.getKey()));
+    }
+    builder.add(
+        DisplayData.item(
+                "expansionService",
+                expansionService != null
+                    ? expansionService
+                    : "started by CrossInference: " + service)
+            .withLabel("Expansion service"));
+  }
+
   /** The Python kwargs as sent, for tests: name to wire value. */
   SortedMap<String, Object> kwargs() {
     return kwargs;
   }
 
-  /** The expansion service address, or null if not set yet. */
+  /** The expansion service address, or null if one is to be started. */
   @Nullable String expansionService() {
     return expansionService;
+  }
+
+  /** The settings of the service started when no address is given. */
+  LocalExpansionService.Settings serviceSettings() {
+    return service;
   }
 
   /** The keyword arguments as the row Beam sends to Python: one field per kwarg. */
   Row kwargsRow() {
     Schema.Builder schema = Schema.builder();
     for (Map.Entry<String, Object> kwarg : kwargs.entrySet()) {
-      schema.addField(kwarg.getKey(), wireType(kwarg.getValue()));
+      schema.addField(kwarg.getKey(), WireValues.wireType(kwarg.getValue()));
     }
     return Row.withSchema(schema.build()).addValues(new ArrayList<>(kwargs.values())).build();
   }
 
-  /** The Beam transform that calls {@code crossinfer.Inference}. */
-  PythonExternalTransform<PCollection<Row>, POutput> toPythonTransform() {
-    checkComplete();
+  /** The Beam transform that calls {@code crossinfer.Inference} on the service at {@code address}. */
+  PythonExternalTransform<PCollection<Row>, POutput> toPythonTransform(String address) {
     // A Row, not a Map: Beam infers a Map value's field type from its runtime class and cannot
     // encode lists, maps or mixed types that way.
-    return PythonExternalTransform.<PCollection<Row>, POutput>from(
-            PYTHON_TRANSFORM, expansionService)
+    return PythonExternalTransform.<PCollection<Row>, POutput>from(PYTHON_TRANSFORM, address)
         .withKwargs(kwargsRow());
   }
 
-  private void checkComplete() {
-    checkArgument(expansionService != null, NO_EXPANSION_SERVICE);
-    long sources = INPUT_SOURCES.stream().filter(kwargs::containsKey).count();
-    checkArgument(
-        sources == 1,
-        "CrossInference needs exactly one of withFeatureField, withFeatureFields, withPreprocess "
-            + "to say where the model input comes from; none is set");
-  }
-
-  private void checkInputFields(Schema schema) {
-    List<String> named = new ArrayList<>();
-    addNames(named, kwargs.get("feature_field"));
-    addNames(named, kwargs.get("feature_fields"));
-    addNames(named, kwargs.get("passthrough_fields"));
-    addNames(named, kwargs.get("model_key_field"));
-    for (String name : named) {
-      checkArgument(
-          schema.hasField(name),
-          "CrossInference: the input has no field %s; its fields are %s",
-          quote(name),
-          schema.getFieldNames());
+  /**
+   * The fields Python reads from each input row, or null when it needs whole rows (a Python
+   * preprocess reads any field; a custom postprocess sees the input row).
+   */
+  @Nullable List<String> fieldsPythonReads() {
+    Object postprocess = kwargs.get("postprocess");
+    if (kwargs.containsKey("preprocess")
+        || (postprocess != null && !BUILTIN_POSTPROCESS.contains(postprocess))) {
+      return null;
     }
+    List<String> fields = new ArrayList<>();
+    for (String kwarg :
+        Arrays.asList("feature_field", "feature_fields", "passthrough_fields", "model_key_field")) {
+      Object value = kwargs.get(kwarg);
+      if (value instanceof String) {
+        fields.add((String) value);
+      } else if (value instanceof List) {
+        for (Object name : (List<?>) value) {
+          fields.add((String) name);
+        }
+      }
+    }
+    return fields;
   }
 
-  // Beam Java builds the pipeline's environment when an external transform is expanded, but
-  // PortableRunner picks the LOOPBACK worker's address only in run(), unless one is configured.
-  // Without one Beam fails deep inside External with a message that does not say what to do.
-  private static void checkLoopbackAddress(PortablePipelineOptions options) {
-    String address = Environments.getExternalServiceAddress(options);
-    checkArgument(
-        !Environments.ENVIRONMENT_LOOPBACK.equals(options.getDefaultEnvironmentType())
-            || (address != null && !address.isEmpty()),
-        "CrossInference with --defaultEnvironmentType=LOOPBACK also needs "
-            + "--defaultEnvironmentConfig=localhost:PORT with a free PORT: Beam Java needs the "
-            + "loopback worker's address when the transform is expanded, and PortableRunner then "
-            + "starts that worker there");
+  // Narrows the rows to the fields Python reads, in the input's field order. A field the input
+  // lacks is left for the Python side to report, with the whole row to show.
+  private PCollection<Row> project(PCollection<Row> input) {
+    List<String> needed = fieldsPythonReads();
+    Schema schema = input.getSchema();
+    if (needed == null
+        || needed.isEmpty()
+        || !needed.stream().allMatch(schema::hasField)
+        || needed.containsAll(schema.getFieldNames())) {
+      return input;
+    }
+    List<String> ordered = new ArrayList<>();
+    for (String field : schema.getFieldNames()) {
+      if (needed.contains(field)) {
+        ordered.add(field);
+      }
+    }
+    return input.apply("SelectFieldsPythonReads", Select.fieldNames(ordered.toArray(new String[0])));
+  }
+
+  private String expansionServiceAddress() {
+    if (expansionService != null) {
+      return expansionService;
+    }
+    return LocalExpansionService.addressFor(service, VERSION);
   }
 
   // The failure rows are part of the contract; a mismatch means another service or version.
@@ -574,29 +815,20 @@ public final class CrossInference
     }
   }
 
-  @SuppressWarnings("unchecked")
-  private static void addNames(List<String> names, @Nullable Object value) {
-    if (value instanceof String) {
-      names.add((String) value);
-    } else if (value instanceof List) {
-      names.addAll((List<String>) value);
-    }
-  }
-
   private static void withRowSchema(PCollectionTuple tuple, TupleTag<Row> tag) {
     checkState(
         tuple.has(tag),
-        "%s returned no output named %s; it returned %s",
+        "%s returned no output named \"%s\"; it returned %s",
         PYTHON_TRANSFORM,
-        quote(tag.getId()),
+        tag.getId(),
         tuple.getAll().keySet());
     PCollection<Row> rows = tuple.get(tag);
     Coder<Row> coder = rows.getCoder();
     checkState(
         coder instanceof SchemaCoder,
-        "%s output %s is not schema'd rows (coder %s); the Python side must emit beam.Row",
+        "%s output \"%s\" is not schema'd rows (coder %s); the Python side must emit beam.Row",
         PYTHON_TRANSFORM,
-        quote(tag.getId()),
+        tag.getId(),
         coder);
     // A rehydrated RowCoder is already a SchemaCoder; set the schema only when Beam did not.
     if (!rows.hasSchema()) {
@@ -607,218 +839,43 @@ public final class CrossInference
   private CrossInference with(String name, Object value) {
     SortedMap<String, Object> copy = new TreeMap<>(kwargs);
     copy.put(name, value);
-    return new CrossInference(copy, expansionService);
+    return new CrossInference(copy, expansionService, service);
   }
 
-  // Setting the same input source again replaces it; setting a second kind is an error now,
-  // not at expansion, so the message can name both calls.
-  private CrossInference withInputSource(String method, String name, Object value) {
-    for (String other : INPUT_SOURCES) {
-      checkArgument(
-          other.equals(name) || !kwargs.containsKey(other),
-          "%s: %s is already set; use only one of withFeatureField, withFeatureFields, "
-              + "withPreprocess",
-          method,
-          javaMethod(other));
-    }
-    return with(name, value);
-  }
-
-  private static String javaMethod(String kwarg) {
-    switch (kwarg) {
-      case "feature_field":
-        return "withFeatureField";
-      case "feature_fields":
-        return "withFeatureFields";
-      default:
-        return "withPreprocess";
-    }
-  }
-
-  static Schema.FieldType wireType(Object value) {
-    if (value instanceof String) {
-      return Schema.FieldType.STRING;
-    } else if (value instanceof Long) {
-      return Schema.FieldType.INT64;
-    } else if (value instanceof Double) {
-      return Schema.FieldType.DOUBLE;
-    } else if (value instanceof Boolean) {
-      return Schema.FieldType.BOOLEAN;
-    } else if (value instanceof List) {
-      return Schema.FieldType.array(Schema.FieldType.STRING);
-    } else if (value instanceof Map) {
-      return Schema.FieldType.map(Schema.FieldType.STRING, Schema.FieldType.STRING);
-    } else if (value instanceof Row) {
-      return Schema.FieldType.row(((Row) value).getSchema());
-    }
-    throw new IllegalStateException("no wire type for " + value.getClass());
-  }
-
-  private static String checkNonEmpty(String method, String param, @Nullable String value) {
-    checkArgument(
-        value != null && !value.trim().isEmpty(),
-        "%s: %s is %s; give a non-empty string",
-        method,
-        param,
-        value == null ? "null" : "empty");
-    return value;
-  }
-
-  private static String checkCallable(String method, String param, @Nullable String value) {
-    checkNonEmpty(method, param, value);
-    checkArgument(
-        CALLABLE.matcher(value).matches(),
-        "%s: %s is not a callable name; give it as \"package.module:name\" (a name, no code)",
-        method,
-        quote(value));
-    return value;
-  }
-
-  private static List<String> checkNames(String method, @Nullable List<String> names) {
-    checkArgument(names != null, "%s: the list of fields is null; pass a list of names", method);
-    Set<String> seen = new HashSet<>();
+  private CrossInference without(String... names) {
+    SortedMap<String, Object> copy = new TreeMap<>(kwargs);
     for (String name : names) {
-      checkNonEmpty(method, "a field name", name);
-      checkArgument(
-          seen.add(name), "%s: field %s is named twice; name it once", method, quote(name));
+      copy.remove(name);
     }
-    return Collections.unmodifiableList(new ArrayList<>(names));
+    return new CrossInference(copy, expansionService, service);
   }
 
-  private static Map<String, String> checkStringMap(
-      String method, String param, @Nullable Map<String, String> map) {
-    checkArgument(
-        map != null && !map.isEmpty(),
-        "%s: %s is null or empty; give at least one entry",
-        method,
-        param);
-    SortedMap<String, String> copy = new TreeMap<>();
-    for (Map.Entry<String, String> entry : map.entrySet()) {
-      checkNonEmpty(method, "a key of " + param, entry.getKey());
-      checkNonEmpty(method, param + "[" + quote(entry.getKey()) + "]", entry.getValue());
-      copy.put(entry.getKey(), entry.getValue());
-    }
-    return Collections.unmodifiableSortedMap(copy);
+  private CrossInference withService(LocalExpansionService.Settings settings) {
+    return new CrossInference(new TreeMap<>(kwargs), expansionService, settings);
   }
 
-  static void checkArgument(boolean ok, String format, Object... args) {
-    if (!ok) {
-      throw new IllegalArgumentException(args.length == 0 ? format : String.format(format, args));
+  private CrossInference withParams(String method, String kwarg, @Nullable Map<String, ?> params) {
+    notNull(method, "the map", params);
+    if (params.isEmpty()) {
+      // An empty row has no fields to decode into a dict; an empty map arrives as {}.
+      return with(kwarg, Collections.<String, String>emptyMap());
     }
+    return with(kwarg, WireValues.toRow(method, params));
   }
 
-  private static void checkState(boolean ok, String format, Object... args) {
-    if (!ok) {
-      throw new IllegalStateException(String.format(format, args));
-    }
+  private static <T> T notNull(String method, String param, @Nullable T value) {
+    checkArgument(value != null, "%s: %s is null", method, param);
+    return value;
   }
 
-  static String quote(String s) {
-    return "\"" + s + "\"";
-  }
-
-  /** Builds the {@code model_params} row: one field per key, its type taken from the value. */
-  static final class ParamsRow {
-    private ParamsRow() {}
-
-    static Row toRow(String method, Map<String, ?> params) {
-      // Sorted by key, like the kwargs, so equal maps give equal schemas.
-      SortedMap<String, Object> sorted = new TreeMap<>();
-      for (Map.Entry<String, ?> entry : params.entrySet()) {
-        String key = entry.getKey();
-        checkArgument(
-            key != null && IDENTIFIER.matcher(key).matches(),
-            "%s: key %s is not a Python identifier; model parameters are keyword arguments",
-            method,
-            key == null ? "null" : quote(key));
-        sorted.put(key, entry.getValue());
-      }
-      Schema.Builder schema = Schema.builder();
-      List<Object> values = new ArrayList<>();
-      for (Map.Entry<String, Object> entry : sorted.entrySet()) {
-        String where = method + ": " + entry.getKey();
-        Schema.FieldType type = typeOf(where, entry.getValue());
-        schema.addField(entry.getKey(), type);
-        values.add(convert(where, type, entry.getValue()));
-      }
-      return Row.withSchema(schema.build()).addValues(values).build();
+  private static String readVersion() {
+    Properties properties = new Properties();
+    try (InputStream in = CrossInference.class.getResourceAsStream("crossinfer.properties")) {
+      checkState(in != null, "io/crossinfer/crossinfer.properties is missing from the jar");
+      properties.load(in);
+    } catch (IOException e) {
+      throw new UncheckedIOException(e);
     }
-
-    private static Schema.FieldType typeOf(String where, @Nullable Object value) {
-      checkArgument(
-          value != null, "%s is null; leave the key out to use the model class's default", where);
-      if (value instanceof String) {
-        return Schema.FieldType.STRING;
-      } else if (value instanceof Integer
-          || value instanceof Long
-          || value instanceof Short
-          || value instanceof Byte) {
-        // Python has one int type; INT64 holds every Java integer.
-        return Schema.FieldType.INT64;
-      } else if (value instanceof Double || value instanceof Float) {
-        return Schema.FieldType.DOUBLE;
-      } else if (value instanceof Boolean) {
-        return Schema.FieldType.BOOLEAN;
-      } else if (value instanceof Map) {
-        @SuppressWarnings("unchecked")
-        Map<String, ?> nested = (Map<String, ?>) value;
-        return Schema.FieldType.row(toRow(where, nested).getSchema());
-      } else if (value instanceof List) {
-        List<?> list = (List<?>) value;
-        checkArgument(
-            !list.isEmpty(), "%s is an empty list; its element type cannot be known", where);
-        Schema.FieldType element = null;
-        for (Object item : list) {
-          checkArgument(
-              !(item instanceof List) && !(item instanceof Map),
-              "%s: nested lists and maps in lists are not supported",
-              where);
-          Schema.FieldType type = typeOf(where + "[]", item);
-          element = element == null ? type : widen(where, element, type);
-        }
-        return Schema.FieldType.array(element);
-      }
-      throw new IllegalArgumentException(
-          String.format(
-              "%s has type %s; use String, Integer, Long, Float, Double, Boolean, a List or a Map",
-              where, value.getClass().getName()));
-    }
-
-    // A list of ints and floats is a list of floats, as Python would treat it.
-    private static Schema.FieldType widen(String where, Schema.FieldType a, Schema.FieldType b) {
-      if (a.equals(b)) {
-        return a;
-      }
-      Set<Schema.FieldType> pair = new HashSet<>(Arrays.asList(a, b));
-      if (pair.equals(
-          new HashSet<>(Arrays.asList(Schema.FieldType.INT64, Schema.FieldType.DOUBLE)))) {
-        return Schema.FieldType.DOUBLE;
-      }
-      throw new IllegalArgumentException(
-          String.format(
-              "%s mixes %s and %s in one list; give a list of one type",
-              where, a.getTypeName(), b.getTypeName()));
-    }
-
-    private static Object convert(String where, Schema.FieldType type, Object value) {
-      switch (type.getTypeName()) {
-        case INT64:
-          return ((Number) value).longValue();
-        case DOUBLE:
-          return ((Number) value).doubleValue();
-        case ROW:
-          @SuppressWarnings("unchecked")
-          Map<String, ?> nested = (Map<String, ?>) value;
-          return toRow(where, nested);
-        case ARRAY:
-          List<Object> items = new ArrayList<>();
-          for (Object item : (List<?>) value) {
-            items.add(convert(where, type.getCollectionElementType(), item));
-          }
-          return items;
-        default:
-          return value;
-      }
-    }
+    return properties.getProperty("version");
   }
 }

@@ -49,7 +49,7 @@ public class CrossInferenceTest {
    * test-visible method, so this checks the real bytes rather than our copy of the kwargs.
    */
   private static Row sentPayload(CrossInference transform) throws Exception {
-    PythonExternalTransform<?, ?> external = transform.toPythonTransform();
+    PythonExternalTransform<?, ?> external = transform.toPythonTransform(SERVICE);
     Method generate = PythonExternalTransform.class.getDeclaredMethod("generatePayload");
     generate.setAccessible(true);
     ExternalConfigurationPayload payload = (ExternalConfigurationPayload) generate.invoke(external);
@@ -87,8 +87,7 @@ public class CrossInferenceTest {
         sentKwargs(
             CrossInference.sklearn("/models/m.pkl")
                 .withFeatureField("features")
-                .withPassthroughFields("id")
-                .withExpansionService(SERVICE));
+                .withPassthroughFields("id"));
 
     assertEquals(
         set("framework", "model_uri", "feature_field", "passthrough_fields"), fieldNames(kwargs));
@@ -101,10 +100,8 @@ public class CrossInferenceTest {
 
   @Test
   public void everyKwargHasItsContractNameAndType() throws Exception {
-    Map<String, String> outputSchema = new LinkedHashMap<>();
-    outputSchema.put("label", "int64");
-    outputSchema.put("probs", "array<float64>");
     Map<String, Object> params = Collections.singletonMap("hidden", 16);
+    Map<String, Object> inferenceArgs = Collections.singletonMap("temperature", 0.5);
     Row kwargs =
         sentKwargs(
             CrossInference.pytorch("gs://b/model.pt")
@@ -112,15 +109,18 @@ public class CrossInferenceTest {
                 .withModelParams(params)
                 .withFeatureFields("a", "b")
                 .withPassthroughFields(Arrays.asList("id", "name"))
-                .withPostprocess("mypkg.post:to_fields")
-                .withOutputSchema(outputSchema)
+                .withPostprocess("raw")
                 .withBatchSize(8, 64)
                 .withMaxBatchDurationSecs(0.5)
                 .withLargeModel(true)
                 .withBlocks(true)
                 .withModelCopies(2)
-                .withDevice("gpu")
-                .withExpansionService(SERVICE));
+                .withDevice("GPU")
+                .withInputShape(-1)
+                .withInputDtype("int64")
+                .withPadValue(3L)
+                .withOutput("logits")
+                .withInferenceArgs(inferenceArgs));
 
     assertEquals(
         set(
@@ -131,61 +131,76 @@ public class CrossInferenceTest {
             "feature_fields",
             "passthrough_fields",
             "postprocess",
-            "output_schema",
             "min_batch_size",
             "max_batch_size",
             "max_batch_duration_secs",
             "large_model",
             "blocks",
             "model_copies",
-            "device"),
+            "device",
+            "input_shape",
+            "input_dtype",
+            "pad_value",
+            "output",
+            "inference_args"),
         fieldNames(kwargs));
     assertEquals("pytorch", kwargs.getString("framework"));
     assertEquals("mypkg.models:Net", kwargs.getString("model_class"));
     assertEquals(Arrays.asList("a", "b"), kwargs.getArray("feature_fields"));
     assertEquals(Arrays.asList("id", "name"), kwargs.getArray("passthrough_fields"));
-    assertEquals("mypkg.post:to_fields", kwargs.getString("postprocess"));
-    assertEquals(
-        FieldType.map(FieldType.STRING, FieldType.STRING), typeOf(kwargs, "output_schema"));
-    assertEquals(new TreeMap<>(outputSchema), new TreeMap<>(kwargs.getMap("output_schema")));
     assertEquals(FieldType.INT64, typeOf(kwargs, "min_batch_size"));
     assertEquals(Long.valueOf(8), kwargs.getInt64("min_batch_size"));
     assertEquals(Long.valueOf(64), kwargs.getInt64("max_batch_size"));
     assertEquals(FieldType.DOUBLE, typeOf(kwargs, "max_batch_duration_secs"));
     assertEquals(0.5, kwargs.getDouble("max_batch_duration_secs"), 0.0);
-    assertEquals(FieldType.BOOLEAN, typeOf(kwargs, "large_model"));
     assertTrue(kwargs.getBoolean("large_model"));
-    assertEquals(FieldType.BOOLEAN, typeOf(kwargs, "blocks"));
     assertTrue(kwargs.getBoolean("blocks"));
     assertEquals(Long.valueOf(2), kwargs.getInt64("model_copies"));
     assertEquals("GPU", kwargs.getString("device"));
     assertEquals(Long.valueOf(16), kwargs.getRow("model_params").getInt64("hidden"));
+    assertEquals(FieldType.array(FieldType.INT64), typeOf(kwargs, "input_shape"));
+    assertEquals(Collections.singletonList(-1L), kwargs.getArray("input_shape"));
+    assertEquals("int64", kwargs.getString("input_dtype"));
+    assertEquals(Long.valueOf(3), kwargs.getInt64("pad_value"));
+    assertEquals("logits", kwargs.getString("output"));
+    assertEquals(0.5, kwargs.getRow("inference_args").getDouble("temperature"), 0.0);
   }
 
   @Test
-  public void maxBatchDurationKeepsIntOrFloat() throws Exception {
+  public void outputSchemaKeepsTheDeclaredFieldOrder() throws Exception {
     CrossInference base =
-        CrossInference.onnx("m.onnx").withFeatureField("x").withExpansionService(SERVICE);
-    Row asInt = sentKwargs(base.withMaxBatchDurationSecs(3));
-    assertEquals(FieldType.INT64, typeOf(asInt, "max_batch_duration_secs"));
-    assertEquals(Long.valueOf(3), asInt.getInt64("max_batch_duration_secs"));
-    Row asFloat = sentKwargs(base.withMaxBatchDurationSecs(2.5));
-    assertEquals(FieldType.DOUBLE, typeOf(asFloat, "max_batch_duration_secs"));
-    assertEquals("onnx", asFloat.getString("framework"));
+        CrossInference.sklearn("m.pkl").withFeatureField("x").withPostprocess("mypkg.post:f");
+    Row pairs = sentKwargs(base.withOutputSchema("zeta", "string", "alpha", "int64", "mid", "bool"));
+    assertEquals(
+        Arrays.asList("zeta", "alpha", "mid"),
+        pairs.getRow("output_schema").getSchema().getFieldNames());
+    assertEquals("int64", pairs.getRow("output_schema").getString("alpha"));
+    Map<String, String> linked = new LinkedHashMap<>();
+    linked.put("b", "float64");
+    linked.put("a", "string");
+    Row map = sentKwargs(base.withOutputSchema(linked));
+    assertEquals(
+        Arrays.asList("b", "a"), map.getRow("output_schema").getSchema().getFieldNames());
+    assertRejected("give name, type pairs; mid has no type",
+        () -> base.withOutputSchema("a", "string", "mid"));
   }
 
   @Test
-  public void customSendsHandlerAndNoModelUri() throws Exception {
+  public void customSendsHandlerAndAnOptionalModelUri() throws Exception {
     Row kwargs =
         sentKwargs(
             CrossInference.custom("mypkg.handlers:make_handler")
-                .withPreprocess("mypkg.features:to_array")
-                .withExpansionService(SERVICE));
-
+                .withPreprocess("mypkg.features:to_array"));
     assertEquals(set("framework", "handler", "preprocess"), fieldNames(kwargs));
     assertEquals("custom", kwargs.getString("framework"));
     assertEquals("mypkg.handlers:make_handler", kwargs.getString("handler"));
-    assertEquals("mypkg.features:to_array", kwargs.getString("preprocess"));
+
+    Row withUri =
+        sentKwargs(
+            CrossInference.custom("mypkg.handlers:make_handler")
+                .withModelUri("/models/w.bin")
+                .withFeatureField("x"));
+    assertEquals("/models/w.bin", withUri.getString("model_uri"));
   }
 
   @Test
@@ -209,8 +224,7 @@ public class CrossInferenceTest {
                 CrossInference.pytorch("m.pt")
                     .withModelClass("mypkg.models:Net")
                     .withModelParams(params)
-                    .withFeatureField("tokens")
-                    .withExpansionService(SERVICE))
+                    .withFeatureField("tokens"))
             .getRow("model_params");
 
     Schema schema = sent.getSchema();
@@ -221,7 +235,6 @@ public class CrossInferenceTest {
     assertEquals(0.1, sent.getDouble("dropout"), 0.0);
     assertEquals(2.5, sent.getDouble("scale"), 0.0);
     assertEquals("mlp", sent.getString("name"));
-    assertEquals(FieldType.BOOLEAN, schema.getField("bias").getType());
     assertTrue(sent.getBoolean("bias"));
     assertEquals(FieldType.array(FieldType.INT64), schema.getField("sizes").getType());
     assertEquals(Arrays.asList(1L, 2L, 3L), sent.getArray("sizes"));
@@ -237,18 +250,14 @@ public class CrossInferenceTest {
         sentKwargs(
             CrossInference.pytorch("m.pt")
                 .withModelParams(Collections.emptyMap())
-                .withFeatureField("x")
-                .withExpansionService(SERVICE));
+                .withFeatureField("x"));
     assertEquals(FieldType.map(FieldType.STRING, FieldType.STRING), typeOf(kwargs, "model_params"));
     assertTrue(kwargs.getMap("model_params").isEmpty());
   }
 
   @Test
-  public void modelParamsItCannotEncodeAreRejected() {
+  public void valuesItCannotEncodeAreRejected() {
     CrossInference t = CrossInference.pytorch("m.pt");
-    assertRejected(
-        "\"bad-key\" is not a Python identifier",
-        () -> t.withModelParams(Collections.singletonMap("bad-key", 1)));
     assertRejected(
         "withModelParams: hidden is null",
         () -> t.withModelParams(Collections.singletonMap("hidden", null)));
@@ -260,36 +269,57 @@ public class CrossInferenceTest {
         () -> t.withModelParams(Collections.singletonMap("xs", Collections.emptyList())));
     assertRejected(
         "has type java.lang.Object",
-        () -> t.withModelParams(Collections.singletonMap("o", new Object())));
+        () -> t.withInferenceArgs(Collections.singletonMap("o", new Object())));
+    assertRejected("withModelUri: modelUri is null", () -> CrossInference.sklearn(null));
+    assertRejected("withModels: null key or value",
+        () -> t.withModels("k", Collections.singletonMap("en", null)));
+    assertRejected(
+        "withPassthroughFields: a name is null", () -> t.withPassthroughFields("id", null));
+    assertRejected(
+        "withExpansionService: \"localhost\" is not an address",
+        () -> t.withExpansionService("localhost"));
+    assertRejected(
+        "withExpansionService: \"host:99999\"", () -> t.withExpansionService("host:99999"));
   }
 
   @Test
-  public void withModelsSendsKeyFieldAndMap() throws Exception {
+  public void pythonOwnsTheRules() throws Exception {
+    // Values only Python can judge are sent as given; the service names what is wrong.
+    Row kwargs =
+        sentKwargs(
+            CrossInference.sklearn("m.pkl")
+                .withFeatureField("x")
+                .withFeatureFields("a")
+                .withDevice("tpu")
+                .withModelCopies(0)
+                .withPostprocess("softmax"));
+    assertEquals("tpu", kwargs.getString("device"));
+    assertEquals(Long.valueOf(0), kwargs.getInt64("model_copies"));
+    assertEquals("x", kwargs.getString("feature_field"));
+    assertEquals(Arrays.asList("a"), kwargs.getArray("feature_fields"));
+  }
+
+  @Test
+  public void withModelsNeedsNoModelUriAndReplacesIt() throws Exception {
     Map<String, String> models = new LinkedHashMap<>();
     models.put("en", "gs://b/en.pkl");
     models.put("de", "gs://b/de.pkl");
     Row kwargs =
-        sentKwargs(
-            CrossInference.sklearn("gs://b/en.pkl")
-                .withModels("lang", models)
-                .withFeatureField("features")
-                .withExpansionService(SERVICE));
-    // The Python side takes model_uri or models, never both.
+        sentKwargs(CrossInference.sklearn().withModels("lang", models).withFeatureField("features"));
     assertEquals(
         set("framework", "model_key_field", "models", "feature_field"), fieldNames(kwargs));
-    assertEquals("sklearn", kwargs.getString("framework"));
     assertEquals("lang", kwargs.getString("model_key_field"));
     assertEquals(FieldType.map(FieldType.STRING, FieldType.STRING), typeOf(kwargs, "models"));
     assertEquals(models, kwargs.getMap("models"));
 
-    assertRejected(
-        "withModels: models is null or empty",
-        () -> CrossInference.sklearn("m").withModels("lang", Collections.emptyMap()));
-    assertRejected(
-        "withModels: keyField is empty", () -> CrossInference.sklearn("m").withModels("", models));
-    assertRejected(
-        "withModels: models[\"en\"] is empty",
-        () -> CrossInference.sklearn("m").withModels("lang", Collections.singletonMap("en", " ")));
+    Row replaced =
+        sentKwargs(CrossInference.onnx("a.onnx").withModels("lang", models).withFeatureField("f"));
+    assertFalse(replaced.getSchema().hasField("model_uri"));
+    Row back =
+        sentKwargs(
+            CrossInference.onnx().withModels("lang", models).withModelUri("b.onnx")
+                .withFeatureField("f"));
+    assertEquals(set("framework", "model_uri", "feature_field"), fieldNames(back));
   }
 
   @Test
@@ -297,140 +327,114 @@ public class CrossInferenceTest {
     CrossInference base = CrossInference.sklearn("m.pkl");
     CrossInference withField = base.withFeatureField("features");
     CrossInference withService = withField.withExpansionService(SERVICE);
-    CrossInference withBatch = withService.withBatchSize(1, 10);
+    CrossInference withBatch = withService.withMaxBatchSize(10);
 
     assertNotSame(base, withField);
     assertEquals(set("framework", "model_uri"), new HashSet<>(base.kwargs().keySet()));
     assertNull(base.expansionService());
-    assertNull(withField.expansionService());
     assertEquals(SERVICE, withService.expansionService());
-    assertFalse(withService.kwargs().containsKey("min_batch_size"));
+    assertFalse(withService.kwargs().containsKey("max_batch_size"));
     assertEquals(Long.valueOf(10), withBatch.kwargs().get("max_batch_size"));
     assertThrows(
         UnsupportedOperationException.class, () -> withBatch.kwargs().put("device", "CPU"));
-
-    // A later call replaces the value on the new instance only.
-    CrossInference other = withField.withFeatureField("other");
-    assertEquals("features", withField.kwargs().get("feature_field"));
-    assertEquals("other", other.kwargs().get("feature_field"));
-  }
-
-  @Test
-  public void listsPassedInAreCopied() {
     List<String> fields = new java.util.ArrayList<>(Arrays.asList("a", "b"));
-    CrossInference t = CrossInference.sklearn("m.pkl").withFeatureFields(fields);
+    CrossInference t = base.withFeatureFields(fields);
     fields.add("c");
     assertEquals(Arrays.asList("a", "b"), t.kwargs().get("feature_fields"));
   }
 
   @Test
-  public void exactlyOneInputSource() {
-    CrossInference field = CrossInference.sklearn("m.pkl").withFeatureField("features");
-    assertRejected(
-        "withFeatureFields: withFeatureField is already set", () -> field.withFeatureFields("a"));
-    assertRejected(
-        "withPreprocess: withFeatureField is already set", () -> field.withPreprocess("mypkg.f:g"));
-    assertRejected(
-        "withFeatureField: withPreprocess is already set",
-        () -> CrossInference.sklearn("m.pkl").withPreprocess("mypkg.f:g").withFeatureField("x"));
-    assertRejected(
-        "exactly one of withFeatureField, withFeatureFields, withPreprocess",
-        () -> CrossInference.sklearn("m.pkl").withExpansionService(SERVICE).toPythonTransform());
-  }
-
-  @Test
-  public void argumentsAreChecked() {
-    CrossInference t = CrossInference.sklearn("m.pkl");
-    assertRejected("sklearn: modelUri is null", () -> CrossInference.sklearn(null));
-    assertRejected("onnx: modelUri is empty", () -> CrossInference.onnx(" "));
-    assertRejected(
-        "custom: \"make_handler\" is not a callable name",
-        () -> CrossInference.custom("make_handler"));
-    assertRejected(
-        "withModelClass: \"import os; os.system('x')\" is not a callable name",
-        () -> t.withModelClass("import os; os.system('x')"));
-    assertRejected("withBatchSize: minBatchSize is 0", () -> t.withBatchSize(0, 10));
-    assertRejected("maxBatchSize 4 is below minBatchSize 8", () -> t.withBatchSize(8, 4));
-    assertRejected("withMaxBatchDurationSecs: 0 seconds", () -> t.withMaxBatchDurationSecs(0));
-    assertRejected(
-        "withMaxBatchDurationSecs: NaN seconds", () -> t.withMaxBatchDurationSecs(Double.NaN));
-    assertRejected("withModelCopies: 0 copies", () -> t.withModelCopies(0));
-    assertRejected("withFeatureFields: no fields given", () -> t.withFeatureFields());
-    assertRejected(
-        "withFeatureFields: field \"a\" is named twice", () -> t.withFeatureFields("a", "a"));
-    assertRejected(
-        "withPassthroughFields: a field name is null", () -> t.withPassthroughFields("id", null));
-    assertRejected("withPostprocess: \"softmax\" is neither", () -> t.withPostprocess("softmax"));
-    assertRejected(
-        "withOutputSchema: schema is null or empty",
-        () -> t.withOutputSchema(Collections.emptyMap()));
-    assertRejected("withDevice: \"TPU\" is not a device", () -> t.withDevice("TPU"));
-    assertRejected(
-        "withExpansionService: \"localhost\" is not an address",
-        () -> t.withExpansionService("localhost"));
-    assertRejected(
-        "withExpansionService: \"host:99999\"", () -> t.withExpansionService("host:99999"));
-    assertRejected("withExpansionService: hostPort is null", () -> t.withExpansionService(null));
-
-    // Built-in postprocess names and callables pass.
-    t.withPostprocess("raw").withPostprocess("regression").withPostprocess("mypkg.post:f");
-    t.withPassthroughFields(Collections.emptyList());
-  }
-
-  // Never run: CrashingRunner only satisfies Pipeline.create, which wants some runner.
-  private static Pipeline pipeline() {
-    PipelineOptions options = PipelineOptionsFactory.create();
-    options.setRunner(CrashingRunner.class);
-    return Pipeline.create(options);
-  }
-
-  private static PCollection<Row> input(Pipeline p) {
-    Schema schema =
-        Schema.builder().addInt64Field("id").addArrayField("features", FieldType.DOUBLE).build();
-    return p.apply(
-        Create.of(Row.withSchema(schema).addValues(1L, Arrays.asList(1.0, 2.0)).build())
-            .withRowSchema(schema));
-  }
-
-  @Test
-  public void refusesToExpandWithoutAnExpansionService() {
-    Pipeline p = pipeline();
-    PCollection<Row> rows = input(p);
-    IllegalArgumentException e =
-        assertThrows(
-            IllegalArgumentException.class,
-            () -> rows.apply(CrossInference.sklearn("m.pkl").withFeatureField("features")));
+  public void serviceSettingsBecomeServiceFlags() {
+    CrossInference t =
+        CrossInference.sklearn("m.pkl")
+            .withPython("/opt/venv/bin/python")
+            .withAllow("mypkg.*", "other.features.*")
+            .withModelRoots("/models/")
+            .withTrustedModelRoots("/models/trusted/")
+            .withSdkContainerImage("img:1");
+    LocalExpansionService.Settings s = t.serviceSettings();
+    assertEquals("/opt/venv/bin/python", s.resolvedPython());
     assertEquals(
-        "CrossInference needs withExpansionService(\"host:port\"): start "
-            + "`crossinfer-expansion-service --port PORT`",
-        e.getMessage());
+        Arrays.asList(
+            "--allow", "mypkg.*", "--allow", "other.features.*",
+            "--model-root", "/models/", "--trusted-model-root", "/models/trusted/",
+            "--sdk-container-image", "img:1"),
+        s.flags());
+    // Equal settings share one service; any difference starts another.
+    assertEquals(s, CrossInference.onnx("x").withSdkContainerImage("img:1")
+        .withTrustedModelRoots("/models/trusted/").withModelRoots("/models/")
+        .withAllow("mypkg.*", "other.features.*").withPython("/opt/venv/bin/python")
+        .serviceSettings());
+    assertFalse(s.equals(t.withAllow("mypkg.*").serviceSettings()));
   }
 
   @Test
-  public void loopbackWithoutAnAddressGetsAMessageThatSaysWhatToDo() {
-    Pipeline p = pipeline();
-    p.getOptions().as(PortablePipelineOptions.class).setDefaultEnvironmentType("LOOPBACK");
-    PCollection<Row> rows = input(p);
-    assertRejected(
-        "--defaultEnvironmentConfig=localhost:PORT with a free PORT",
-        () ->
-            rows.apply(
-                CrossInference.sklearn("m.pkl")
-                    .withFeatureField("features")
-                    .withExpansionService(SERVICE)));
+  public void aPythonWithoutCrossinferGetsTheInstallCommand() {
+    IllegalStateException missing =
+        assertThrows(
+            IllegalStateException.class,
+            () -> LocalExpansionService.checkPython("/nonexistent/python3", "0.1.0"));
+    assertThat(missing.getMessage(), containsString("cannot be run"));
+    assertThat(missing.getMessage(), containsString("withPython"));
   }
 
   @Test
-  public void namedFieldsMustExistInTheInput() {
-    Pipeline p = pipeline();
-    PCollection<Row> rows = input(p);
-    assertRejected(
-        "the input has no field \"key\"; its fields are [id, features]",
-        () ->
-            rows.apply(
-                CrossInference.sklearn("m.pkl")
-                    .withFeatureField("features")
-                    .withPassthroughFields("id", "key")
-                    .withExpansionService(SERVICE)));
+  public void onlyTheFieldsPythonReadsCross() {
+    assertEquals(
+        Arrays.asList("features", "id", "lang"),
+        CrossInference.sklearn()
+            .withModels("lang", Collections.singletonMap("en", "m.pkl"))
+            .withFeatureField("features")
+            .withPassthroughFields("id")
+            .fieldsPythonReads());
+    assertNull(CrossInference.sklearn("m").withPreprocess("p.m:f").fieldsPythonReads());
+    assertNull(
+        CrossInference.sklearn("m").withFeatureField("x").withPostprocess("p.m:f")
+            .fieldsPythonReads());
+    assertEquals(
+        Arrays.asList("x"),
+        CrossInference.sklearn("m").withFeatureField("x").withPostprocess("raw")
+            .fieldsPythonReads());
+  }
+
+  @Test
+  public void versionComesFromTheBuild() {
+    assertTrue(CrossInference.VERSION, CrossInference.VERSION.matches("\\d+\\.\\d+\\.\\d+.*"));
+  }
+
+  @Test
+  public void loopbackNeedsItsWorkerClasses() {
+    LocalRuns.checkLoopbackClasses(CrossInferenceTest.class.getClassLoader());
+    ClassLoader empty = new ClassLoader(null) {};
+    IllegalStateException e =
+        assertThrows(IllegalStateException.class, () -> LocalRuns.checkLoopbackClasses(empty));
+    assertThat(e.getMessage(), containsString("com.github.jbellis:jamm"));
+  }
+
+  @Test
+  public void localPortableRunsGetLoopbackAndAWorkerAddress() {
+    PortablePipelineOptions options =
+        PipelineOptionsFactory.fromArgs("--jobEndpoint=localhost:8099")
+            .as(PortablePipelineOptions.class);
+    options.setRunner(CrashingRunner.class);
+    LocalRuns.prepare(options);
+    assertNull("not the PortableRunner: untouched", options.getDefaultEnvironmentType());
+
+    options.setDefaultEnvironmentType("LOOPBACK");
+    LocalRuns.prepare(options);
+    assertThat(options.getDefaultEnvironmentConfig(), org.hamcrest.Matchers.startsWith("localhost:"));
+  }
+
+  @Test
+  public void displayDataShowsTheArguments() {
+    org.apache.beam.sdk.transforms.display.DisplayData data =
+        org.apache.beam.sdk.transforms.display.DisplayData.from(
+            CrossInference.sklearn("gs://b/m.pkl").withFeatureField("features")
+                .withExpansionService(SERVICE));
+    String shown = data.toString();
+    assertThat(shown, containsString("gs://b/m.pkl"));
+    assertThat(shown, containsString("features"));
+    assertThat(shown, containsString(SERVICE));
+    assertThat(shown, containsString(CrossInference.VERSION));
   }
 }

@@ -1,0 +1,349 @@
+package io.crossinfer;
+
+import java.io.BufferedReader;
+import java.io.File;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.io.Serializable;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Objects;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.checkerframework.checker.nullness.qual.Nullable;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * The crossinfer expansion service this JVM starts for itself when no address is given: {@code
+ * python -m expansion_service} (the {@code crossinfer-expansion-service} command) from a Python
+ * the user names, on a free loopback port, one per distinct {@link Settings}, stopped at JVM exit.
+ *
+ * <p>Beam's own {@code PythonService} is not used: it bootstraps a virtualenv and pip-installs
+ * Beam into it, and Beam's auto-started service admits every Python callable ({@code *}).
+ */
+final class LocalExpansionService {
+  private static final Logger LOG = LoggerFactory.getLogger(LocalExpansionService.class);
+
+  /** Environment variable naming the Python to start the service with. */
+  static final String PYTHON_ENV = "CROSSINFER_PYTHON";
+
+  private static final String DEFAULT_PYTHON = "python3";
+  private static final Pattern LISTENING =
+      Pattern.compile("crossinfer expansion service listening on (\\S+)");
+  private static final long START_TIMEOUT_SECONDS = 180;
+
+  // What the named Python has: modules the service needs that it lacks, and crossinfer's version.
+  private static final String PROBE =
+      "import importlib.util, importlib.metadata\n"
+          + "missing = [m for m in ('crossinfer', 'expansion_service', 'apache_beam')"
+          + " if importlib.util.find_spec(m) is None]\n"
+          + "print('missing=' + ','.join(missing))\n"
+          + "try:\n"
+          + "    print('version=' + importlib.metadata.version('crossinfer'))\n"
+          + "except importlib.metadata.PackageNotFoundError:\n"
+          + "    print('version=')\n";
+
+  private static final Map<Settings, LocalExpansionService> RUNNING = new HashMap<>();
+
+  /** What the started service is told; equal settings share one service. */
+  static final class Settings implements Serializable {
+    private static final long serialVersionUID = 1L;
+
+    final @Nullable String python;
+    final List<String> allow;
+    final List<String> modelRoots;
+    final List<String> trustedModelRoots;
+    final @Nullable String sdkContainerImage;
+
+    Settings(
+        @Nullable String python,
+        List<String> allow,
+        List<String> modelRoots,
+        List<String> trustedModelRoots,
+        @Nullable String sdkContainerImage) {
+      this.python = python;
+      this.allow = Collections.unmodifiableList(new ArrayList<>(allow));
+      this.modelRoots = Collections.unmodifiableList(new ArrayList<>(modelRoots));
+      this.trustedModelRoots = Collections.unmodifiableList(new ArrayList<>(trustedModelRoots));
+      this.sdkContainerImage = sdkContainerImage;
+    }
+
+    static Settings defaults() {
+      List<String> none = Collections.emptyList();
+      return new Settings(null, none, none, none, null);
+    }
+
+    /** The Python to run: the one named, else {@code $CROSSINFER_PYTHON}, else python3. */
+    String resolvedPython() {
+      if (python != null) {
+        return python;
+      }
+      String env = System.getenv(PYTHON_ENV);
+      return env == null || env.isEmpty() ? DEFAULT_PYTHON : env;
+    }
+
+    List<String> flags() {
+      List<String> flags = new ArrayList<>();
+      for (String glob : allow) {
+        flags.add("--allow");
+        flags.add(glob);
+      }
+      for (String root : modelRoots) {
+        flags.add("--model-root");
+        flags.add(root);
+      }
+      for (String root : trustedModelRoots) {
+        flags.add("--trusted-model-root");
+        flags.add(root);
+      }
+      if (sdkContainerImage != null) {
+        flags.add("--sdk-container-image");
+        flags.add(sdkContainerImage);
+      }
+      return flags;
+    }
+
+    @Override
+    public boolean equals(@Nullable Object o) {
+      if (!(o instanceof Settings)) {
+        return false;
+      }
+      Settings s = (Settings) o;
+      return resolvedPython().equals(s.resolvedPython()) && flags().equals(s.flags());
+    }
+
+    @Override
+    public int hashCode() {
+      return Objects.hash(resolvedPython(), flags());
+    }
+
+    @Override
+    public String toString() {
+      return resolvedPython() + " " + String.join(" ", flags());
+    }
+  }
+
+  private final Process process;
+  private final String address;
+  private final Path log;
+
+  private LocalExpansionService(Process process, String address, Path log) {
+    this.process = process;
+    this.address = address;
+    this.log = log;
+  }
+
+  /** The address of the running service for {@code settings}, starting it if needed. */
+  static synchronized String addressFor(Settings settings, String libraryVersion) {
+    LocalExpansionService running = RUNNING.get(settings);
+    if (running != null && running.process.isAlive()) {
+      return running.address;
+    }
+    LocalExpansionService started = start(settings, libraryVersion);
+    RUNNING.put(settings, started);
+    return started.address;
+  }
+
+  private static LocalExpansionService start(Settings settings, String libraryVersion) {
+    String python = settings.resolvedPython();
+    checkPython(python, libraryVersion);
+    List<String> command = new ArrayList<>();
+    command.add(python);
+    command.add("-m");
+    command.add("expansion_service");
+    command.add("--port");
+    command.add("0"); // the service binds a free port on 127.0.0.1 and prints it
+    command.addAll(settings.flags());
+    Path log;
+    Process process;
+    try {
+      log = Files.createTempFile("crossinfer-expansion-service-", ".log");
+      log.toFile().deleteOnExit();
+      ProcessBuilder builder = new ProcessBuilder(command);
+      builder.environment().put("PYTHONUNBUFFERED", "1");
+      builder.redirectError(ProcessBuilder.Redirect.appendTo(log.toFile()));
+      builder.redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")));
+      process = builder.start();
+    } catch (IOException e) {
+      throw new IllegalStateException(
+          String.format(
+              "CrossInference could not start the crossinfer expansion service with %s: %s",
+              command, e.getMessage()),
+          e);
+    }
+    Runtime.getRuntime().addShutdownHook(new Thread(() -> stop(process), "crossinfer-stop"));
+    String address = awaitAddress(process, log);
+    LOG.info(
+        "CrossInference started the crossinfer expansion service at {} ({}); log {}",
+        address,
+        settings,
+        log);
+    return new LocalExpansionService(process, address, log);
+  }
+
+  // The service prints "crossinfer expansion service listening on HOST:PORT" on stdout once it
+  // serves; stdout is then drained so the pipe never fills.
+  private static String awaitAddress(Process process, Path log) {
+    BufferedReader stdout =
+        new BufferedReader(
+            new InputStreamReader(process.getInputStream(), StandardCharsets.UTF_8));
+    CompletableFuture<String> address = new CompletableFuture<>();
+    Thread reader =
+        new Thread(
+            () -> {
+              try {
+                String line;
+                while ((line = stdout.readLine()) != null) {
+                  Matcher m = LISTENING.matcher(line);
+                  if (m.find()) {
+                    address.complete(m.group(1));
+                  }
+                }
+              } catch (IOException e) {
+                // The process ended; the future below reports it.
+              }
+              address.complete(null);
+            },
+            "crossinfer-expansion-service-stdout");
+    reader.setDaemon(true);
+    reader.start();
+    try {
+      String found = address.get(START_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+      if (found != null) {
+        return found;
+      }
+      process.waitFor(5, TimeUnit.SECONDS);
+      throw new IllegalStateException(
+          String.format(
+              "The crossinfer expansion service CrossInference started exited (code %s) before "
+                  + "it served:\n%s",
+              process.isAlive() ? "none yet" : String.valueOf(process.exitValue()),
+              tail(log)));
+    } catch (TimeoutException e) {
+      stop(process);
+      throw new IllegalStateException(
+          String.format(
+              "The crossinfer expansion service CrossInference started did not serve within %d s:"
+                  + "\n%s",
+              START_TIMEOUT_SECONDS, tail(log)),
+          e);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      stop(process);
+      throw new IllegalStateException("interrupted while starting the expansion service", e);
+    } catch (ExecutionException e) {
+      throw new IllegalStateException(e);
+    }
+  }
+
+  /** Fails with what to do when {@code python} cannot run the service or has another version. */
+  static void checkPython(String python, String libraryVersion) {
+    String how =
+        String.format(
+            "install it into that Python with `%s -m pip install crossinfer==%s`, or name "
+                + "another Python with CrossInference.withPython(\"/path/to/python\") or the "
+                + "environment variable %s",
+            python, libraryVersion, PYTHON_ENV);
+    List<String> out = new ArrayList<>();
+    int code;
+    try {
+      Process probe =
+          new ProcessBuilder(python, "-c", PROBE)
+              .redirectErrorStream(true)
+              .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
+              .start();
+      try (BufferedReader reader =
+          new BufferedReader(
+              new InputStreamReader(probe.getInputStream(), StandardCharsets.UTF_8))) {
+        String line;
+        while ((line = reader.readLine()) != null) {
+          out.add(line);
+        }
+      }
+      code = probe.waitFor();
+    } catch (IOException e) {
+      throw new IllegalStateException(
+          String.format(
+              "CrossInference starts the crossinfer expansion service with Python %s, which "
+                  + "cannot be run (%s); name a Python 3.10+ that has crossinfer with "
+                  + "CrossInference.withPython(\"/path/to/python\") or the environment variable "
+                  + "%s, or start the service yourself and pass its address to "
+                  + "withExpansionService",
+              python, e.getMessage(), PYTHON_ENV),
+          e);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new IllegalStateException("interrupted while checking " + python, e);
+    }
+    String missing = null;
+    String version = null;
+    for (String line : out) {
+      if (line.startsWith("missing=")) {
+        missing = line.substring("missing=".length());
+      } else if (line.startsWith("version=")) {
+        version = line.substring("version=".length());
+      }
+    }
+    if (code != 0 || missing == null || version == null) {
+      throw new IllegalStateException(
+          String.format(
+              "CrossInference could not ask Python %s about crossinfer (exit %d): %s; %s",
+              python, code, String.join("\n", out), how));
+    }
+    if (!missing.isEmpty()) {
+      throw new IllegalStateException(
+          String.format(
+              "Python %s has no crossinfer (missing modules: %s), which CrossInference needs to "
+                  + "start the crossinfer expansion service; %s",
+              python, missing, how));
+    }
+    if (!version.equals(libraryVersion)) {
+      throw new IllegalStateException(
+          String.format(
+              "Python %s has crossinfer %s, but this Java library is crossinfer %s: the two "
+                  + "sides must be the same version; %s",
+              python, version.isEmpty() ? "(no version: not installed with pip)" : version,
+              libraryVersion, how));
+    }
+  }
+
+  private static void stop(Process process) {
+    if (!process.isAlive()) {
+      return;
+    }
+    process.destroy(); // SIGTERM: the service exits cleanly within ~2 s
+    try {
+      if (!process.waitFor(10, TimeUnit.SECONDS)) {
+        process.destroyForcibly();
+      }
+    } catch (InterruptedException e) {
+      process.destroyForcibly();
+      Thread.currentThread().interrupt();
+    }
+  }
+
+  private static String tail(Path log) {
+    try {
+      List<String> lines = Files.readAllLines(log, StandardCharsets.UTF_8);
+      return String.join("\n", lines.subList(Math.max(0, lines.size() - 40), lines.size()));
+    } catch (IOException e) {
+      return "(no log: " + e.getMessage() + ")";
+    }
+  }
+
+  @Override
+  public String toString() {
+    return "crossinfer expansion service at " + address + " (log " + log + ")";
+  }
+}
