@@ -1,17 +1,14 @@
 package io.crossinfer.examples;
 
-import com.fasterxml.jackson.core.JsonProcessingException;
-import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.crossinfer.CrossInference;
 import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStreamReader;
-import java.net.ServerSocket;
 import java.nio.channels.Channels;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import org.apache.beam.sdk.Pipeline;
@@ -23,39 +20,37 @@ import org.apache.beam.sdk.options.Default;
 import org.apache.beam.sdk.options.Description;
 import org.apache.beam.sdk.options.PipelineOptions;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
-import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.options.Validation;
 import org.apache.beam.sdk.schemas.Schema;
-import org.apache.beam.sdk.transforms.DoFn;
+import org.apache.beam.sdk.transforms.Filter;
 import org.apache.beam.sdk.transforms.Flatten;
-import org.apache.beam.sdk.transforms.ParDo;
+import org.apache.beam.sdk.transforms.JsonToRow;
+import org.apache.beam.sdk.transforms.MapElements;
 import org.apache.beam.sdk.transforms.ToJson;
 import org.apache.beam.sdk.transforms.WithFailures;
-import org.apache.beam.sdk.util.construction.Environments;
 import org.apache.beam.sdk.values.PCollection;
 import org.apache.beam.sdk.values.PCollectionList;
-import org.apache.beam.sdk.values.PCollectionTuple;
 import org.apache.beam.sdk.values.Row;
-import org.apache.beam.sdk.values.TupleTag;
-import org.apache.beam.sdk.values.TupleTagList;
-import org.checkerframework.checker.nullness.qual.Nullable;
+import org.apache.beam.sdk.values.TypeDescriptors;
 
 /**
  * Example pipeline: classifies the rows of a JSON-lines file with a model run by {@link
  * CrossInference}, and writes predictions and failures as JSON lines.
  *
- * <p>Each input line is an object such as {@code {"id": 7, "features": [0.1, 2.0]}}; other keys are
- * ignored. A line whose features are missing, null or not numbers still becomes a row (with null
- * values), so the model side reports it as a failure; a line that is not a JSON object with an
- * integer {@code id} is reported as a failure with stage {@code "parse"}. Writes {@code
- * <output>-predictions.jsonl} and {@code <output>-failures.jsonl}, then prints {@code predictions=N
- * failures=M}.
+ * <p>Each input line is an object such as {@code {"id": 7, "features": [0.1, 2.0]}}, parsed by
+ * Beam's {@link JsonToRow}; other keys are ignored. A missing or null feature array still becomes
+ * a row, so the model side reports it as a failure; a line that does not parse into the schema
+ * (not JSON, no integer {@code id}, a feature that is not a number) is a failure with stage
+ * {@code "parse"}. Writes {@code <output>-predictions.jsonl} and {@code <output>-failures.jsonl},
+ * then prints {@code predictions=N failures=M}.
+ *
+ * <p>Locally, with Beam's Python job server running ({@code python -m
+ * apache_beam.runners.portability.local_job_service_main --port 8099}) and crossinfer installed
+ * in {@code python3} (or the Python named by {@code --python} / {@code CROSSINFER_PYTHON}):
  *
  * <pre>
- * java -cp "$(cat java/build/classpath.txt)" io.crossinfer.examples.ClassifyRows \
- *   --input=rows.jsonl --output=out/run --framework=sklearn --modelUri=/models/model.pkl \
- *   --expansionService=localhost:8097 \
- *   --runner=PortableRunner --jobEndpoint=localhost:8099 --defaultEnvironmentType=LOOPBACK
+ * classify-rows --input=rows.jsonl --output=out/run --framework=sklearn \
+ *   --modelUri=/models/model.pkl --runner=PortableRunner --jobEndpoint=localhost:8099
  * </pre>
  */
 public final class ClassifyRows {
@@ -103,8 +98,7 @@ public final class ClassifyRows {
     /**
      * @return the model file
      */
-    @Description("Model file, as the Python workers see it (local path, gs://...)")
-    @Validation.Required
+    @Description("Model file, as the Python side sees it (local path, gs://...)")
     String getModelUri();
 
     /**
@@ -147,16 +141,72 @@ public final class ClassifyRows {
     void setPostprocess(String postprocess);
 
     /**
-     * @return the expansion service address
+     * @return the expansion service address, or null to have one started
      */
-    @Description("The crossinfer expansion service, host:port")
-    @Validation.Required
+    @Description(
+        "A running crossinfer expansion service, host:port; without it one is started from "
+            + "--python")
     String getExpansionService();
 
     /**
      * @param expansionService the expansion service address
      */
     void setExpansionService(String expansionService);
+
+    /**
+     * @return the Python to start the expansion service with, or null
+     */
+    @Description("The Python that has crossinfer (default: $CROSSINFER_PYTHON, else python3)")
+    String getPython();
+
+    /**
+     * @param python the Python to start the expansion service with
+     */
+    void setPython(String python);
+
+    /**
+     * @return globs of Python callables the started service admits
+     */
+    @Description("Python callables the started service admits, e.g. mypkg.features.* (repeatable)")
+    List<String> getAllow();
+
+    /**
+     * @param allow globs of Python callables the started service admits
+     */
+    void setAllow(List<String> allow);
+
+    /**
+     * @return the Docker image of the Python stages, or null
+     */
+    @Description("For Dataflow: the worker image of the Python stages (Beam's Python SDK + crossinfer)")
+    String getPythonContainerImage();
+
+    /**
+     * @param image the Docker image of the Python stages
+     */
+    void setPythonContainerImage(String image);
+
+    /**
+     * @return the input field that picks the model, or null
+     */
+    @Description("Several models: the JSON key (string) whose value picks the model from --models")
+    String getModelKeyField();
+
+    /**
+     * @param modelKeyField the input field that picks the model
+     */
+    void setModelKeyField(String modelKeyField);
+
+    /**
+     * @return key=uri pairs of the models
+     */
+    @Description("Several models: key=modelUri pairs (with --modelKeyField instead of --modelUri)")
+    List<String> getModels();
+
+    /**
+     * @param models key=uri pairs of the models
+     */
+    void setModels(List<String> models);
 
     /**
      * @return the name of the feature array field
@@ -196,9 +246,6 @@ public final class ClassifyRows {
   }
 
   private static final ObjectMapper JSON = new ObjectMapper();
-  // Anonymous subclasses keep the element type for coder inference.
-  private static final TupleTag<Row> ROWS = new TupleTag<Row>("rows") {};
-  private static final TupleTag<String> UNPARSED = new TupleTag<String>("unparsed") {};
 
   /**
    * Runs the pipeline and prints the summary line.
@@ -208,13 +255,6 @@ public final class ClassifyRows {
    */
   public static void main(String[] args) throws IOException {
     Options options = PipelineOptionsFactory.fromArgs(args).withValidation().as(Options.class);
-    PortablePipelineOptions portable = options.as(PortablePipelineOptions.class);
-    if (Environments.ENVIRONMENT_LOOPBACK.equals(portable.getDefaultEnvironmentType())
-        && Environments.getExternalServiceAddress(portable).isEmpty()) {
-      // Beam Java needs the loopback worker's address when the Python transform is expanded,
-      // long before PortableRunner.run() would pick one; run() then listens on this one.
-      portable.setDefaultEnvironmentConfig("localhost:" + freePort());
-    }
     Pipeline pipeline = Pipeline.create(options);
     build(pipeline, options);
     PipelineResult.State state = pipeline.run().waitUntilFinish();
@@ -232,20 +272,22 @@ public final class ClassifyRows {
    *
    * @param pipeline the pipeline to build
    * @param options its options
-   * @throws IOException if {@code --modelParamsJson} is not a JSON object
+   * @throws IOException if {@code --modelParamsJson} is not JSON
    */
   public static void build(Pipeline pipeline, Options options) throws IOException {
-    Schema schema = inputSchema(options.getFeatureField(), options.getFeatureType());
-    PCollectionTuple parsed =
+    Schema schema =
+        inputSchema(options.getFeatureField(), options.getFeatureType(), options.getModelKeyField());
+    JsonToRow.ParseResult parsed =
         pipeline
             .apply("Read", TextIO.read().from(options.getInput()))
+            .apply("SkipBlankLines", Filter.by((String line) -> !line.trim().isEmpty()))
             .apply(
                 "Parse",
-                ParDo.of(new ParseLine(schema, options.getFeatureField()))
-                    .withOutputTags(ROWS, TupleTagList.of(UNPARSED)));
+                JsonToRow.withExceptionReporting(schema)
+                    .withExtendedErrorInfo());
 
     WithFailures.Result<PCollection<Row>, Row> result =
-        parsed.get(ROWS).setRowSchema(schema).apply("Classify", inference(options));
+        parsed.getResults().apply("Classify", inference(options));
 
     result
         .output()
@@ -253,47 +295,76 @@ public final class ClassifyRows {
         .apply(
             "WritePredictions",
             TextIO.write().to(options.getOutput() + "-predictions.jsonl").withoutSharding());
+    PCollection<String> parseFailures =
+        parsed
+            .getFailedToParseLines()
+            .apply(
+                "ParseFailuresToJson",
+                MapElements.into(TypeDescriptors.strings())
+                    .via(
+                        (Row failed) ->
+                            parseFailure(failed.getString("line"), failed.getString("err"))));
     PCollectionList.of(result.failures().apply("FailuresToJson", ToJson.of()))
-        .and(parsed.get(UNPARSED))
+        .and(parseFailures)
         .apply("AllFailures", Flatten.pCollections())
         .apply(
             "WriteFailures",
             TextIO.write().to(options.getOutput() + "-failures.jsonl").withoutSharding());
   }
 
-  private static CrossInference inference(Options options) throws IOException {
+  /**
+   * The transform the options describe.
+   *
+   * @param options the pipeline's options
+   * @return the configured transform
+   * @throws IOException if {@code --modelParamsJson} is not JSON
+   */
+  static CrossInference inference(Options options) throws IOException {
     CrossInference inference;
     switch (options.getFramework()) {
       case "sklearn":
-        inference = CrossInference.sklearn(options.getModelUri());
+        inference = CrossInference.sklearn();
         break;
       case "pytorch":
-        inference = CrossInference.pytorch(options.getModelUri());
+        inference = CrossInference.pytorch();
         break;
       case "onnx":
-        inference = CrossInference.onnx(options.getModelUri());
+        inference = CrossInference.onnx();
         break;
       default:
         throw new IllegalArgumentException(
             "--framework=" + options.getFramework() + ": give sklearn, pytorch or onnx");
     }
+    if (options.getModelKeyField() != null) {
+      inference = inference.withModels(options.getModelKeyField(), models(options.getModels()));
+    } else if (options.getModelUri() != null) {
+      inference = inference.withModelUri(options.getModelUri());
+    } else {
+      throw new IllegalArgumentException("give --modelUri, or --modelKeyField and --models");
+    }
     inference =
         inference
             .withFeatureField(options.getFeatureField())
-            .withPostprocess(options.getPostprocess())
-            .withExpansionService(options.getExpansionService());
+            .withPostprocess(options.getPostprocess());
+    if (options.getExpansionService() != null) {
+      inference = inference.withExpansionService(options.getExpansionService());
+    }
+    if (options.getPython() != null) {
+      inference = inference.withPython(options.getPython());
+    }
+    if (options.getAllow() != null) {
+      inference = inference.withAllow(options.getAllow().toArray(new String[0]));
+    }
+    if (options.getPythonContainerImage() != null) {
+      inference = inference.withSdkContainerImage(options.getPythonContainerImage());
+    }
     if (options.getModelClass() != null) {
       inference = inference.withModelClass(options.getModelClass());
     }
     if (options.getModelParamsJson() != null) {
-      JsonNode params = JSON.readTree(options.getModelParamsJson());
-      if (params == null || !params.isObject()) {
-        throw new IllegalArgumentException(
-            "--modelParamsJson: give a JSON object, e.g. {\"n\": 2}");
-      }
       @SuppressWarnings("unchecked")
-      Map<String, Object> map = JSON.convertValue(params, Map.class);
-      inference = inference.withModelParams(map);
+      Map<String, Object> params = JSON.readValue(options.getModelParamsJson(), Map.class);
+      inference = inference.withModelParams(params);
     }
     List<String> passthrough = new ArrayList<>();
     for (String field : options.getPassthroughFields().split(",")) {
@@ -304,11 +375,26 @@ public final class ClassifyRows {
     return passthrough.isEmpty() ? inference : inference.withPassthroughFields(passthrough);
   }
 
+  private static Map<String, String> models(List<String> pairs) {
+    if (pairs == null || pairs.isEmpty()) {
+      throw new IllegalArgumentException("--modelKeyField needs --models=key=uri,key=uri");
+    }
+    Map<String, String> models = new LinkedHashMap<>();
+    for (String pair : pairs) {
+      int eq = pair.indexOf('=');
+      if (eq <= 0) {
+        throw new IllegalArgumentException("--models: " + pair + " is not key=uri");
+      }
+      models.put(pair.substring(0, eq), pair.substring(eq + 1));
+    }
+    return models;
+  }
+
   /**
-   * The rows sent to the model: {@code id} and the feature array. The array and its elements are
-   * nullable so that bad input reaches the model side and comes back as a failure.
+   * The rows sent to the model: {@code id}, the feature array (nullable, so a missing one reaches
+   * the model side and comes back as a failure) and the model key, if any.
    */
-  static Schema inputSchema(String featureField, String featureType) {
+  static Schema inputSchema(String featureField, String featureType, String modelKeyField) {
     Schema.FieldType element;
     switch (featureType) {
       case "float64":
@@ -321,92 +407,27 @@ public final class ClassifyRows {
         throw new IllegalArgumentException(
             "--featureType=" + featureType + ": give float64 or int64");
     }
-    return Schema.builder()
-        .addInt64Field("id")
-        .addNullableField(featureField, Schema.FieldType.array(element.withNullable(true)))
-        .build();
+    Schema.Builder schema =
+        Schema.builder()
+            .addInt64Field("id")
+            .addNullableField(featureField, Schema.FieldType.array(element));
+    if (modelKeyField != null) {
+      schema.addNullableField(modelKeyField, Schema.FieldType.STRING);
+    }
+    return schema.build();
   }
 
-  /** Parses one JSON line into a row, or into a failure record when it has no usable id. */
-  static final class ParseLine extends DoFn<String, Row> {
-    private final Schema schema;
-    private final String featureField;
-    private final boolean integers;
-
-    ParseLine(Schema schema, String featureField) {
-      this.schema = schema;
-      this.featureField = featureField;
-      this.integers =
-          schema.getField(featureField).getType().getCollectionElementType().getTypeName()
-              == Schema.TypeName.INT64;
-    }
-
-    @ProcessElement
-    public void process(@Element String line, MultiOutputReceiver out) {
-      Object parsed = parse(line);
-      if (parsed instanceof Row) {
-        out.get(ROWS).output((Row) parsed);
-      } else if (parsed != null) {
-        out.get(UNPARSED).output((String) parsed);
-      }
-    }
-
-    /** The line's row, its failure record as JSON, or null for a blank line. */
-    @Nullable Object parse(String line) {
-      if (line.trim().isEmpty()) {
-        return null; // blank lines separate nothing in JSON lines; they are not records
-      }
-      JsonNode node;
-      try {
-        node = JSON.readTree(line);
-      } catch (JsonProcessingException e) {
-        return failure(line, e.getClass().getSimpleName() + ": " + e.getOriginalMessage());
-      }
-      if (node == null || !node.isObject()) {
-        return failure(line, "InputError: the line is not a JSON object");
-      }
-      JsonNode id = node.get("id");
-      if (id == null || !id.isIntegralNumber() || !id.canConvertToLong()) {
-        return failure(line, "InputError: \"id\" is missing or not an integer");
-      }
-      return Row.withSchema(schema)
-          .addValues(id.asLong(), features(node.get(featureField)))
-          .build();
-    }
-
-    // Anything that is not a number becomes null: the model side then names the row a failure
-    // instead of this parser guessing a value.
-    private @Nullable List<Object> features(@Nullable JsonNode array) {
-      if (array == null || !array.isArray()) {
-        return null;
-      }
-      List<Object> values = new ArrayList<>(array.size());
-      for (JsonNode item : array) {
-        if (!item.isNumber()) {
-          values.add(null);
-        } else if (!integers) {
-          values.add(item.asDouble());
-        } else if (item.canConvertToExactIntegral() && item.canConvertToLong()) {
-          values.add(item.asLong());
-        } else {
-          values.add(null); // 1.5 is not a token id; never round it
-        }
-      }
-      return values;
-    }
-
-    private static String failure(String line, String error) {
-      ObjectNode record = JSON.createObjectNode();
-      record.put("element", line);
-      record.put("stage", "parse");
-      record.put("error", error);
-      return record.toString();
-    }
-  }
-
-  private static int freePort() throws IOException {
-    try (ServerSocket socket = new ServerSocket(0)) {
-      return socket.getLocalPort();
+  /** A line JsonToRow could not parse, as a failure record like the model side's. */
+  static String parseFailure(String line, String error) {
+    Map<String, String> record = new LinkedHashMap<>();
+    record.put("element", line);
+    record.put("stage", "parse");
+    // "Type: message", like the model side's errors.
+    record.put("error", "ParseError: " + error);
+    try {
+      return JSON.writeValueAsString(record);
+    } catch (IOException e) {
+      throw new IllegalStateException(e);
     }
   }
 

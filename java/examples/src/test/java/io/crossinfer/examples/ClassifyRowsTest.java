@@ -3,15 +3,22 @@ package io.crossinfer.examples;
 import static org.hamcrest.MatcherAssert.assertThat;
 import static org.hamcrest.Matchers.containsString;
 import static org.junit.Assert.assertEquals;
-import static org.junit.Assert.assertNull;
 import static org.junit.Assert.assertThrows;
-import static org.junit.Assert.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
 import org.apache.beam.sdk.schemas.Schema;
+import org.apache.beam.sdk.testing.PAssert;
+import org.apache.beam.sdk.testing.TestPipeline;
+import org.apache.beam.sdk.transforms.Create;
+import org.apache.beam.sdk.transforms.JsonToRow;
 import org.apache.beam.sdk.values.Row;
+import org.junit.Rule;
 import org.junit.Test;
 import org.junit.runner.RunWith;
 import org.junit.runners.JUnit4;
@@ -20,73 +27,70 @@ import org.junit.runners.JUnit4;
 @RunWith(JUnit4.class)
 public class ClassifyRowsTest {
 
-  private static final ClassifyRows.ParseLine FLOATS =
-      new ClassifyRows.ParseLine(ClassifyRows.inputSchema("features", "float64"), "features");
-  private static final ClassifyRows.ParseLine TOKENS =
-      new ClassifyRows.ParseLine(ClassifyRows.inputSchema("tokens", "int64"), "tokens");
+  @Rule public final transient TestPipeline pipeline = TestPipeline.create();
 
-  private static JsonNode failure(Object parsed) throws Exception {
-    assertTrue("expected a failure record, got " + parsed, parsed instanceof String);
-    JsonNode record = new ObjectMapper().readTree((String) parsed);
-    assertEquals("parse", record.get("stage").asText());
-    return record;
+  @Test
+  public void everyLineBecomesARowOrAParseFailure() {
+    Schema schema = ClassifyRows.inputSchema("features", "float64", null);
+    JsonToRow.ParseResult parsed =
+        pipeline
+            .apply(
+                Create.of(
+                    "{\"id\": 7, \"features\": [1, 2.5], \"extra\": \"x\"}",
+                    "{\"id\": 1}",
+                    "{\"id\": 2, \"features\": null}",
+                    "{\"id\": 3, \"features\": [1, \"x\"]}",
+                    "{\"id\": 1, \"features\": [1,",
+                    "{\"features\": [1]}"))
+            .apply(
+                JsonToRow.withExceptionReporting(schema)
+                    .withExtendedErrorInfo());
+    PAssert.that(parsed.getResults())
+        .containsInAnyOrder(
+            Row.withSchema(schema).addValues(7L, Arrays.asList(1.0, 2.5)).build(),
+            Row.withSchema(schema).addValues(1L, null).build(),
+            Row.withSchema(schema).addValues(2L, null).build());
+    PAssert.that(parsed.getFailedToParseLines())
+        .satisfies(
+            failed -> {
+              List<String> lines = new ArrayList<>();
+              for (Row row : failed) {
+                lines.add(row.getString("line"));
+                assertThat(row.getString("err"), org.hamcrest.Matchers.not(org.hamcrest.Matchers.emptyString()));
+              }
+              lines.sort(null);
+              assertEquals(
+                  Arrays.asList(
+                      "{\"features\": [1]}",
+                      "{\"id\": 1, \"features\": [1,",
+                      "{\"id\": 3, \"features\": [1, \"x\"]}"),
+                  lines);
+              return null;
+            });
+    pipeline.run().waitUntilFinish();
   }
 
   @Test
-  public void goodLineBecomesARow() {
-    Row row = (Row) FLOATS.parse("{\"id\": 7, \"features\": [1, 2.5], \"extra\": \"x\"}");
-    assertEquals(Long.valueOf(7), row.getInt64("id"));
-    assertEquals(Arrays.asList(1.0, 2.5), row.getArray("features"));
+  public void parseFailuresLookLikeModelFailures() throws Exception {
+    JsonNode record =
+        new ObjectMapper().readTree(ClassifyRows.parseFailure("{bad", "Unable to parse Row"));
+    Map<String, String> fields = new TreeMap<>();
+    record.fields().forEachRemaining(e -> fields.put(e.getKey(), e.getValue().asText()));
+    assertEquals("{bad", fields.get("element"));
+    assertEquals("parse", fields.get("stage"));
+    assertEquals("ParseError: Unable to parse Row", fields.get("error"));
   }
 
   @Test
-  public void badFeaturesStillBecomeARowForTheModelSideToReport() {
-    Row missing = (Row) FLOATS.parse("{\"id\": 1}");
-    assertNull(missing.getArray("features"));
-    Row nulled = (Row) FLOATS.parse("{\"id\": 2, \"features\": null}");
-    assertNull(nulled.getArray("features"));
-    Row notNumbers = (Row) FLOATS.parse("{\"id\": 3, \"features\": [1, \"x\", null, true]}");
-    assertEquals(Arrays.asList(1.0, null, null, null), notNumbers.getArray("features"));
-    Row notArray = (Row) FLOATS.parse("{\"id\": 4, \"features\": \"1,2\"}");
-    assertNull(notArray.getArray("features"));
-  }
-
-  @Test
-  public void tokenIdsStayIntegersAndAreNeverRounded() {
-    Row row = (Row) TOKENS.parse("{\"id\": 1, \"tokens\": [5, 3.0, 1.5, 9007199254740993]}");
-    assertEquals(Arrays.asList(5L, 3L, null, 9007199254740993L), row.getArray("tokens"));
+  public void tokenIdsAreInt64AndAModelKeyIsAString() {
+    Schema schema = ClassifyRows.inputSchema("tokens", "int64", "lang");
     assertEquals(
-        Schema.FieldType.INT64.withNullable(true),
-        row.getSchema().getField("tokens").getType().getCollectionElementType());
-  }
-
-  @Test
-  public void linesWithoutAnIdAreParseFailures() throws Exception {
-    JsonNode notJson = failure(FLOATS.parse("{\"id\": 1, \"features\": [1,"));
-    assertEquals("{\"id\": 1, \"features\": [1,", notJson.get("element").asText());
-    assertThat(
-        notJson.get("error").asText(),
-        containsString("JsonParseException: Unexpected end-of-input"));
-    assertThat(
-        failure(FLOATS.parse("[1, 2]")).get("error").asText(), containsString("not a JSON object"));
-    assertThat(
-        failure(FLOATS.parse("{\"id\": \"seven\", \"features\": [1]}")).get("error").asText(),
-        containsString("\"id\" is missing or not an integer"));
-    assertThat(
-        failure(FLOATS.parse("{\"features\": [1]}")).get("error").asText(),
-        containsString("\"id\" is missing"));
-  }
-
-  @Test
-  public void blankLinesAreNotRecords() {
-    assertNull(FLOATS.parse("   "));
-  }
-
-  @Test
-  public void unknownFeatureTypeIsRejected() {
+        Schema.FieldType.INT64, schema.getField("tokens").getType().getCollectionElementType());
+    assertEquals(Schema.FieldType.STRING.withNullable(true), schema.getField("lang").getType());
     IllegalArgumentException e =
         assertThrows(
-            IllegalArgumentException.class, () -> ClassifyRows.inputSchema("features", "float32"));
+            IllegalArgumentException.class,
+            () -> ClassifyRows.inputSchema("features", "float32", null));
     assertThat(e.getMessage(), containsString("--featureType=float32: give float64 or int64"));
   }
 }
