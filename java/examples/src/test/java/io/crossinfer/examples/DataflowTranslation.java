@@ -14,7 +14,10 @@ import org.apache.beam.sdk.util.construction.PipelineTranslation;
  * Builds {@link ClassifyRows}' pipeline with the Dataflow command line and prints, instead of
  * submitting it, what the portable pipeline proto the DataflowRunner submits (runner v2) holds:
  * the runner, each environment (URN, container image) and the transforms that run in it, as JSON.
- * Used by the tests, where there are no credentials to submit with.
+ * Used by the tests, where there are no credentials to submit with: they pass Beam's {@code
+ * --credentialFactoryClass=...NoopCredentialFactory} and {@code
+ * --pathValidatorClass=...NoopPathValidator} so that creating the DataflowRunner touches no GCP
+ * service.
  */
 public final class DataflowTranslation {
   private DataflowTranslation() {}
@@ -26,8 +29,9 @@ public final class DataflowTranslation {
    * @throws Exception if the pipeline cannot be built
    */
   public static void main(String[] args) throws Exception {
-    ClassifyRows.Options options =
-        PipelineOptionsFactory.fromArgs(args).withValidation().as(ClassifyRows.Options.class);
+    // No withValidation(): with the DataflowRunner it checks the GCS temp location over the
+    // network; give --gcpTempLocation and nothing here touches GCS.
+    ClassifyRows.Options options = PipelineOptionsFactory.fromArgs(args).as(ClassifyRows.Options.class);
     Pipeline pipeline = Pipeline.create(options);
     ClassifyRows.build(pipeline, options);
     RunnerApi.Pipeline proto = PipelineTranslation.toProto(pipeline);
