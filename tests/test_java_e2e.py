@@ -1,63 +1,68 @@
-"""A real Java pipeline gets predictions from Python: Java ClassifyRows on the PortableRunner,
-our expansion service, Beam's Python job server, models trained here. Each Java prediction
-must equal the Python-only pipeline's for the same rows, and every input line must come back.
+"""Real Java pipelines get predictions from Python: the Java programs on Beam's PortableRunner
+against Beam's Python job server, with the expansion service CrossInference starts by itself
+(only `--runner=PortableRunner --jobEndpoint=...` is passed). Each Java prediction must equal
+the Python side's for the same rows, and every input row must come back.
+
+Each pipeline run costs ~15-20 s of fixed job-server time, so several cases share one run.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
+import os
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
-from expansion_service._local import LocalStack
 from tests import models
+from tests._java import (EXAMPLES_CLASSPATH, EXAMPLES_TEST_CLASSPATH, REPO, JobServer,
+                         classpath, java_env, run_java)
 from tests.conftest import run
-
-REPO = Path(__file__).resolve().parent.parent
-CLASSPATH = REPO / "java" / "build" / "classpath.txt"
 
 pytestmark = pytest.mark.java
 
+CLASSIFY = "io.crossinfer.examples.ClassifyRows"
+
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    if shutil.which("java") is None or not CLASSPATH.exists():
-        pytest.fail("the Java build is missing: run `bash scripts/setup.sh` (gradle build)")
-    workdir = tmp_path_factory.mktemp("stack")
-    with LocalStack(workdir, allow=["tests.models.*"], env={"PYTHONPATH": str(REPO)}) as s:
-        yield s
+def job_server(tmp_path_factory):
+    server = JobServer(tmp_path_factory.mktemp("job_server"))
+    yield server
+    server.stop()
 
 
-def _lines(x) -> list[dict[str, Any]]:
-    good = [{"id": i, "features": [float(v) for v in row]} for i, row in enumerate(x)]
-    bad = [
-        {"id": 900, "features": None},
-        {"id": 901, "features": [1.0, "two", 3.0]},
-        {"id": 902, "features": [0.5] * (models.N_FEATURES - 1)},
-    ]
-    return good + bad
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
-def _run_java(stack: LocalStack, tmp: Path, lines: list, *options: str) -> tuple[list, list, str]:
-    tmp.mkdir(parents=True, exist_ok=True)
+def _pids_with(marker: str) -> list[int]:
+    """Processes whose environment holds ``marker`` (children of one Java run)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if marker.encode() in Path(f"/proc/{entry}/environ").read_bytes():
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _classify(job_server, tmp: Path, lines: list[str], *options: str, env=None):
     src = tmp / "input.jsonl"
-    raw = [json.dumps(line) for line in lines] + ["{this is not json"]
-    src.write_text("\n".join(raw) + "\n")
+    src.write_text("\n".join(lines) + "\n")
     out = tmp / "out"
-    cmd = ["java", "-cp", CLASSPATH.read_text().strip(), "io.crossinfer.examples.ClassifyRows",
-           f"--input={src}", f"--output={out}", *stack.java_args(), *options]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:],
-                                  stack.log("expansion_service")[-3000:])
-    read = lambda name: [json.loads(l) for l in Path(f"{out}-{name}.jsonl").read_text().splitlines()
-                         if l.strip()]
-    return read("predictions"), read("failures"), done.stdout
+    done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
+                    f"--output={out}", *job_server.flags(), *options, env=env)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
+    return _read(Path(f"{out}-predictions.jsonl")), _read(Path(f"{out}-failures.jsonl")), done
 
 
 def _python_predictions(x, **kwargs) -> dict[int, Any]:
@@ -67,60 +72,219 @@ def _python_predictions(x, **kwargs) -> dict[int, Any]:
     return {p.id: p for p in preds}
 
 
-def _check(java_preds, java_fails, stdout, python, n_good):
+def _feature_lines(x) -> list[str]:
+    good = [json.dumps({"id": i, "features": [float(v) for v in row], "comment": "unused"})
+            for i, row in enumerate(x)]
+    bad = [json.dumps({"id": 900, "features": None}),                      # model side
+           json.dumps({"id": 901, "features": [0.5] * (models.N_FEATURES - 1)}),  # model side
+           json.dumps({"id": 902, "features": [1.0, "two", 3.0]}),          # JsonToRow
+           "{this is not json"]                                              # JsonToRow
+    return good + bad
+
+
+def _check_same_as_python(java_preds, python, n_good):
     assert {p["id"] for p in java_preds} == set(range(n_good))
     for p in java_preds:
         want = python[p["id"]]
         assert p["label"] == want.label
         assert p["score"] == pytest.approx(want.score, rel=1e-6)
         assert p["model_id"] == want.model_id
-    # 3 bad rows fail in Python, the unparseable line in Java's parser: nothing is lost.
-    stages = sorted(f["stage"] for f in java_fails)
-    assert stages == ["parse", "preprocess", "preprocess", "preprocess"]
-    errors = " | ".join(f["error"] for f in java_fails)
-    assert "is null" in errors and "non-numeric" in errors and "takes exactly 8" in errors
-    assert {json.loads(f["element"])["id"] for f in java_fails if f["stage"] != "parse"} == {
-        900, 901, 902}
-    assert f"predictions={n_good} failures=4" in stdout
 
 
-def test_sklearn_from_java(stack, tmp_path, sklearn_model):
+def _check_bad_rows(java_fails):
+    by_stage: dict[str, list] = {}
+    for f in java_fails:
+        by_stage.setdefault(f["stage"], []).append(f)
+    assert sorted(by_stage) == ["parse", "preprocess"], java_fails
+    assert {json.loads(f["element"])["id"] for f in by_stage["preprocess"]} == {900, 901}
+    errors = " | ".join(f["error"] for f in by_stage["preprocess"])
+    assert "is null" in errors and "takes exactly 8" in errors
+    parsed = sorted(f["element"] for f in by_stage["parse"])
+    assert parsed == ['{"id": 902, "features": [1.0, "two", 3.0]}', "{this is not json"]
+    assert all(f["error"].startswith("ParseError: ") for f in by_stage["parse"])
+
+
+def test_sklearn_with_nothing_started_by_hand(job_server, tmp_path, sklearn_model):
+    """Zero setup: no service address, no environment flags; the started service is stopped
+    when the JVM exits."""
     path, _ = sklearn_model
     x, _ = models.dataset(n=200, seed=41)
-    preds, fails, stdout = _run_java(stack, tmp_path, _lines(x), "--framework=sklearn",
-                                     f"--modelUri={path}")
-    _check(preds, fails, stdout, _python_predictions(x, framework="sklearn",
+    marker = f"CROSSINFER_TEST_RUN={uuid.uuid4()}"
+    env = java_env(CROSSINFER_TEST_RUN=marker.split("=", 1)[1])
+    preds, fails, done = _classify(job_server, tmp_path, _feature_lines(x),
+                                   f"--modelUri={path}", env=env)
+    _check_same_as_python(preds, _python_predictions(x, framework="sklearn",
                                                      model_uri=str(path)), 200)
+    _check_bad_rows(fails)
+    assert "predictions=200 failures=4" in done.stdout
+    assert _pids_with(marker) == [], "the auto-started expansion service outlived the JVM"
 
 
-def test_onnx_from_java(stack, tmp_path, mlp_onnx):
-    path, _ = mlp_onnx
-    x, _ = models.dataset(n=150, seed=42)
-    preds, fails, stdout = _run_java(stack, tmp_path, _lines(x), "--framework=onnx",
-                                     f"--modelUri={path}")
-    _check(preds, fails, stdout, _python_predictions(x, framework="onnx", model_uri=str(path)),
-           150)
+def test_torchscript(job_server, tmp_path, mlp_model):
+    _, mlp = mlp_model
+    path = tmp_path / "mlp.ts.pt"
+    models.export_torchscript(mlp, path)
+    x, _ = models.dataset(n=120, seed=43)
+    preds, fails, _ = _classify(job_server, tmp_path, _feature_lines(x), "--framework=pytorch",
+                                f"--modelUri={path}")
+    _check_same_as_python(preds, _python_predictions(x, framework="pytorch",
+                                                     model_uri=str(path)), 120)
+    _check_bad_rows(fails)
 
 
-def test_pytorch_state_dict_from_java(stack, tmp_path, mlp_model):
-    path, _ = mlp_model
-    x, _ = models.dataset(n=150, seed=43)
-    preds, fails, stdout = _run_java(
-        stack, tmp_path, _lines(x), "--framework=pytorch", f"--modelUri={path}",
-        "--modelClass=tests.models:MLP", '--modelParamsJson={"hidden": 16}')
-    _check(preds, fails, stdout, _python_predictions(
-        x, framework="pytorch", model_uri=str(path), model_class="tests.models:MLP",
-        model_params={"hidden": 16}), 150)
+def test_onnx_variable_length_token_ids(job_server, tmp_path, sequence_model):
+    _, model = sequence_model
+    path = tmp_path / "seq.onnx"
+    models.export_onnx(model, path, torch.ones(2, 5, dtype=torch.int64), dynamic_length=True)
+    seqs = models.token_sequences(n=60, seed=5)
+    lines = [json.dumps({"id": i, "tokens": [int(t) for t in s]}) for i, s in enumerate(seqs)]
+    lines.append(json.dumps({"id": 999, "tokens": [1, 2.5]}))  # not a token id: never rounded
+    preds, fails, _ = _classify(job_server, tmp_path, lines, "--framework=onnx",
+                                f"--modelUri={path}", "--featureField=tokens",
+                                "--featureType=int64", "--postprocess=raw")
+    assert len(preds) == 60 and [f["stage"] for f in fails] == ["parse"]
+    session = ort.InferenceSession(str(path))
+    for p in preds:
+        alone = session.run(None, {"x": seqs[p["id"]][None, :]})[0][0]
+        np.testing.assert_allclose(p["output"], alone, rtol=1e-5, atol=1e-6)
 
 
-def test_bad_configuration_fails_at_expansion(stack, tmp_path):
-    x, _ = models.dataset(n=5, seed=44)
+def test_models_blocks_postprocess_and_state_dict_in_one_java_job(job_server, tmp_path,
+                                                                   mlp_model):
+    """EndToEnd: withModels (and an unused column that must not cross), withBlocks with a
+    batch cap, a custom postprocess whose output fields keep their declared order, a state_dict
+    with model parameters."""
+    model_a, model_b = tmp_path / "a.pkl", tmp_path / "b.pkl"
+    sk_a, sk_b = models.train_sklearn(model_a, seed=1), models.train_sklearn(model_b, seed=2)
+    state_dict, mlp = mlp_model
+    x, _ = models.dataset(n=95, seed=44)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("\n".join(",".join(repr(float(v)) for v in r) for r in x) + "\n")
+    out = tmp_path / "e2e"
+    done = run_java(classpath(EXAMPLES_TEST_CLASSPATH), "io.crossinfer.examples.EndToEnd",
+                    str(out), str(rows), str(model_a), str(model_b), str(state_dict),
+                    *job_server.flags())
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
+    read = lambda name, kind: _read(Path(f"{out}-{name}-{kind}.jsonl"))
+    schemas = dict(line.split(" ", 1) for line in Path(f"{out}-schemas.txt").read_text()
+                   .splitlines())
+
+    # Several models: even rows by model a, odd by b; the unknown key is a failure.
+    keyed = read("keyed", "predictions")
+    assert sorted(p["id"] for p in keyed) == list(range(95))
+    for p in keyed:
+        model, uri = (sk_a, model_a) if p["id"] % 2 == 0 else (sk_b, model_b)
+        proba = model.predict_proba(x[p["id"]][None, :].astype(np.float64))[0]
+        assert p["label"] == int(proba.argmax())
+        assert p["score"] == pytest.approx(float(proba.max()), rel=1e-5)
+        assert p["model_id"] == str(uri)
+    [unknown] = read("keyed", "failures")
+    element = json.loads(unknown["element"])
+    assert element["id"] == 9999 and "zzz" in unknown["error"]
+    assert "comment" not in element, "a column Python does not read crossed the boundary"
+
+    # Blocks: 10 blocks (the last of 5 rows), each one prediction row with array fields.
+    blocks = read("blocks", "predictions")
+    assert read("blocks", "failures") == []
+    assert sorted(len(b["id"]) for b in blocks) == [5] + [10] * 9
+    labels = {i: l for b in blocks for i, l in zip(b["id"], b["label"])}
+    assert labels == {i: int(v) for i, v in enumerate(sk_a.predict(x.astype(np.float64)))}
+
+    # Custom postprocess: fields in the declared order (top before name), not sorted.
+    fields = schemas["postprocess"].split(",")
+    assert fields.index("top") < fields.index("name"), fields
+    post = read("postprocess", "predictions")
+    assert len(post) == 95 and read("postprocess", "failures") == []
+    python_rows = [beam.Row(id=i, features=[float(v) for v in r]) for i, r in enumerate(x)]
+    want, _ = run(python_rows, framework="sklearn", model_uri=str(model_a),
+                  feature_field="features", passthrough_fields=["id"],
+                  postprocess="tests.models:label_name",
+                  output_schema={"top": "float64", "name": "string"})
+    want = {w.id: w for w in want}
+    for p in post:
+        assert p["top"] == pytest.approx(want[p["id"]].top, rel=1e-6)
+        assert p["name"] == want[p["id"]].name
+
+    # state_dict with model_class and model_params from Java.
+    sd = read("statedict", "predictions")
+    with torch.no_grad():
+        logits = mlp(torch.from_numpy(x)).numpy()
+    assert len(sd) == 95
+    for p in sd:
+        assert p["label"] == int(logits[p["id"]].argmax())
+
+
+def test_bad_configuration_fails_at_construction(job_server, tmp_path):
     src = tmp_path / "in.jsonl"
-    src.write_text("\n".join(json.dumps(l) for l in _lines(x)))
-    cmd = ["java", "-cp", CLASSPATH.read_text().strip(), "io.crossinfer.examples.ClassifyRows",
-           f"--input={src}", f"--output={tmp_path / 'out'}", *stack.java_args(),
-           "--framework=sklearn", f"--modelUri={tmp_path / 'missing.pkl'}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    src.write_text('{"id": 1, "features": [1.0]}\n')
+    done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
+                    f"--output={tmp_path / 'out'}", *job_server.flags(),
+                    f"--modelUri={tmp_path / 'missing.pkl'}", timeout=300)
     assert done.returncode != 0
     assert "ModelLoadError" in done.stderr and "does not exist" in done.stderr
     assert not (tmp_path / "out-predictions.jsonl").exists()
+
+
+def _construct_only(tmp_path, env) -> str:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "features": [1.0]}\n')
+    done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
+                    f"--output={tmp_path / 'out'}", "--runner=PortableRunner",
+                    "--jobEndpoint=localhost:1", "--modelUri=/m.pkl", env=env, timeout=120)
+    assert done.returncode != 0
+    return done.stderr
+
+
+def test_a_python_without_crossinfer_gets_the_pip_command(tmp_path):
+    python = tmp_path / "bare-python"
+    # -I -S: no PYTHONPATH, no site-packages, so no crossinfer.
+    python.write_text(f"#!/bin/sh\nexec {os.path.realpath(os.sys.executable)} -I -S \"$@\"\n")
+    python.chmod(0o755)
+    stderr = _construct_only(tmp_path, java_env(CROSSINFER_PYTHON=str(python)))
+    version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M)[1]
+    assert f"has no crossinfer" in stderr
+    assert f"{python} -m pip install crossinfer=={version}" in stderr
+
+
+def test_a_different_crossinfer_version_is_refused(tmp_path):
+    fake = tmp_path / "site" / "crossinfer-9.9.9.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: crossinfer\nVersion: 9.9.9\n")
+    env = java_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
+    stderr = _construct_only(tmp_path, env)
+    assert "has crossinfer 9.9.9, but this Java library is crossinfer" in stderr
+
+
+def test_dataflow_pipeline_as_submitted(tmp_path, sklearn_model):
+    """ClassifyRows with the documented Dataflow command line, translated to the portable
+    pipeline the DataflowRunner submits (runner v2), not submitted: the Python stages run in the
+    named worker image, the Java ones in Beam's Java image, and the versions shown match."""
+    path, _ = sklearn_model
+    image = "us-docker.pkg.dev/my-project/repo/crossinfer-worker:test"
+    done = run_java(
+        classpath(EXAMPLES_TEST_CLASSPATH), "io.crossinfer.examples.DataflowTranslation",
+        "--runner=DataflowRunner", "--project=my-project", "--region=us-central1",
+        "--tempLocation=gs://bucket/tmp", "--gcpTempLocation=gs://bucket/tmp",
+        "--experiments=use_runner_v2", f"--pythonContainerImage={image}",
+        "--input=gs://bucket/in.jsonl", "--output=gs://bucket/out", f"--modelUri={path}",
+        "--credentialFactoryClass=org.apache.beam.sdk.extensions.gcp.auth.NoopCredentialFactory",
+        "--pathValidatorClass=org.apache.beam.sdk.extensions.gcp.storage.NoopPathValidator",
+        timeout=300)
+    assert done.returncode == 0, done.stderr[-5000:]
+    translated = json.loads(done.stdout)
+    assert translated["runner"] == "org.apache.beam.runners.dataflow.DataflowRunner"
+    envs = translated["environments"].values()
+    python = [e for e in envs if any("RunInference" in t for t in e["transforms"])]
+    assert len(python) == 1 and python[0]["urn"] == "beam:env:docker:v1"
+    assert python[0]["image"] == image
+    assert all("RunInference" not in t and "Inference(" not in t
+               for e in envs if e is not python[0] for t in e["transforms"])
+    java = [e for e in envs if any(t.startswith("Read/") for t in e["transforms"])]
+    assert java and java[0]["image"].startswith("apache/beam_java")
+    shown = {d["key"]: d["value"] for d in translated["display_data"]
+             if d["transform"] == "Classify"}
+    version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M)[1]
+    assert shown["crossinferVersion"] == version
+    assert shown["model_uri"] == str(path) and shown["framework"] == "sklearn"
+    assert image in shown["expansionService"]
