@@ -63,6 +63,16 @@ class RecordingMeanEmbedding(MeanEmbedding):
         return super().forward(tokens)
 
 
+class ThreadRecordingMLP(MLP):
+    """MLP that remembers torch's intra-op thread count at every call."""
+
+    threads: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ThreadRecordingMLP.threads.append(torch.get_num_threads())
+        return super().forward(x)
+
+
 def dataset(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
