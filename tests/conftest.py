@@ -41,14 +41,19 @@ def collected(token: str) -> list[Any]:
     return list(_collected[token])
 
 
-def run(rows: list[Any], **kwargs: Any) -> tuple[list[Any], list[Any]]:
-    """Apply crossinfer.Inference to rows on the DirectRunner; (predictions, failures)."""
+def run(rows: list[Any], on_built: Any = None, **kwargs: Any) -> tuple[list[Any], list[Any]]:
+    """Apply crossinfer.Inference to rows on the DirectRunner; (predictions, failures).
+
+    ``on_built`` is called once the transform is applied (the model probed), before it runs.
+    """
     from crossinfer import Inference
 
     with beam.Pipeline() as p:
         out = p | beam.Create(rows) | Inference(**kwargs)
         pred = collect(out["predictions"], "pred")
         fail = collect(out["failures"], "fail")
+        if on_built is not None:
+            on_built()
     return collected(pred), collected(fail)
 
 

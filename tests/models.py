@@ -63,6 +63,16 @@ class RecordingMeanEmbedding(MeanEmbedding):
         return super().forward(tokens)
 
 
+class ThreadRecordingMLP(MLP):
+    """MLP that remembers torch's intra-op thread count at every call."""
+
+    threads: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ThreadRecordingMLP.threads.append(torch.get_num_threads())
+        return super().forward(x)
+
+
 def dataset(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
@@ -151,3 +161,139 @@ def sklearn_handler(model_uri: str) -> SklearnModelHandlerNumpy:
 
 def not_a_handler(model_uri: str) -> str:
     return "this is not a ModelHandler"
+
+
+# Awkward models: what a signature must read off the model, not guess.
+
+class HeadFirst(torch.nn.Module):
+    """Declares its head (a Linear) before its body (an Embedding)."""
+
+    def __init__(self, vocab: int = VOCAB, dim: int = 8, classes: int = 3):
+        super().__init__()
+        self.head = torch.nn.Linear(dim, classes)
+        self.embed = torch.nn.Embedding(vocab, dim, padding_idx=0)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != 0).unsqueeze(-1).float()
+        return self.head((self.embed(tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+
+class PadOne(torch.nn.Module):
+    """RoBERTa-style: token 1 is padding (0 is a real token)."""
+
+    def __init__(self, vocab: int = VOCAB, dim: int = 8, classes: int = 3):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim, padding_idx=1)
+        self.head = torch.nn.Linear(dim, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != 1).unsqueeze(-1).float()
+        return self.head((self.embed(tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+
+class SoftmaxMLP(torch.nn.Module):
+    """Ends in a Softmax: its outputs are probabilities already."""
+
+    def __init__(self, n_features: int = N_FEATURES, classes: int = 3):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(n_features, 16), torch.nn.ReLU(),
+                                       torch.nn.Linear(16, classes), torch.nn.Softmax(dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Regressor(torch.nn.Module):
+    """One output per row: a regression value (or a binary logit; the model cannot say)."""
+
+    def __init__(self, n_features: int = N_FEATURES):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class DictOutput(torch.nn.Module):
+    """Returns a dict of named arrays."""
+
+    def __init__(self, n_features: int = N_FEATURES):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.linear(x)
+        return {"logits": y, "embedding": x[:, :2] * 2}
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self, n_features: int = N_FEATURES):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.linear(x * mask)
+
+
+class Scaled(torch.nn.Module):
+    """forward takes a keyword argument: inference_args={"scale": ...}."""
+
+    def __init__(self, n_features: int = N_FEATURES):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, 2)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return self.linear(x) * scale
+
+
+def save_module(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    model.eval()
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def named_fields(result: PredictionResult) -> dict[str, Any]:
+    """postprocess for output='named': picks fields of the model's dict."""
+    out = result.inference
+    return {"top": int(np.asarray(out["logits"]).argmax()),
+            "first": float(np.asarray(out["embedding"])[0])}
+
+
+def inference_kind(result: PredictionResult) -> dict[str, Any]:
+    """postprocess: what the model output is (for sklearn: predict_proba or predict)."""
+    return {"values": [float(v) for v in np.atleast_1d(np.asarray(result.inference))]}
+
+
+def hooked_sklearn_handler(model_uri: str) -> Any:
+    """A handler built with Beam's hooks: each must be honoured."""
+    import os
+
+    base = SklearnModelHandlerNumpy(model_uri, env_vars={"CROSSINFER_TEST_ENV": "set"})
+    return (base.with_preprocess_fn(lambda x: x * 0.0 + 1.0)
+            .with_postprocess_fn(lambda r: PredictionResult(
+                r.example, {"label": int(r.inference), "env": os.environ.get(
+                    "CROSSINFER_TEST_ENV", "unset")}, r.model_id)))
+
+
+def hooked_fields(result: PredictionResult) -> dict[str, Any]:
+    return {"label": result.inference["label"], "env": result.inference["env"],
+            "first": float(np.asarray(result.example.features)[0])}
+
+
+def torch_tensor_handler(model_uri: str) -> Any:
+    from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
+
+    return PytorchModelHandlerTensor(state_dict_path=model_uri, model_class=MLP,
+                                     model_params={})
+
+
+class MeanEmbeddingNoPadIdx(torch.nn.Module):
+    """Averages every token, padding included: no pad value leaves its output alone."""
+
+    def __init__(self, vocab: int = VOCAB, dim: int = 8, classes: int = 2):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.head = torch.nn.Linear(dim, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(tokens).mean(1))

@@ -134,8 +134,8 @@ def test_variable_length_blocks_are_padded_per_bucket(sequence_model):
     path, model = sequence_model
     seqs = models.token_sequences(n=80, seed=25)
     block = beam.Row(id=list(range(80)), tokens=[s.tolist() for s in seqs])
-    models.RecordingMeanEmbedding.shapes.clear()
-    preds, fails = run([block], framework="pytorch", model_uri=str(path),
+    preds, fails = run(on_built=models.RecordingMeanEmbedding.shapes.clear,
+                       rows=[block], framework="pytorch", model_uri=str(path),
                        model_class="tests.models:RecordingMeanEmbedding", feature_field="tokens",
                        passthrough_fields=["id"], postprocess="raw", blocks=True,
                        max_batch_size=16)

@@ -48,8 +48,8 @@ def test_variable_length_sequences_equal_unpadded_predictions(sequence_model):
     path, model = sequence_model
     seqs = models.token_sequences(n=150, seed=2)
     rows = [beam.Row(id=i, tokens=[int(t) for t in s]) for i, s in enumerate(seqs)]
-    models.RecordingMeanEmbedding.shapes.clear()
-    preds, fails = run(rows, framework="pytorch", model_uri=str(path),
+    preds, fails = run(on_built=models.RecordingMeanEmbedding.shapes.clear,
+                       rows=rows, framework="pytorch", model_uri=str(path),
                        model_class="tests.models:RecordingMeanEmbedding", feature_field="tokens",
                        passthrough_fields=["id"], postprocess="raw",
                        min_batch_size=64, max_batch_size=64)
@@ -84,18 +84,25 @@ def test_fixed_width_rows_are_never_padded(mlp_model):
     assert any(e.startswith("postprocess") and "not finite" in e for e in errors)
 
 
-def test_one_model_thread_by_default(mlp_model, monkeypatch):
-    # A model thread pool per bundle thread is what keeps stock RunInference's batches tiny.
+def test_one_model_thread_per_call_and_the_callers_process_left_alone(mlp_model, monkeypatch):
+    # In-process (the DirectRunner here) the caller's torch threads and GC stay as they were;
+    # the model call itself runs with one thread.
+    import gc
+
     path, _ = mlp_model
     monkeypatch.delenv("CROSSINFER_MODEL_THREADS", raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    frozen = gc.get_freeze_count()
+    models.ThreadRecordingMLP.threads.clear()
     try:
         x, _ = models.dataset(n=10, seed=9)
         preds, _ = run(feature_rows(x), framework="pytorch", model_uri=str(path),
-                       model_class="tests.models:MLP", feature_field="features",
-                       postprocess="tests.models:threads_in_use",
-                       output_schema={"threads": "int64"})
-        assert [p.threads for p in preds] == [1] * 10
+                       model_class="tests.models:ThreadRecordingMLP", feature_field="features",
+                       on_built=models.ThreadRecordingMLP.threads.clear)
+        assert len(preds) == 10
+        assert models.ThreadRecordingMLP.threads and set(models.ThreadRecordingMLP.threads) == {1}
+        assert torch.get_num_threads() == 2
+        assert gc.get_freeze_count() == frozen
     finally:
         torch.set_num_threads(before)

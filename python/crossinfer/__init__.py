@@ -9,7 +9,6 @@ from crossinfer._errors import (
     OutputError,
 )
 from crossinfer._schemas import Failure
-from crossinfer._transform import Inference
 
 __all__ = [
     "Failure",
@@ -21,3 +20,13 @@ __all__ = [
     "ModelLoadError",
     "OutputError",
 ]
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that `python -m crossinfer._arguments` runs without Beam's
+    # pipeline machinery being imported first.
+    if name == "Inference":
+        from crossinfer._transform import Inference
+
+        return Inference
+    raise AttributeError(f"module 'crossinfer' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Stacking a batch of model inputs: zero padding and length buckets for sequences."""
+"""Stacking a batch of model inputs: padding and length buckets for sequences."""
 
 from __future__ import annotations
 
@@ -12,18 +12,25 @@ MAX_PADDING_SHARE = 0.15
 PADDING_SLACK_TOKENS = 64
 
 
-def stack(xs: Sequence[np.ndarray], pad: bool) -> np.ndarray:
-    """One array of shape (n, ...); 1-D inputs of different lengths are padded with 0."""
+def stack(xs: Sequence[np.ndarray], pad: bool, pad_value: float = 0,
+          axis: int = 0) -> np.ndarray:
+    """One array of shape (n, ...); inputs whose ``axis`` differs are padded with
+    ``pad_value`` at its end (the model's signature says which axis and which value)."""
     first = xs[0].shape
     if all(x.shape == first for x in xs):
         return np.stack(xs)
-    if not pad or any(x.ndim != 1 for x in xs):
+    if not pad or len({x.ndim for x in xs}) != 1 or len(
+            {x.shape[:axis] + x.shape[axis + 1:] for x in xs}) != 1:
         raise ValueError(
             "inputs of different shapes cannot form one batch: "
             f"{sorted({x.shape for x in xs})[:4]}")
-    out = np.zeros((len(xs), max(x.shape[0] for x in xs)), dtype=xs[0].dtype)
+    shape = list(first)
+    shape[axis] = max(x.shape[axis] for x in xs)
+    out = np.full((len(xs), *shape), pad_value, dtype=xs[0].dtype)
     for i, x in enumerate(xs):
-        out[i, : x.shape[0]] = x
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(0, x.shape[axis])
+        out[(i, *index)] = x
     return out
 
 

@@ -11,15 +11,17 @@ fail, and one intra-op thread per process by default.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import gc
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, ContextManager, NamedTuple, Optional
 
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, KeyModelMapping, ModelHandler
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler, KeyModelMapping, ModelHandler, PredictionResult)
 
 from crossinfer import _batching
 from crossinfer._errors import describe
@@ -54,10 +56,11 @@ def model_threads() -> int:
 def freeze_gc() -> None:
     """Move what is alive once the model is loaded out of the cyclic GC's full collections.
 
-    By then the process holds hundreds of thousands of long-lived objects (Beam, torch, the
+    By then a worker holds hundreds of thousands of long-lived objects (Beam, torch, the
     model); input rows that live for a batch push Python into full collections that walk all
     of them, measured at a quarter to a third of the element path's time (bench/profiles).
-    Frozen objects are still freed by reference counting. CROSSINFER_GC_FREEZE=0 turns it off.
+    Frozen objects are still freed by reference counting. Only in worker processes (see
+    ``RowHandler.load_model``); CROSSINFER_GC_FREEZE=0 turns it off.
     """
     if os.environ.get("CROSSINFER_GC_FREEZE", "1") != "0":
         gc.freeze()
@@ -70,20 +73,25 @@ def freeze_gc() -> None:
 _UNFREEZE_AT_EXIT: list[bool] = []
 
 
+def _no_limit(threads: int) -> ContextManager[None]:
+    return contextlib.nullcontext()
+
+
 @dataclasses.dataclass(frozen=True)
 class Framework:
-    """One loaded-and-checked model: Beam's handler plus what we learned about its input."""
+    """One checked model: Beam's handler plus its signature's input spec, as plain data."""
 
     handler: ModelHandler
     spec: InputSpec
     model_id: str
     to_model: Optional[Callable[[Any], Any]]  # stacked numpy batch -> model batch; None: a list
-    prepare: Callable[[int], None]  # sets the framework's thread pools, before loading
-    softmax: bool = False  # argmax over logits (True) or over probabilities (False)
-    classes: Optional[tuple[int, ...]] = None  # label of each output column, if not 0..n-1
-    # (model, model batch, inference_args) -> numpy output, one entry per row. Skips the
-    # handler's per-row PredictionResult objects; None: call the handler's run_inference.
-    predict: Optional[Callable[[Any, Any, Optional[dict]], np.ndarray]] = None
+    # threads -> a context that caps the framework's thread pools and restores them on exit
+    limit_threads: Callable[[int], ContextManager[None]] = _no_limit
+    # (model, model batch, inference_args) -> numpy output (or a list of per-row dicts for
+    # output="named"), one entry per row. Skips the handler's per-row PredictionResult
+    # objects; None: call the handler's run_inference.
+    predict: Optional[Callable[[Any, Any, Optional[dict]], Any]] = None
+    each: Optional[Callable[[Any], Any]] = None  # to_model None: one model input -> handler's
 
 
 class RowHandler(ModelHandler):
@@ -99,13 +107,35 @@ class RowHandler(ModelHandler):
         self._batching = dict(batching)
         self._reader = reader  # blocks=True: block element -> (Block, good, xs, bad)
         self._max_rows = max_rows  # blocks=True: rows per model call at most
-        self._row_bytes = 4 * (framework.spec.width or 64)
+        self._row_bytes = 8 * (framework.spec.width or 64)
+        # The process that built the pipeline. A runner that runs the pipeline in this same
+        # process (the DirectRunner in-process, a loopback worker) must not change it: thread
+        # caps then hold only during each model call, and the GC is left alone.
+        self._owner_pid = os.getpid()
+        self._in_worker = False
+        self._post_fns = list(framework.handler.get_postprocess_fns())
+        self._pre_fns = list(framework.handler.get_preprocess_fns())
 
     def load_model(self) -> Any:
-        self._fw.prepare(model_threads())
-        model = self._inner.load_model()
-        freeze_gc()
-        return model
+        threads = model_threads()
+        if os.getpid() != self._owner_pid:
+            # A worker process (or Beam's shared-model process): cap its pools for good.
+            self._fw.limit_threads(threads).__enter__()
+            model = self._inner.load_model()
+            freeze_gc()
+            self._in_worker = True
+            return model
+        with self._fw.limit_threads(threads):
+            return self._inner.load_model()
+
+    def _call_limit(self) -> ContextManager[None]:
+        if self._in_worker or os.getpid() != self._owner_pid:
+            return contextlib.nullcontext()
+        return self._fw.limit_threads(model_threads())
+
+    def set_environment_vars(self) -> None:
+        # Beam calls this on the handler it was given: ours. The env_vars are the inner one's.
+        self._inner.set_environment_vars()
 
     def run_inference(self, batch: Sequence[Any], model: Any,
                       inference_args: Optional[dict[str, Any]] = None) -> list[Outcomes]:
@@ -141,7 +171,7 @@ class RowHandler(ModelHandler):
         groups: list[Optional[list[int]]] = [None] if isinstance(xs, np.ndarray) else \
             [list(range(len(xs)))]
         if not isinstance(xs, np.ndarray) and self._fw.spec.pad and self._fw.to_model:
-            lengths = [x.shape[0] for x in xs]
+            lengths = [x.shape[self._fw.spec.seq_axis or 0] for x in xs]
             if min(lengths) != max(lengths):
                 groups = _batching.length_buckets(lengths)
         if self._max_rows and any(len(xs if g is None else g) > self._max_rows for g in groups):
@@ -151,17 +181,29 @@ class RowHandler(ModelHandler):
         return groups
 
     def _model_batch(self, positions: Optional[list[int]], xs: Any) -> tuple[Any, int]:
+        spec = self._fw.spec
         if isinstance(xs, np.ndarray):
             arr = xs if positions is None else xs[positions]
-            return self._fw.to_model(arr) if self._fw.to_model else list(arr), len(arr)
+            if self._fw.to_model:
+                return self._fw.to_model(arr), len(arr)
+            return self._each(list(arr)), len(arr)
         chosen = [xs[p] for p in positions]
         if self._fw.to_model is None:
-            return chosen, len(chosen)
-        arr = _batching.stack(chosen, self._fw.spec.pad)
-        if arr.ndim == 2 and self._fw.spec.pad:
+            return self._each(chosen), len(chosen)
+        arr = _batching.stack(chosen, spec.pad, spec.pad_value or 0, spec.seq_axis or 0)
+        if spec.pad:
             _PADDED.inc(int(arr.size))
-            _REAL.inc(sum(int(x.shape[0]) for x in chosen))
+            _REAL.inc(sum(int(x.size) for x in chosen))
         return self._fw.to_model(arr), len(chosen)
+
+    def _each(self, inputs: list[Any]) -> list[Any]:
+        """Model inputs for a handler that takes a list: the inner handler's own preprocess
+        functions (``with_preprocess_fn``) applied, then its input type."""
+        for fn in self._pre_fns:
+            inputs = [fn(x) for x in inputs]
+        if self._fw.each is not None:
+            inputs = [self._fw.each(x) for x in inputs]
+        return inputs
 
     def _run(self, positions: Optional[list[int]], xs: Any, model: Any,
              inference_args: Optional[dict[str, Any]], pieces: list, failed: list,
@@ -169,18 +211,26 @@ class RowHandler(ModelHandler):
         try:
             model_batch, n = self._model_batch(positions, xs)
             if self._fw.predict is not None:
-                out: Any = self._fw.predict(model, model_batch, inference_args)
-                if getattr(out, "ndim", 0) == 0 or len(out) != n:
+                with self._call_limit():
+                    out: Any = self._fw.predict(model, model_batch, inference_args)
+                if (getattr(out, "ndim", 1) == 0 or not hasattr(out, "__len__")
+                        or len(out) != n):
                     raise RuntimeError(f"the model returned output of shape "
                                        f"{getattr(out, 'shape', '?')} for {n} inputs")
             else:
-                results = list(self._inner.run_inference(model_batch, model, inference_args))
+                with self._call_limit():
+                    results = list(self._inner.run_inference(model_batch, model,
+                                                             inference_args))
                 if len(results) != n:
                     raise RuntimeError(
                         f"the model handler returned {len(results)} results for {n} inputs")
-                out = [r.inference for r in results]
-                if results and results[0].model_id:
-                    model_id[0] = results[0].model_id
+                # The inner handler's own postprocess functions (with_postprocess_fn), in order.
+                for fn in self._post_fns:
+                    results = [fn(r) for r in results]
+                out = [r.inference if isinstance(r, PredictionResult) else r for r in results]
+                first = results[0] if results else None
+                if isinstance(first, PredictionResult) and first.model_id:
+                    model_id[0] = first.model_id
         except Exception as e:  # pylint: disable=broad-except
             idx = list(range(len(xs))) if positions is None else positions
             if len(idx) == 1:
@@ -220,6 +270,9 @@ class RowHandler(ModelHandler):
 
     def should_garbage_collect_on_timeout(self) -> bool:
         return self._inner.should_garbage_collect_on_timeout()
+
+    def override_metrics(self, metrics_namespace: str = "") -> bool:
+        return self._inner.override_metrics(metrics_namespace)
 
 
 def _assemble(good: list[int], pieces: list[tuple[Optional[Sequence[int]], Any]]

@@ -20,6 +20,7 @@ from crossinfer._errors import ConfigurationError
 from crossinfer._blocks import Reader
 from crossinfer._features import Extractor, InputSpec
 from crossinfer._handler import Framework, KeyedRowHandler, RowHandler
+from crossinfer._signature import Signature
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Plan:
     postprocess_many: Optional[Callable[[Any, str], _postprocess.Columns]]
     passthrough: tuple[str, ...]
     prediction_type: row_type.RowTypeConstraint
+    inference_args: Optional[dict[str, Any]] = None  # passed to the model on every call
 
 
 def _check_input(config: Config, fields: dict[str, Any]) -> None:
@@ -68,10 +70,35 @@ def _check_input(config: Config, fields: dict[str, Any]) -> None:
         need(config.model_key_field, "model_key_field")
 
 
-def _framework(config: Config, key: Optional[str]) -> Framework:
+def _framework(config: Config, key: Optional[str]) -> tuple[Signature, Framework]:
     signature = _inspect.describe(config, key)
     module = _inspect.framework_module(config.framework)
-    return module.build(config, config.model_uris()[key], signature)
+    return signature, module.build(config, config.model_uris()[key], signature)
+
+
+def _check_output(config: Config, uri: Optional[str], signature: Signature) -> None:
+    """The postprocess must fit what the model returns (framework-neutral)."""
+    where = signature.source("output")
+    where = f" ({where})" if where else ""
+    if config.framework == "custom" and signature.output is None:
+        if config.postprocess == "argmax":
+            raise ConfigurationError(
+                "postprocess='argmax' on a custom handler needs output='probabilities' or "
+                "'logits' (what its inferences are); or use postprocess='raw' or a custom one")
+        return
+    if config.postprocess == "argmax" and signature.output not in ("probabilities", "logits"):
+        if signature.output == "value" and config.framework == "sklearn":
+            fix = "use postprocess='regression' or 'raw'"
+        else:
+            fix = ("set output='logits' (or 'probabilities') if these are class scores, or use "
+                   "postprocess='regression' or 'raw'")
+        raise ConfigurationError(
+            f"postprocess='argmax' needs class scores, but model {uri!r} returns "
+            f"{signature.output or 'an output of unknown kind'}{where}; {fix}")
+    if config.postprocess in ("regression", "raw") and signature.output == "named":
+        raise ConfigurationError(
+            f"postprocess={config.postprocess!r} needs one array per row, but model {uri!r} "
+            "returns a dict (output='named'); use a custom postprocess")
 
 
 def _result_fields(config: Config) -> list[tuple[str, Any]]:
@@ -97,7 +124,11 @@ def build(config: Config, element_type: Any) -> Plan:
     else:
         post_fn = resolve(config.postprocess, "postprocess")
 
-    frameworks = {key: _framework(config, key) for key in config.model_uris()}
+    described = {key: _framework(config, key) for key in config.model_uris()}
+    for key, (signature, _) in described.items():
+        _check_output(config, config.model_uris()[key], signature)
+    frameworks = {key: fw for key, (_, fw) in described.items()}
+    signatures = {fw.model_id: sig for sig, fw in described.values()}
     if config.feature_fields is not None:
         for fw in frameworks.values():
             if fw.spec.width is not None and fw.spec.width != len(config.feature_fields):
@@ -127,8 +158,8 @@ def build(config: Config, element_type: Any) -> Plan:
             post_fn, config.postprocess, result_fields)
     elif config.postprocess == "argmax":
         argmax = _postprocess.Argmax(
-            softmax={fw.model_id: fw.softmax for fw in frameworks.values()},
-            classes={fw.model_id: fw.classes for fw in frameworks.values()})
+            softmax={m: s.output == "logits" for m, s in signatures.items()},
+            classes={m: s.labels for m, s in signatures.items()})
         postprocess, many = argmax, argmax.many
     else:
         postprocess = getattr(_postprocess, config.postprocess)
@@ -141,4 +172,5 @@ def build(config: Config, element_type: Any) -> Plan:
         postprocess=postprocess,
         postprocess_many=many,
         passthrough=config.passthrough_fields,
-        prediction_type=prediction_type)
+        prediction_type=prediction_type,
+        inference_args=config.inference_args)

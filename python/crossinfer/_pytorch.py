@@ -1,95 +1,151 @@
-"""PyTorch: Beam's PytorchModelHandlerTensor (state_dict + model_class, or TorchScript)."""
+"""PyTorch: Beam's PytorchModelHandlerTensor (a state_dict + model_class, or TorchScript).
+
+State dicts load with ``weights_only=True`` (``torch.save`` files) or from ``.safetensors``;
+neither runs code. What the module takes is read off the module itself: the first layer
+actually applied (traced with forward hooks on a probe batch, not the first one registered),
+an Embedding's ``padding_idx`` as the pad value, a final Softmax as probabilities; then the
+probe checks it all. On the workers everything comes from the signature: the module is only
+called, never inspected (with ``large_model`` it is a proxy to another process).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import functools
+import inspect
+import io
+import sys
+from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
 import numpy as np
 import torch
-from apache_beam.ml.inference import utils
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
+from crossinfer import _callables, _probe
 from crossinfer._callables import resolve
 from crossinfer._config import Config
-from crossinfer._errors import ConfigurationError
+from crossinfer._errors import CallableNotAllowedError, ConfigurationError, ModelLoadError
 from crossinfer._handler import Framework
-from crossinfer._loading import load_once
+from crossinfer._loading import check_exists, load_once
 from crossinfer._signature import Signature
 
-_SEQUENCE_LAYERS = ("Embedding", "EmbeddingBag", "Conv1d", "RNN", "LSTM", "GRU",
-                    "TransformerEncoderLayer", "TransformerEncoder", "MultiheadAttention")
+_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _infer(batch: torch.Tensor, model: torch.nn.Module, device: Any,
-           inference_args: Optional[dict] = None, model_id: Optional[str] = None) -> Any:
-    # The batch arrives stacked (and padded) already: no torch.stack over single rows.
-    with torch.no_grad():
-        output = model(batch.to(device), **(inference_args or {}))
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    return utils._convert_to_result(batch, output.detach().cpu().numpy(), model_id)
-
-
-def _forward(model: torch.nn.Module, batch: torch.Tensor,
-             inference_args: Optional[dict] = None) -> np.ndarray:
-    """One stacked batch through the module, on the module's device; numpy out."""
-    param = next(model.parameters(), None)
-    if param is not None and param.device != batch.device:
-        batch = batch.to(param.device)
-    with torch.no_grad():
-        output = model(batch, **(inference_args or {}))
+def _to_numpy(output: Any, n: Optional[int] = None) -> Any:
+    """The module's output as numpy: a tensor; the first of a tuple or list (as Beam does);
+    a dict -> one dict of arrays per row (output="named")."""
+    if isinstance(output, Mapping):
+        arrays = {str(k): v.detach().cpu().numpy() for k, v in output.items()}
+        rows = len(next(iter(arrays.values()))) if arrays else 0
+        return [{k: v[i] for k, v in arrays.items()} for i in range(rows)]
     if isinstance(output, (tuple, list)):
         output = output[0]
     return output.detach().cpu().numpy()
 
 
+def _forward(device: str, model: Any, batch: torch.Tensor,
+             inference_args: Optional[dict] = None) -> Any:
+    """One stacked batch through the module; numpy out. ``device`` comes from the signature's
+    build, never from the model (a shared model is a proxy that cannot be inspected)."""
+    if device != "cpu":
+        batch = batch.to(device)
+    with torch.no_grad():
+        return _to_numpy(model(batch, **(inference_args or {})))
+
+
 def _to_tensor(batch: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(batch)
+    return torch.from_numpy(np.ascontiguousarray(batch))
 
 
-def _prepare(threads: int) -> None:
+@contextlib.contextmanager
+def _limit_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def _layer_name(module: torch.nn.Module) -> str:
-    # TorchScript modules keep their Python class name in original_name.
-    return getattr(module, "original_name", None) or type(module).__name__
+def _device(config: Config) -> str:
+    return "cuda" if config.device == "GPU" and torch.cuda.is_available() else "cpu"
 
 
-def input_signature(model: torch.nn.Module) -> Signature:
-    """Fixed width from a leading nn.Linear; variable length from a leading sequence layer."""
-    for module in model.modules():
-        name = _layer_name(module)
-        if name == "Linear":
-            width = int(module.weight.shape[1])
-            return Signature(width=width, pad=False, dtype="float32",
-                             describe=f"its first layer is Linear({width}, ...)", softmax=True)
-        if name in ("Embedding", "EmbeddingBag"):
-            return Signature(pad=True, dtype="int64", softmax=True)
-        if name in _SEQUENCE_LAYERS:
-            return Signature(pad=True, softmax=True)
-    return Signature(pad=True, softmax=True)
+class _Handler(PytorchModelHandlerTensor):
+    """Beam's handler, plus safetensors state dicts; the module computes no gradients (its
+    outputs then pickle, as they must when a shared model answers from another process)."""
+
+    def __init__(self, *args: Any, safetensors: bool = False, crossinfer_device: str = "cpu",
+                 model_class: Optional[type] = None, model_params: Optional[dict] = None,
+                 state_dict_path: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(*args, model_class=model_class, model_params=model_params,
+                         state_dict_path=state_dict_path, **kwargs)
+        self._st = safetensors
+        self._st_args = (state_dict_path, model_class, dict(model_params or {}))
+        self._crossinfer_device = crossinfer_device
+
+    def load_model(self) -> torch.nn.Module:
+        if self._st:
+            from safetensors.torch import load as load_safetensors
+
+            path, model_class, params = self._st_args
+            with FileSystems.open(path) as f:
+                state = load_safetensors(f.read())
+            model = model_class(**params)
+            model.load_state_dict(state)
+            model.to(self._crossinfer_device)
+        else:
+            model = super().load_model()
+        for param in model.parameters():  # (ScriptModules have no requires_grad_)
+            param.requires_grad_(False)
+        model.eval()
+        return model
 
 
 def _model_class(config: Config) -> Optional[type]:
+    """``model_class`` resolved; a class re-exported by a package (``torch.nn:Linear``) is
+    accepted when the allowlist admits both the given name and the class's own."""
     if config.model_class is None:
         return None
-    model_class = resolve(config.model_class, "model_class", want_class=True)
+    name = config.model_class
+    try:
+        model_class = resolve(name, "model_class", want_class=True)
+    except CallableNotAllowedError:
+        module_name, attr = name.split(":")
+        allowed = _callables.get_allowlist()
+        module = sys.modules.get(module_name)
+        obj = getattr(module, attr, None) if module is not None else None
+        if (not inspect.isclass(obj) or attr.startswith("_") or (allowed is not None and not any(
+                fnmatch.fnmatchcase(f"{module_name}.{attr}", g) for g in allowed))):
+            raise
+        own = f"{obj.__module__}:{obj.__qualname__}"
+        if own == name or "." in obj.__qualname__:
+            raise
+        model_class = resolve(own, "model_class", want_class=True)  # the allowlist again
+        if model_class is not obj:
+            raise
     if not issubclass(model_class, torch.nn.Module):
-        raise ConfigurationError(
-            f"model_class={config.model_class!r} is not a torch.nn.Module subclass")
+        raise ConfigurationError(f"model_class={name!r} is not a torch.nn.Module subclass")
     return model_class
+
+
+def _is_safetensors(uri: str) -> bool:
+    return uri.endswith(".safetensors")
 
 
 def _handler(config: Config, model_uri: str, model_class: Optional[type], device: str,
              **kwargs: Any) -> PytorchModelHandlerTensor:
     try:
         if model_class is None:
-            return PytorchModelHandlerTensor(torch_script_model_path=model_uri, device=device,
-                                             **kwargs)
-        return PytorchModelHandlerTensor(state_dict_path=model_uri, model_class=model_class,
-                                         model_params=config.model_params, device=device,
-                                         **kwargs)
+            return _Handler(torch_script_model_path=model_uri, device=device, **kwargs)
+        return _Handler(state_dict_path=model_uri, model_class=model_class,
+                        model_params=config.model_params, device=device,
+                        safetensors=_is_safetensors(model_uri),
+                        load_model_args={"weights_only": True}, **kwargs)
     except Exception as e:  # Beam checks the argument combination
         raise ConfigurationError(f"pytorch handler rejected the arguments: {e}") from e
 
@@ -99,19 +155,176 @@ def loads_code(config: Config, model_uri: str) -> bool:
     return config.model_class is None
 
 
-def describe(config: Config, model_uri: str) -> Signature:
-    """Load the module once on CPU to check it and learn what input it takes."""
-    model_class = _model_class(config)
+def _holds_state_dict(uri: str) -> bool:
+    if _is_safetensors(uri):
+        return True
+    try:
+        with FileSystems.open(uri) as f:
+            obj = torch.load(io.BytesIO(f.read()), weights_only=True, map_location="cpu")
+    except Exception:  # pylint: disable=broad-except
+        return False
+    return isinstance(obj, Mapping)
+
+
+def _load(config: Config, model_uri: str, model_class: Optional[type]) -> torch.nn.Module:
+    if model_class is None:
+        check_exists(model_uri)
+        if _holds_state_dict(model_uri):
+            raise ModelLoadError(
+                f"model_uri={model_uri!r} holds a state_dict (weights only), not TorchScript; "
+                "give model_class='package.module:Class' (and model_params) to load it into")
     kind = "pytorch state_dict" if model_class is not None else "TorchScript"
-    probe = _handler(config, model_uri, model_class, "CPU")
-    return input_signature(load_once(probe.load_model, model_uri, kind))
+    return load_once(_handler(config, model_uri, model_class, "CPU").load_model, model_uri, kind)
+
+
+def _required_inputs(model: torch.nn.Module) -> list[str]:
+    """The names of forward's required positional arguments."""
+    if isinstance(model, torch.jit.ScriptModule):
+        try:
+            args = model.forward.schema.arguments[1:]
+        except Exception:  # pylint: disable=broad-except
+            return []
+        return [a.name for a in args if not a.has_default_value()]
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.default is p.empty and p.kind in (
+        p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _leaves(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if not any(True for _ in m.children())]
+
+
+def _name(module: torch.nn.Module) -> str:
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
+def _candidates(model: torch.nn.Module) -> list[tuple[torch.nn.Module, _probe.Declared]]:
+    """Layers that could take the model's input, each with the input it would take."""
+    out = []
+    for m in _leaves(model):
+        name = _name(m)
+        d = _probe.Declared()
+        if name == "Linear":
+            d.input_shape = (int(m.weight.shape[1]),)
+            d.input_dtype = _DTYPES.get(m.weight.dtype, "float32")
+        elif name in ("Embedding", "EmbeddingBag"):
+            d.input_shape, d.input_dtype = (-1,), "int64"
+            d.token_high = int(m.weight.shape[0])
+            padding_idx = getattr(m, "padding_idx", None)
+            if padding_idx is not None and padding_idx >= 0:
+                d.pad_value = int(padding_idx)
+                d.sources["pad_value"] = f"{name}.padding_idx = {padding_idx}"
+        elif name == "Conv1d":
+            d.input_shape = (int(m.weight.shape[1]), -1)
+            d.input_dtype = _DTYPES.get(m.weight.dtype, "float32")
+        elif name in ("LSTM", "GRU", "RNN") and getattr(m, "batch_first", False):
+            d.input_shape, d.input_dtype = (-1, int(m.input_size)), "float32"
+        else:
+            continue
+        d.sources["input_shape"] = f"{m!r} is the first layer applied".replace("\n", " ")
+        out.append((m, d))
+    return out
+
+
+def _trace(model: torch.nn.Module, batch: np.ndarray
+           ) -> tuple[Any, Optional[torch.nn.Module], Optional[torch.nn.Module]]:
+    """Run the module on ``batch``; (output, first leaf layer applied, the leaf layer whose
+    output is the model's output). Layers are None where hooks are not supported."""
+    first: list[torch.nn.Module] = []
+    last: list[tuple[torch.nn.Module, Any]] = []
+    hooks = []
+    try:
+        for m in _leaves(model):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, args: first.append(mod) if not first else None))
+            hooks.append(m.register_forward_hook(
+                lambda mod, args, out: last.append((mod, out))))
+    except Exception:  # pylint: disable=broad-except  (TorchScript modules take no hooks)
+        for h in hooks:
+            h.remove()
+        hooks = []
+    try:
+        with torch.no_grad():
+            out = model(_to_tensor(batch))
+    finally:
+        for h in hooks:
+            h.remove()
+    final = last[-1][0] if last and last[-1][1] is out else None
+    return out, (first[0] if first else None) if hooks else None, final
+
+
+def _declared(config: Config, model: torch.nn.Module, what: str) -> _probe.Declared:
+    required = _required_inputs(model)
+    if len(required) > 1:
+        raise ConfigurationError(
+            f"{what} takes {len(required)} inputs ({', '.join(required)}); crossinfer feeds one "
+            "array per row: wrap the module so forward takes one tensor, or use "
+            "framework='custom' with your own handler")
+    if config.input_shape is not None and config.input_dtype is not None:
+        shape = tuple(3 if s == -1 else s for s in config.input_shape)
+        tried = [(None, _probe.Declared(), np.stack(_probe.probe_rows(
+            shape, config.input_dtype, [1, 1], config.pad_value or 0, None)))]
+    else:
+        tried = []
+        for m, c in _candidates(model):
+            shape = tuple(3 if s == -1 else s for s in c.input_shape)
+            tried.append((m, c, np.stack(_probe.probe_rows(shape, c.input_dtype, [1, 1],
+                                                           c.pad_value or 0, c.token_high))))
+    for m, d, batch in tried:
+        try:
+            out, first, final = _trace(model, batch)
+        except Exception:  # pylint: disable=broad-except
+            continue
+        if m is not None and first is not None and first is not m:
+            continue  # ran, but this layer is not where the input goes
+        if m is not None and first is None:
+            d.sources["input_shape"] = f"probe: the module runs on rows of {list(d.input_shape)} " \
+                                       f"{d.input_dtype} (for its {_name(m)})"
+        layer = first or m
+        padding_idx = getattr(layer, "padding_idx", None)
+        if d.pad_value is None and _name(layer) in ("Embedding", "EmbeddingBag") and \
+                padding_idx is not None and padding_idx >= 0:
+            d.pad_value = int(padding_idx)
+            d.sources["pad_value"] = f"{_name(layer)}.padding_idx = {padding_idx}"
+        if final is not None and _name(final) == "Softmax":
+            d.output, d.sources["output"] = "probabilities", "its last layer is Softmax"
+        elif final is not None and _name(final) == "LogSoftmax":
+            d.output, d.sources["output"] = "logits", "its last layer is LogSoftmax"
+        if required:
+            d.input_name = required[0]
+        return d
+    d = _probe.Declared(input_name=required[0] if required else None)
+    d.sources["input_shape"] = "no Linear, Embedding, Conv1d or batch-first RNN layer " \
+                               "takes the input"
+    return d
+
+
+def describe(config: Config, model_uri: str) -> Signature:
+    """Load the module once on CPU; trace what it takes and returns; probe it."""
+    model_class = _model_class(config)
+    model = _load(config, model_uri, model_class)
+    what = f"{type(model).__name__ if model_class else 'the TorchScript module'} ({model_uri})"
+    declared = _declared(config, model, what)
+
+    def run_named(batch: np.ndarray) -> Any:
+        with torch.no_grad():
+            out = model(_to_tensor(batch))
+        if isinstance(out, Mapping):
+            return {str(k): v.detach().numpy() for k, v in out.items()}
+        return _to_numpy(out)
+
+    return _probe.complete(config, declared, run_named, what)
 
 
 def build(config: Config, model_uri: str, signature: Signature) -> Framework:
     """Beam's handler for the module ``signature`` describes."""
+    device = _device(config)
     handler = _handler(config, model_uri, _model_class(config), config.device,
-                       inference_fn=_infer, large_model=config.large_model,
+                       crossinfer_device=device, large_model=config.large_model,
                        model_copies=config.model_copies)
     return Framework(
         handler=handler, spec=signature.input_spec(), model_id=model_uri, to_model=_to_tensor,
-        prepare=_prepare, softmax=signature.softmax, predict=_forward)
+        limit_threads=_limit_threads, predict=functools.partial(_forward, device))

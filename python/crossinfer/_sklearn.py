@@ -1,12 +1,22 @@
-"""scikit-learn: Beam's SklearnModelHandlerNumpy, fed one stacked array per batch."""
+"""scikit-learn: Beam's SklearnModelHandlerNumpy, fed one stacked float64 array per batch.
+
+An estimator computes in float64, so rows keep their float64 values (no float32 round trip).
+Which method the model output comes from is part of the signature: ``predict_proba`` for a
+classifier (output "probabilities": argmax, raw and a custom postprocess all see the class
+probabilities), ``predict`` for output "value" (a regressor, ``postprocess="regression"``, or
+``output="value"`` to get a classifier's labels).
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import numpy as np
 from apache_beam.ml.inference.sklearn_inference import ModelFileType, SklearnModelHandlerNumpy
 
+from crossinfer import _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
 from crossinfer._handler import Framework
@@ -22,10 +32,18 @@ def _predict_proba(model: Any, batch: np.ndarray, inference_args: Optional[dict]
     return np.asarray(model.predict_proba(batch, **(inference_args or {})))
 
 
-def _prepare(threads: int) -> None:
-    import threadpoolctl  # sklearn's own dependency; caps BLAS/OpenMP pools process-wide
+_CONTROLLER: list[Any] = []
 
-    threadpoolctl.threadpool_limits(threads)
+
+@contextlib.contextmanager
+def _limit_threads(threads: int) -> Iterator[None]:
+    """Cap BLAS/OpenMP pools (threadpoolctl, sklearn's own dependency); restored on exit."""
+    import threadpoolctl
+
+    if not _CONTROLLER:  # finding the loaded libraries is the slow part: once per process
+        _CONTROLLER.append(threadpoolctl.ThreadpoolController())
+    with _CONTROLLER[0].limit(limits=threads):
+        yield
 
 
 def _file_type(uri: str) -> ModelFileType:
@@ -37,35 +55,58 @@ def loads_code(config: Config, model_uri: str) -> bool:
     return True
 
 
+def _allow_nan(model: Any) -> bool:
+    try:
+        return bool(model.__sklearn_tags__().input_tags.allow_nan)
+    except Exception:  # pylint: disable=broad-except
+        return False  # most estimators reject NaN
+
+
 def describe(config: Config, model_uri: str) -> Signature:
-    """Load the estimator once to check it and learn its input width and classes."""
+    """Load the estimator once; read n_features_in_, classes_ and predict_proba; probe it."""
     probe = SklearnModelHandlerNumpy(model_uri, _file_type(model_uri))
     model = load_once(probe.load_model, model_uri, "sklearn")
-    classes = getattr(model, "classes_", None)
-    integral = classes is not None and np.asarray(classes).dtype.kind in "iu"
+    name = type(model).__name__
+    d = _probe.Declared(input_dtype="float64", allow_nan=_allow_nan(model))
+    d.sources["input_dtype"] = "scikit-learn computes in float64"
+    d.sources["allow_nan"] = f"{name}'s allow_nan tag"
     width = getattr(model, "n_features_in_", None)
-    return Signature(
-        width=None if width is None else int(width), pad=False, dtype="float32",
-        describe=f"{type(model).__name__}.n_features_in_",
-        softmax=False, classes=tuple(int(c) for c in classes) if integral else None,
-        predict_proba=hasattr(model, "predict_proba"))
+    if width is not None:
+        d.input_shape = (int(width),)
+        d.sources["input_shape"] = f"{name}.n_features_in_ = {int(width)}"
+    else:
+        d.sources["input_shape"] = f"{name} has no n_features_in_"
+    has_proba = hasattr(model, "predict_proba")
+    if config.output in ("logits", "named"):
+        raise ConfigurationError(
+            f"output={config.output!r} is not an output of a scikit-learn estimator; use "
+            "'probabilities' (predict_proba) or 'value' (predict)")
+    if config.output == "probabilities" and not has_proba:
+        raise ConfigurationError(f"output='probabilities', but {name} has no predict_proba")
+    if config.output is None:
+        if has_proba and config.postprocess != "regression":
+            d.output, d.sources["output"] = "probabilities", f"{name}.predict_proba"
+        else:
+            why = "postprocess='regression'" if has_proba else f"{name} has no predict_proba"
+            d.output, d.sources["output"] = "value", f"{name}.predict ({why})"
+    classes = getattr(model, "classes_", None)
+    if classes is not None and np.asarray(classes).dtype.kind in "iu":
+        d.labels = tuple(int(c) for c in classes)
+    output = config.output or d.output
+    run = (lambda b: _predict_proba(model, b)) if output == "probabilities" else (
+        lambda b: _predict(model, b))
+    return _probe.complete(config, d, run, f"{name} ({model_uri})")
 
 
 def build(config: Config, model_uri: str, signature: Signature) -> Framework:
     """Beam's handler for the estimator ``signature`` describes."""
-    if config.postprocess == "argmax" and not signature.predict_proba:
-        raise ConfigurationError(
-            f"postprocess='argmax' needs a classifier with predict_proba, but {model_uri!r} "
-            "has none; use postprocess='regression' or 'raw'")
-    wants_proba = config.postprocess in ("argmax", "raw") and signature.predict_proba
-    predict = _predict_proba if wants_proba else _predict
+    predict = _predict_proba if signature.output == "probabilities" else _predict
     handler = SklearnModelHandlerNumpy(
         model_uri, _file_type(model_uri), inference_fn=predict,
         large_model=config.large_model, model_copies=config.model_copies)
     return Framework(
         predict=predict, handler=handler, spec=signature.input_spec(), model_id=model_uri,
-        to_model=_identity, prepare=_prepare, softmax=signature.softmax,
-        classes=signature.classes)
+        to_model=_identity, limit_threads=_limit_threads)
 
 
 def _identity(batch: np.ndarray) -> np.ndarray:

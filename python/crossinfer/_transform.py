@@ -38,7 +38,7 @@ class _KeyRows(beam.DoFn):
 class Inference(beam.PTransform):
     """Run a PyTorch, scikit-learn, ONNX or custom model over schema'd rows.
 
-    Every argument is a plain value (see the project's CONTRACT.md). Applying the transform
+    Every argument is a plain value, described in ``crossinfer._arguments``. Applying it
     checks them all, loads each model once and types both outputs; it returns
     ``{"predictions": ..., "failures": ...}``, and every input row lands in exactly one.
     """
@@ -66,6 +66,11 @@ class Inference(beam.PTransform):
         models: Optional[Mapping[str, str]] = None,
         device: str = "CPU",
         blocks: bool = False,
+        input_shape: Optional[Sequence[int]] = None,
+        input_dtype: Optional[str] = None,
+        pad_value: Optional[Union[int, float]] = None,
+        output: Optional[str] = None,
+        inference_args: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
         # Stored as given; checked in one place, expand(), like scikit-learn's fit().
@@ -77,7 +82,8 @@ class Inference(beam.PTransform):
             min_batch_size=min_batch_size, max_batch_size=max_batch_size,
             max_batch_duration_secs=max_batch_duration_secs, large_model=large_model,
             model_copies=model_copies, model_key_field=model_key_field, models=models,
-            device=device, blocks=blocks)
+            device=device, blocks=blocks, input_shape=input_shape, input_dtype=input_dtype,
+            pad_value=pad_value, output=output, inference_args=inference_args)
 
     def default_label(self) -> str:
         return f"Inference({self._kwargs['framework']})"
@@ -93,7 +99,8 @@ class Inference(beam.PTransform):
             failed.append(keyed[FAILURES])
         # Rows go to RunInference as they are: the handler reads a whole batch's features at
         # once, and emits one Outcomes per batch.
-        scored = rows | "RunInference" >> RunInference(plan.handler)
+        scored = rows | "RunInference" >> RunInference(
+            plan.handler, inference_args=plan.inference_args)
         post = scored | "Postprocess" >> beam.ParDo(Postprocess(plan)).with_outputs(
             FAILURES, main=PREDICTIONS)
         predictions = post[PREDICTIONS]

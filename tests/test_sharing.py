@@ -1,0 +1,103 @@
+"""large_model / model_copies with two worker processes, for every framework.
+
+Beam then loads the model in one process and the workers call it through a proxy: nothing on
+the workers may inspect the model object (all of it comes from the signature).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from crossinfer import Inference
+from crossinfer._rows import to_json
+from tests import models
+from tests.conftest import feature_rows, run
+
+
+class _WriteJson(beam.DoFn):
+    """Collects across processes: one JSON-lines file per bundle."""
+
+    def __init__(self, directory: str) -> None:
+        self._dir = directory
+
+    def start_bundle(self):
+        self._lines = []
+
+    def process(self, element):
+        self._lines.append(to_json(element))
+
+    def finish_bundle(self):
+        if self._lines:
+            Path(self._dir, uuid.uuid4().hex).write_text("\n".join(self._lines))
+
+
+def _read(directory: Path) -> list[dict]:
+    return [json.loads(line) for f in directory.iterdir() for line in f.read_text().splitlines()]
+
+
+def run_two_workers(tmp_path: Path, rows, **kwargs):
+    options = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_processing")
+    pred, fail = tmp_path / "pred", tmp_path / "fail"
+    pred.mkdir()
+    fail.mkdir()
+    with beam.Pipeline(options=options) as p:
+        out = p | beam.Create(rows, reshuffle=True) | Inference(**kwargs)
+        _ = out["predictions"] | "P" >> beam.ParDo(_WriteJson(str(pred)))
+        _ = out["failures"] | "F" >> beam.ParDo(_WriteJson(str(fail)))
+    return _read(pred), _read(fail)
+
+
+def _expected(framework, x, sklearn_model, mlp_model, mlp_onnx):
+    if framework == "sklearn":
+        kw = dict(model_uri=str(sklearn_model[0]))
+        want = sklearn_model[1].predict_proba(x.astype(np.float64))
+    elif framework == "pytorch":
+        kw = dict(model_uri=str(mlp_model[0]), model_class="tests.models:MLP")
+        with torch.no_grad():
+            want = mlp_model[1](torch.from_numpy(x)).numpy()
+    else:
+        kw = dict(model_uri=str(mlp_onnx[0]))
+        want = ort.InferenceSession(str(mlp_onnx[0])).run(None, {"x": x})[0]
+    return kw, want
+
+
+# Each run starts two SDK worker processes and Beam's model server (~30 s here): one sharing
+# mode per framework in two processes, both modes per framework in process (next test).
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("framework, sharing", [
+    ("sklearn", {"model_copies": 1}), ("pytorch", {"large_model": True}),
+    ("onnx", {"large_model": True})])
+def test_shared_model_in_two_worker_processes(framework, sharing, tmp_path, sklearn_model,
+                                              mlp_model, mlp_onnx):
+    assert os.environ.get("PYTHONPATH"), "the worker processes import tests.models"
+    x, _ = models.dataset(n=60, seed=31)
+    kw, want = _expected(framework, x, sklearn_model, mlp_model, mlp_onnx)
+    preds, fails = run_two_workers(tmp_path, feature_rows(x), framework=framework,
+                                   feature_field="features", passthrough_fields=["id"],
+                                   postprocess="raw", max_batch_size=16, **kw, **sharing)
+    assert fails == [] and len(preds) == 60, fails[:2]
+    for p in preds:
+        np.testing.assert_allclose(p["output"], want[p["id"]], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "onnx"])
+@pytest.mark.parametrize("sharing", [{"large_model": True}, {"model_copies": 2}])
+def test_shared_model_in_process(framework, sharing, sklearn_model, mlp_model, mlp_onnx):
+    # Beam serves a shared model from its own process even for an in-process runner.
+    x, _ = models.dataset(n=30, seed=32)
+    kw, want = _expected(framework, x, sklearn_model, mlp_model, mlp_onnx)
+    preds, fails = run(feature_rows(x), framework=framework, feature_field="features",
+                       passthrough_fields=["id"], postprocess="raw", **kw, **sharing)
+    assert fails == [] and len(preds) == 30
+    for p in preds:
+        np.testing.assert_allclose(p.output, want[p.id], rtol=1e-5, atol=1e-6)
