@@ -1,8 +1,9 @@
 """The demo: a Java Beam pipeline classifies rows with a scikit-learn model through Python.
 
-Locally, with no Docker: trains a small model, starts Beam's Python job server and the
-crossinfer expansion service on loopback, runs the Java example io.crossinfer.examples.
-ClassifyRows on the PortableRunner, prints a summary, and stops everything.
+Locally, with no Docker: trains a small model, starts Beam's Python job server on loopback,
+runs the Java example io.crossinfer.examples.ClassifyRows on the PortableRunner with nothing but
+`--runner=PortableRunner --jobEndpoint=...` (the Java library starts the crossinfer expansion
+service itself, from this Python), prints a summary, and stops everything.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import pickle
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,8 +25,6 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from expansion_service._local import LocalStack  # noqa: E402
 
 SPECIES = ["setosa", "versicolor", "virginica"]
 
@@ -48,6 +50,25 @@ def make_data(work: Path, rows: int) -> tuple[Path, Path]:
     return model_path, input_path
 
 
+def start_job_server(log: Path) -> tuple[subprocess.Popen, str]:
+    """Beam's Python job server on a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, f"localhost:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"the job server did not start; see {log}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5000)
@@ -62,21 +83,28 @@ def main() -> int:
     model_path, input_path = make_data(work, args.rows)
     print(f"model: {model_path}\ninput: {input_path} ({args.rows} rows + 4 corrupt lines)")
 
-    with LocalStack(work / "logs") as stack:
-        print(f"job server {stack.job_endpoint}, expansion service {stack.expansion_address} "
-              f"(ready in {stack.service_start_seconds:.1f} s)")
+    job_server, endpoint = start_job_server(work / "job_server.log")
+    try:
+        print(f"job server {endpoint}; the Java library starts the expansion service itself")
         out = work / "flowers"
         cmd = ["java", "-cp", classpath.read_text().strip(),
                "io.crossinfer.examples.ClassifyRows", f"--input={input_path}",
                f"--output={out}", "--framework=sklearn", f"--modelUri={model_path}",
-               *stack.java_args()]
+               "--runner=PortableRunner", f"--jobEndpoint={endpoint}"]
+        # The Python whose crossinfer-expansion-service the Java library starts: this one.
+        env = {**os.environ, "CROSSINFER_PYTHON": sys.executable}
         started = time.monotonic()
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         java_seconds = time.monotonic() - started
         if done.returncode != 0:
             print(done.stdout, done.stderr[-4000:], sep="\n")
-            print(stack.log("expansion_service")[-2000:])
             return 1
+    finally:
+        job_server.send_signal(signal.SIGTERM)
+        try:
+            job_server.wait(5)
+        except subprocess.TimeoutExpired:
+            job_server.kill()  # Beam's job server stops serving on SIGTERM but may not exit
 
     predictions = [json.loads(l) for l in Path(f"{out}-predictions.jsonl").read_text().splitlines()]
     failures = [json.loads(l) for l in Path(f"{out}-failures.jsonl").read_text().splitlines()]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for crossinfer: the Python package with Beam and the ML libraries,
-# Debian's Gradle, and the Java build (its JUnit tests run too). Safe to run again.
+# Debian's Gradle and Maven, the Java build (its JUnit tests run too) and the Java artifact in
+# the local Maven repository. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,13 +10,25 @@ echo "== Python packages (apache-beam[gcp]==2.77.0, torch, scikit-learn, onnxrun
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   -e ".[test,bench]"
 
-if ! command -v gradle >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then
-  echo "== Debian packages: gradle, a JDK"
+if ! command -v gradle >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1 \
+    || ! command -v mvn >/dev/null 2>&1; then
+  echo "== Debian packages: gradle, maven, a JDK"
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gradle default-jdk-headless >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gradle maven \
+    default-jdk-headless >/dev/null
 fi
 
-echo "== Java build (gradle build: compile, JUnit, classpath for the example pipeline)"
-gradle -q --console=plain build writeClasspath
+echo "== Java build (gradle build: library, examples, JUnit, classpath files for the tests)"
+gradle -q --console=plain build
+echo "== Java artifact io.crossinfer:crossinfer into the local Maven repository"
+gradle -q --console=plain publishToMavenLocal
+# The Maven consumer test builds offline (mvn -o); fetch its plugins and dependencies once.
+echo "== Maven: what the consumer project (tests/maven_consumer) needs, fetched once"
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -1)
+CONSUMER=$(mktemp -d)
+cp -r tests/maven_consumer/. "$CONSUMER"
+(cd "$CONSUMER" && mvn -q -B package dependency:build-classpath -Dcrossinfer.version="$VERSION" \
+  -Dmdep.outputFile=target/classpath.txt)
+rm -rf "$CONSUMER"
