@@ -297,3 +297,98 @@ class MeanEmbeddingNoPadIdx(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(tokens).mean(1))
+
+
+def keyed_tensors(row: Any) -> dict[str, Any]:
+    """preprocess returning a dict of tensors (what a keyed-tensor handler takes)."""
+    return {"x": torch.tensor(row.features)}
+
+
+# Beam's own RunInference test models, for tests/test_beam_scenarios.py.
+
+class LinearRegression(torch.nn.Module):
+    """Beam's PytorchLinearRegression: forward and a 'generate' method (+0.5)."""
+
+    def __init__(self, input_dim: int = 1, output_dim: int = 1):
+        super().__init__()
+        self.linear = torch.nn.Linear(input_dim, output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def generate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + 0.5
+
+
+class LinearRegressionDict(LinearRegression):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.linear(x)
+        return {"output1": out, "output2": out}
+
+
+class LinearRegressionExtraArgs(LinearRegression):
+    """Beam's keyed model with non-batchable extra args, as one input plus inference_args."""
+
+    def forward(self, x: torch.Tensor, prediction_param_array: Any = None,
+                prediction_param_bool: bool = False) -> torch.Tensor:
+        if not prediction_param_bool:
+            raise ValueError("Expected prediction_param_bool to be True")
+        if not all(prediction_param_array):
+            raise ValueError("Expected prediction_param_array to be all True")
+        return self.linear(x)
+
+
+class KeyedLinear(torch.nn.Module):
+    """forward(k1, k2): Beam's keyed-tensor scenario (custom handler only)."""
+
+    def __init__(self, input_dim: int = 1, output_dim: int = 1):
+        super().__init__()
+        self.linear = torch.nn.Linear(input_dim, output_dim)
+
+    def forward(self, k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
+        return self.linear(k1) + self.linear(k2)
+
+
+class SumModel:
+    """Beam's sklearn FakeModel: predict sums each row, counting its calls."""
+
+    calls = 0
+
+    def __init__(self, n_features: int = 3):
+        self.n_features_in_ = n_features
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        SumModel.calls += 1
+        return np.sum(x, axis=1)
+
+
+def generate_handler(model_uri: str) -> Any:
+    """Beam's make_tensor_model_fn('generate') scenario."""
+    from apache_beam.ml.inference.pytorch_inference import (
+        PytorchModelHandlerTensor, make_tensor_model_fn)
+
+    return PytorchModelHandlerTensor(state_dict_path=model_uri, model_class=LinearRegression,
+                                     model_params={"input_dim": 1, "output_dim": 1},
+                                     inference_fn=make_tensor_model_fn("generate"))
+
+
+def keyed_handler(model_uri: str) -> Any:
+    from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedTensor
+
+    return PytorchModelHandlerKeyedTensor(state_dict_path=model_uri, model_class=KeyedLinear,
+                                          model_params={"input_dim": 1, "output_dim": 1})
+
+
+def two_keys(row: Any) -> dict[str, Any]:
+    """preprocess for the keyed handler: a dict of tensors."""
+    return {"k1": torch.tensor([float(row.k1)]), "k2": torch.tensor([float(row.k2)])}
+
+
+def first_value(result: PredictionResult) -> dict[str, Any]:
+    return {"value": float(np.asarray(result.inference).ravel()[0])}
+
+
+def named_pair(result: PredictionResult) -> dict[str, Any]:
+    out = result.inference
+    return {"output1": float(np.asarray(out["output1"]).ravel()[0]),
+            "output2": float(np.asarray(out["output2"]).ravel()[0])}

@@ -45,16 +45,22 @@ def _read(directory: Path) -> list[dict]:
     return [json.loads(line) for f in directory.iterdir() for line in f.read_text().splitlines()]
 
 
-def run_two_workers(tmp_path: Path, rows, **kwargs):
+def run_two_workers(tmp_path: Path, rows, transforms: dict[str, dict]) -> dict[str, tuple]:
+    """Each named Inference over the same rows, in one job with two worker processes (the
+    workers and Beam's model server start once); name -> (predictions, failures)."""
     options = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_processing")
-    pred, fail = tmp_path / "pred", tmp_path / "fail"
-    pred.mkdir()
-    fail.mkdir()
+    dirs = {}
     with beam.Pipeline(options=options) as p:
-        out = p | beam.Create(rows, reshuffle=True) | Inference(**kwargs)
-        _ = out["predictions"] | "P" >> beam.ParDo(_WriteJson(str(pred)))
-        _ = out["failures"] | "F" >> beam.ParDo(_WriteJson(str(fail)))
-    return _read(pred), _read(fail)
+        source = p | beam.Create(rows, reshuffle=True)
+        for name, kwargs in transforms.items():
+            pred, fail = tmp_path / f"{name}-pred", tmp_path / f"{name}-fail"
+            pred.mkdir()
+            fail.mkdir()
+            dirs[name] = (pred, fail)
+            out = source | name >> Inference(**kwargs)
+            _ = out["predictions"] | f"P{name}" >> beam.ParDo(_WriteJson(str(pred)))
+            _ = out["failures"] | f"F{name}" >> beam.ParDo(_WriteJson(str(fail)))
+    return {name: (_read(pred), _read(fail)) for name, (pred, fail) in dirs.items()}
 
 
 def _expected(framework, x, sklearn_model, mlp_model, mlp_onnx):
@@ -71,23 +77,26 @@ def _expected(framework, x, sklearn_model, mlp_model, mlp_onnx):
     return kw, want
 
 
-# Each run starts two SDK worker processes and Beam's model server (~30 s here): one sharing
-# mode per framework in two processes, both modes per framework in process (next test).
+# A job with two worker processes takes ~30 s to start and stop here: one job holds one
+# sharing mode per framework; both modes per framework run in process (next test).
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("framework, sharing", [
-    ("sklearn", {"model_copies": 1}), ("pytorch", {"large_model": True}),
-    ("onnx", {"large_model": True})])
-def test_shared_model_in_two_worker_processes(framework, sharing, tmp_path, sklearn_model,
-                                              mlp_model, mlp_onnx):
+def test_shared_models_in_two_worker_processes(tmp_path, sklearn_model, mlp_model, mlp_onnx):
     assert os.environ.get("PYTHONPATH"), "the worker processes import tests.models"
     x, _ = models.dataset(n=60, seed=31)
-    kw, want = _expected(framework, x, sklearn_model, mlp_model, mlp_onnx)
-    preds, fails = run_two_workers(tmp_path, feature_rows(x), framework=framework,
-                                   feature_field="features", passthrough_fields=["id"],
-                                   postprocess="raw", max_batch_size=16, **kw, **sharing)
-    assert fails == [] and len(preds) == 60, fails[:2]
-    for p in preds:
-        np.testing.assert_allclose(p["output"], want[p["id"]], rtol=1e-5, atol=1e-6)
+    sharing = {"sklearn": {"model_copies": 1}, "pytorch": {"large_model": True},
+               "onnx": {"large_model": True}}
+    expected, transforms = {}, {}
+    for framework, mode in sharing.items():
+        kw, expected[framework] = _expected(framework, x, sklearn_model, mlp_model, mlp_onnx)
+        transforms[framework] = dict(framework=framework, feature_field="features",
+                                     passthrough_fields=["id"], postprocess="raw",
+                                     max_batch_size=16, **kw, **mode)
+    results = run_two_workers(tmp_path, feature_rows(x), transforms)
+    for framework, (preds, fails) in results.items():
+        assert fails == [] and len(preds) == 60, (framework, fails[:2])
+        for p in preds:
+            np.testing.assert_allclose(p["output"], expected[framework][p["id"]], rtol=1e-5,
+                                       atol=1e-6)
 
 
 @pytest.mark.parametrize("framework", ["pytorch", "onnx"])

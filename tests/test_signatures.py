@@ -296,3 +296,12 @@ def test_signature_round_trips_and_refuses_bad_data():
                 {"labels": ["a"]}, {"input_shape": [-1, -1] * 5}):
         with pytest.raises(ModelLoadError):
             Signature.from_dict({**data, **bad})
+
+
+def test_keyed_tensors_to_a_stacking_framework_fail_each_row_clearly(mlp_model):
+    x, _ = models.dataset(n=5, seed=14)
+    preds, fails = run(feature_rows(x), framework="pytorch", model_uri=str(mlp_model[0]),
+                       model_class="tests.models:MLP", preprocess="tests.models:keyed_tensors",
+                       passthrough_fields=["id"])
+    assert preds == [] and failure_ids(fails) == set(range(5))
+    assert all("not one array" in f.error and f.stage == "preprocess" for f in fails)

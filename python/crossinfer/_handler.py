@@ -24,7 +24,7 @@ from apache_beam.ml.inference.base import (
     KeyedModelHandler, KeyModelMapping, ModelHandler, PredictionResult)
 
 from crossinfer import _batching
-from crossinfer._errors import describe
+from crossinfer._errors import InputError, describe
 from crossinfer._features import Extractor, InputSpec
 
 __all__ = ["Framework", "Outcomes", "RowHandler", "KeyedRowHandler", "describe",
@@ -141,6 +141,8 @@ class RowHandler(ModelHandler):
                       inference_args: Optional[dict[str, Any]] = None) -> list[Outcomes]:
         if self._reader is None:
             good, xs, bad = self._extract.batch(batch, self._fw.spec)
+            if self._fw.to_model is not None and not isinstance(xs, np.ndarray):
+                good, xs, bad = _arrays_only(good, xs, bad)
             return [self._score(batch, good, xs, bad, model, inference_args)]
         return [self._score_block(element, model, inference_args) for element in batch]
 
@@ -273,6 +275,20 @@ class RowHandler(ModelHandler):
 
     def override_metrics(self, metrics_namespace: str = "") -> bool:
         return self._inner.override_metrics(metrics_namespace)
+
+
+def _arrays_only(good: list[int], xs: list[Any], bad: list[tuple[int, str]]
+                 ) -> tuple[list[int], list[Any], list[tuple[int, str]]]:
+    """A framework that stacks rows takes one array per row: anything else (a preprocess
+    that returns a dict of tensors) is that row's failure, not a failed batch."""
+    keep = [j for j, x in enumerate(xs) if isinstance(x, np.ndarray)]
+    if len(keep) == len(xs):
+        return good, xs, bad
+    bad = bad + [(good[j], describe(InputError(
+        f"the preprocess output is {type(xs[j]).__name__}, not one array; this framework "
+        "stacks one array per row (for dicts of tensors use framework='custom' with e.g. "
+        "Beam's PytorchModelHandlerKeyedTensor)"))) for j in range(len(xs)) if j not in keep]
+    return [good[j] for j in keep], [xs[j] for j in keep], bad
 
 
 def _assemble(good: list[int], pieces: list[tuple[Optional[Sequence[int]], Any]]

@@ -229,7 +229,7 @@ def _candidates(model: torch.nn.Module) -> list[tuple[torch.nn.Module, _probe.De
     return out
 
 
-def _trace(model: torch.nn.Module, batch: np.ndarray
+def _trace(model: torch.nn.Module, batch: np.ndarray, inference_args: Optional[dict] = None
            ) -> tuple[Any, Optional[torch.nn.Module], Optional[torch.nn.Module]]:
     """Run the module on ``batch``; (output, first leaf layer applied, the leaf layer whose
     output is the model's output). Layers are None where hooks are not supported."""
@@ -248,7 +248,7 @@ def _trace(model: torch.nn.Module, batch: np.ndarray
         hooks = []
     try:
         with torch.no_grad():
-            out = model(_to_tensor(batch))
+            out = model(_to_tensor(batch), **(inference_args or {}))
     finally:
         for h in hooks:
             h.remove()
@@ -275,7 +275,7 @@ def _declared(config: Config, model: torch.nn.Module, what: str) -> _probe.Decla
                                                            c.pad_value or 0, c.token_high))))
     for m, d, batch in tried:
         try:
-            out, first, final = _trace(model, batch)
+            out, first, final = _trace(model, batch, config.inference_args)
         except Exception:  # pylint: disable=broad-except
             continue
         if m is not None and first is not None and first is not m:
@@ -311,7 +311,7 @@ def describe(config: Config, model_uri: str) -> Signature:
 
     def run_named(batch: np.ndarray) -> Any:
         with torch.no_grad():
-            out = model(_to_tensor(batch))
+            out = model(_to_tensor(batch), **(config.inference_args or {}))
         if isinstance(out, Mapping):
             return {str(k): v.detach().numpy() for k, v in out.items()}
         return _to_numpy(out)
