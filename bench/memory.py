@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from crossinfer import Inference
 
-WIDTH, HIDDEN = 32, 5000  # 32*5000 + 5000*5000 + 5000*2 floats: about 100.7 MB
+WIDTH, HIDDEN = 32, 5200  # 32*5200 + 5200*5200 + 5200*2 floats: about 109 MB (103 MiB)
 
 
 class Big(torch.nn.Module):
@@ -79,10 +79,10 @@ class Sampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak = (0, 0, 0)  # rss kB, pss kB, processes
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             pids = _descendants(os.getpid())
             sizes = [_rollup(p) for p in pids]
             rss, pss = sum(s[0] for s in sizes), sum(s[1] for s in sizes)
@@ -91,14 +91,15 @@ class Sampler(threading.Thread):
             time.sleep(0.2)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
 def once(model_uri: str, rows: int, **sharing) -> tuple[int, int, int, float]:
     x = np.random.default_rng(0).normal(size=(rows, WIDTH))
     data = [beam.Row(id=i, features=x[i].tolist()) for i in range(rows)]
-    options = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_processing")
+    options = PipelineOptions(flags=[], direct_num_workers=2,
+                              direct_running_mode="multi_processing")
     sampler = Sampler()
     sampler.start()
     start = time.perf_counter()

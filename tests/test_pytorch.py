@@ -106,3 +106,31 @@ def test_one_model_thread_per_call_and_the_callers_process_left_alone(mlp_model,
         assert gc.get_freeze_count() == frozen
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_worker_process_keeps_its_thread_cap(mlp_model, monkeypatch):
+    # In a worker (another process than the one that built the pipeline) the cap holds for
+    # the process's life, even after the context that set it is no longer referenced.
+    import gc
+
+    from crossinfer import _handler, _pytorch
+    from crossinfer._config import parse
+    from crossinfer._features import Extractor
+
+    path = str(mlp_model[0])
+    config = parse(framework="pytorch", model_uri=path, model_class="tests.models:MLP",
+                   feature_field="features")
+    fw = _pytorch.build(config, path, _pytorch.describe(config, path))
+    handler = _handler.RowHandler(fw, Extractor(feature_field="features"), {})
+    handler._owner_pid = -1  # as when unpickled in a worker process
+    monkeypatch.setenv("CROSSINFER_GC_FREEZE", "0")
+    monkeypatch.delenv("CROSSINFER_MODEL_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        handler.load_model()
+        gc.collect()
+        assert torch.get_num_threads() == 1
+    finally:
+        _handler._HELD_LIMITS.clear()
+        torch.set_num_threads(before)

@@ -48,7 +48,8 @@ def _read(directory: Path) -> list[dict]:
 def run_two_workers(tmp_path: Path, rows, transforms: dict[str, dict]) -> dict[str, tuple]:
     """Each named Inference over the same rows, in one job with two worker processes (the
     workers and Beam's model server start once); name -> (predictions, failures)."""
-    options = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_processing")
+    options = PipelineOptions(flags=[], direct_num_workers=2,
+                              direct_running_mode="multi_processing")
     dirs = {}
     with beam.Pipeline(options=options) as p:
         source = p | beam.Create(rows, reshuffle=True)

@@ -163,7 +163,7 @@ def test_multi_input_models_are_refused_at_construction(tmp_path):
     torch.onnx.export(models.TwoInputs().eval(), (torch.zeros(2, 8), torch.ones(2, 8)),
                       str(path), dynamo=False, input_names=["x", "mask"], output_names=["y"],
                       dynamic_axes={"x": {0: "b"}, "mask": {0: "b"}, "y": {0: "b"}})
-    with pytest.raises(ConfigurationError, match="has 2 inputs .*inference_args"):
+    with pytest.raises(ConfigurationError, match="has 2 inputs .*framework=.custom."):
         _apply(framework="onnx", model_uri=str(path), feature_field="features")
 
 
@@ -305,3 +305,24 @@ def test_keyed_tensors_to_a_stacking_framework_fail_each_row_clearly(mlp_model):
                        passthrough_fields=["id"])
     assert preds == [] and failure_ids(fails) == set(range(5))
     assert all("not one array" in f.error and f.stage == "preprocess" for f in fails)
+
+
+def test_each_fact_says_where_it_came_from(tmp_path, sklearn_model):
+    from crossinfer._config import parse
+    from crossinfer._inspect import describe
+
+    models.save_module(models.PadOne(), tmp_path / "pad1.pt")
+    sig = describe(parse(framework="pytorch", model_uri=str(tmp_path / "pad1.pt"),
+                         model_class="tests.models:PadOne", feature_field="tokens",
+                         postprocess="raw"), None)
+    assert (sig.input_shape, sig.input_dtype, sig.pad_value) == ((-1,), "int64", 1)
+    assert sig.source("pad_value") == "Embedding.padding_idx = 1"
+    assert "Embedding(50, 8, padding_idx=1)" in sig.source("input_shape")
+    assert sig.output == "logits" and sig.num_classes == 3
+    assert "do not sum to 1" in sig.source("output")
+    sig = describe(parse(framework="sklearn", model_uri=str(sklearn_model[0]),
+                         feature_field="features"), None)
+    assert (sig.input_shape, sig.input_dtype, sig.output, sig.allow_nan) == (
+        (models.N_FEATURES,), "float64", "probabilities", False)
+    assert sig.source("input_shape") == "LogisticRegression.n_features_in_ = 8"
+    assert Signature.from_dict(sig.to_dict()) == sig

@@ -71,6 +71,7 @@ def freeze_gc() -> None:
 
 
 _UNFREEZE_AT_EXIT: list[bool] = []
+_HELD_LIMITS: list[ContextManager[None]] = []  # a worker's thread caps, held for its life
 
 
 def _no_limit(threads: int) -> ContextManager[None]:
@@ -120,7 +121,9 @@ class RowHandler(ModelHandler):
         threads = model_threads()
         if os.getpid() != self._owner_pid:
             # A worker process (or Beam's shared-model process): cap its pools for good.
-            self._fw.limit_threads(threads).__enter__()
+            held = self._fw.limit_threads(threads)
+            held.__enter__()
+            _HELD_LIMITS.append(held)  # never exited: collecting it would restore the pools
             model = self._inner.load_model()
             freeze_gc()
             self._in_worker = True

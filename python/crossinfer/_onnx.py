@@ -82,8 +82,8 @@ def describe(config: Config, model_uri: str) -> Signature:
     if len(required) != 1:
         raise ConfigurationError(
             f"{what} has {len(required)} inputs ({', '.join(i.name for i in required)}); "
-            "crossinfer feeds one array per row: give the others in inference_args (fixed "
-            "values), or use framework='custom' with your own handler")
+            "crossinfer feeds one array per row: use framework='custom' with your own handler "
+            "(inputs named in inference_args are fed those values on every call)")
     first = required[0]
     d = _probe.Declared(input_name=first.name, input_dtype=_DTYPES.get(first.type))
     d.sources["input_dtype"] = f"input {first.name!r} is {first.type}"

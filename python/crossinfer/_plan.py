@@ -7,6 +7,7 @@ fails when the transform is applied or expanded, never on a worker hours later.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -21,6 +22,8 @@ from crossinfer._blocks import Reader
 from crossinfer._features import Extractor, InputSpec
 from crossinfer._handler import Framework, KeyedRowHandler, RowHandler
 from crossinfer._signature import Signature
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +75,8 @@ def _check_input(config: Config, fields: dict[str, Any]) -> None:
 
 def _framework(config: Config, key: Optional[str]) -> tuple[Signature, Framework]:
     signature = _inspect.describe(config, key)
+    # What was inferred is stated, with where each fact came from.
+    _LOG.info("crossinfer: model %s: %s", config.model_uris()[key], signature.explain())
     module = _inspect.framework_module(config.framework)
     return signature, module.build(config, config.model_uris()[key], signature)
 

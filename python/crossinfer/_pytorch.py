@@ -156,8 +156,7 @@ def loads_code(config: Config, model_uri: str) -> bool:
 
 
 def _holds_state_dict(uri: str) -> bool:
-    if _is_safetensors(uri):
-        return True
+    """A file torch loads with weights_only=True into a dict (it runs no code)."""
     try:
         with FileSystems.open(uri) as f:
             obj = torch.load(io.BytesIO(f.read()), weights_only=True, map_location="cpu")
@@ -167,14 +166,22 @@ def _holds_state_dict(uri: str) -> bool:
 
 
 def _load(config: Config, model_uri: str, model_class: Optional[type]) -> torch.nn.Module:
-    if model_class is None:
+    if model_class is None and _is_safetensors(model_uri):
         check_exists(model_uri)
-        if _holds_state_dict(model_uri):
-            raise ModelLoadError(
-                f"model_uri={model_uri!r} holds a state_dict (weights only), not TorchScript; "
-                "give model_class='package.module:Class' (and model_params) to load it into")
+        raise ModelLoadError(_STATE_DICT_WITHOUT_CLASS.format(uri=model_uri))
     kind = "pytorch state_dict" if model_class is not None else "TorchScript"
-    return load_once(_handler(config, model_uri, model_class, "CPU").load_model, model_uri, kind)
+    try:
+        return load_once(_handler(config, model_uri, model_class, "CPU").load_model, model_uri,
+                         kind)
+    except ModelLoadError:
+        if model_class is None and _holds_state_dict(model_uri):
+            raise ModelLoadError(_STATE_DICT_WITHOUT_CLASS.format(uri=model_uri)) from None
+        raise
+
+
+_STATE_DICT_WITHOUT_CLASS = (
+    "model_uri={uri!r} holds a state_dict (weights only), not TorchScript; give "
+    "model_class='package.module:Class' (and model_params) to load it into")
 
 
 def _required_inputs(model: torch.nn.Module) -> list[str]:
