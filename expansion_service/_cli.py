@@ -47,6 +47,29 @@ def _parser() -> argparse.ArgumentParser:
               "postprocess, handler and model_class; repeatable. Without it no user "
               "callable resolves."))
     parser.add_argument(
+        "--model-root", action="append", default=[], metavar="PREFIX",
+        help=("load models only from under PREFIX (a local directory or gs://bucket/path/); "
+              "repeatable. Only formats that are data (ONNX, torch state_dict) load from "
+              "here. Without any root the service loads no model."))
+    parser.add_argument(
+        "--trusted-model-root", action="append", default=[], metavar="PREFIX",
+        help=("like --model-root, and formats that run code when loaded (pickle, joblib, "
+              "TorchScript, custom handler files) load from here too: mark only prefixes "
+              "that nobody but you can write; repeatable"))
+    parser.add_argument(
+        "--inspect-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="wall-clock limit for opening one model at expansion (default 30)")
+    parser.add_argument(
+        "--inspect-cpu-seconds", type=int, default=30, metavar="SECONDS",
+        help="CPU limit for opening one model at expansion (default 30)")
+    parser.add_argument(
+        "--inspect-memory-mb", type=int, default=2048, metavar="MIB",
+        help=("memory a model inspection may use beyond the libraries' own (default 2048); "
+              "raise it for large models"))
+    parser.add_argument(
+        "--inspectors", type=int, default=2, metavar="N",
+        help="warm processes that open model files at expansion (default 2)")
+    parser.add_argument(
         "--sdk-container-image", default=None, metavar="IMAGE",
         help=("run the expanded Python stages in this Docker image (for Dataflow). Without it "
               "they run in a worker pool inside this process (local, no Docker)."))
@@ -68,6 +91,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if problem:
             print(f"crossinfer-expansion-service: {problem}", file=sys.stderr)
             return 2
+    for name, low, high in (("inspect_timeout", 1, 3600), ("inspect_cpu_seconds", 1, 3600),
+                            ("inspect_memory_mb", 64, 1 << 20), ("inspectors", 1, 64)):
+        value = getattr(args, name)
+        if not low <= value <= high:
+            print(f"crossinfer-expansion-service: --{name.replace('_', '-')} {value} is out of "
+                  f"range [{low}, {high}]", file=sys.stderr)
+            return 2
+    from crossinfer._repository import normalise_root
+
+    for flag, roots in (("--model-root", args.model_root),
+                        ("--trusted-model-root", args.trusted_model_root)):
+        for root in roots:
+            try:
+                normalise_root(root, flag.startswith("--trusted"))
+            except ValueError as e:
+                print(f"crossinfer-expansion-service: {flag}: {e}", file=sys.stderr)
+                return 2
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -85,4 +125,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         port=args.port,
         allow=tuple(args.allow),
         container_image=args.sdk_container_image,
+        model_roots=tuple(args.model_root),
+        trusted_model_roots=tuple(args.trusted_model_root),
+        inspect_timeout=args.inspect_timeout,
+        inspect_cpu_seconds=args.inspect_cpu_seconds,
+        inspect_memory_mb=args.inspect_memory_mb,
+        inspectors=args.inspectors,
     ))

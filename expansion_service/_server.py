@@ -28,6 +28,12 @@ class ServiceConfig:
     port: int
     allow: tuple[str, ...] = ()
     container_image: Optional[str] = None
+    model_roots: tuple[str, ...] = ()
+    trusted_model_roots: tuple[str, ...] = ()
+    inspect_timeout: float = 30.0
+    inspect_cpu_seconds: int = 30
+    inspect_memory_mb: int = 2048
+    inspectors: int = 2
 
 
 def _hostport(host: str, port: int) -> str:
@@ -72,9 +78,9 @@ def serve(config: ServiceConfig) -> int:
     )
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from crossinfer import _callables
+    from crossinfer import _callables, _inspect, _repository
     from crossinfer._errors import ConfigurationError
-    from expansion_service import _artifacts, _guard, _options, _servicer
+    from expansion_service import _artifacts, _guard, _isolation, _options, _servicer
 
     try:
         # An empty list admits no user callable at all; a glob that admits everything is refused.
@@ -82,6 +88,15 @@ def serve(config: ServiceConfig) -> int:
     except ConfigurationError as e:
         print(f"crossinfer-expansion-service: --allow: {e}", file=sys.stderr)
         return 2
+    repository = _repository.Repository(config.model_roots, config.trusted_model_roots)
+    _repository.set_repository(repository)
+    inspectors = _isolation.InspectorPool(
+        _isolation.Policy(allow=tuple(config.allow), model_roots=config.model_roots,
+                          trusted_model_roots=config.trusted_model_roots),
+        _isolation.Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
+                          memory_mb=config.inspect_memory_mb),
+        size=config.inspectors)
+    _inspect.set_runner(inspectors)
     _warm_up()
 
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
@@ -135,13 +150,15 @@ def serve(config: ServiceConfig) -> int:
         environment = (f"DOCKER {config.container_image}" if config.container_image
                        else f"EXTERNAL {loopback} (worker pool in this process)")
         _LOGGER.info(
-            "ready in %.1f s; environment %s; allowed callables: %s",
-            time.perf_counter() - started, environment, list(config.allow) or "none")
+            "ready in %.1f s; environment %s; allowed callables: %s; model roots: %s",
+            time.perf_counter() - started, environment, list(config.allow) or "none",
+            repository.describe() or "none (every model is refused)")
         print(f"crossinfer expansion service listening on {address}", flush=True)
         while not stop.wait(0.5):
             pass
         _LOGGER.info("shutting down")
         health_servicer.enter_graceful_shutdown()
+        inspectors.close()
         server.stop(_SHUTDOWN_GRACE_SECS).wait(_SHUTDOWN_GRACE_SECS + 0.5)
     _exit(0)
 

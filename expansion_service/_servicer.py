@@ -60,8 +60,8 @@ def explain(error: str) -> tuple[str, str]:
     """Put the exception's type and message first; return (error text, outcome for the log).
 
     Beam reports an expansion failure as the whole traceback. crossinfer's own errors are
-    configuration mistakes, so their message alone is the answer; anything else keeps the
-    traceback after the message, for whoever has to debug it.
+    configuration mistakes, so their message alone is the answer; anything else is logged whole
+    and the client gets its first line.
     """
     section = error.rsplit(_TRACEBACK_HEADER, 1)[-1]
     # Frame lines are indented; the exception starts at the first line that is not.
@@ -78,4 +78,10 @@ def explain(error: str) -> tuple[str, str]:
     headline = f"{short}: {message}" if message else short
     if qualified.startswith("crossinfer."):
         return headline, short
-    return f"{headline}\n\n{error}", short
+    # Anything else is logged whole; the client gets the first line only, never the traceback
+    # (it names the service's files and code).
+    _LOGGER.warning("expansion failed:\n%s", error)
+    first = headline.splitlines()[0] if headline else short
+    if len(first) > 500:
+        first = first[:497] + "..."
+    return f"{first} (the service log has the details)", short
