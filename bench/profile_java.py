@@ -48,7 +48,7 @@ def main() -> None:
     src = data.write_jsonl(workdir / f"w5-{args.rows}.jsonl", args.rows)
     classpath = javapath.CLASSPATH.read_text().strip()
     texts = []
-    with LocalStack(workdir / "stack", allow=["bench.*"],
+    with LocalStack(workdir / "stack", allow=["bench.models.*"],
                     env={"PYTHONPATH": str(javapath.REPO)}) as stack:
         names = ("job_server", "expansion_service")
         spies = [subprocess.Popen(["py-spy", "record", "--pid", str(p.pid), "-r", "100", "-f",

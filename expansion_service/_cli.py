@@ -10,24 +10,6 @@ from typing import Optional
 
 DEFAULT_HOST = "127.0.0.1"
 
-# Packages whose insides must never be callable by a client: the standard library, Beam (its
-# PythonCallableWithSource runs source code) and this service itself.
-_NEVER_ALLOWED = frozenset(sys.stdlib_module_names) | {
-    "apache_beam", "crossinfer", "expansion_service", "builtins"}
-_WILDCARDS = set("*?[]")
-
-
-def _allow_problem(glob: str) -> Optional[str]:
-    """Why ``glob`` cannot be an --allow glob, or None."""
-    top = glob.split(".", 1)[0]
-    if not top or _WILDCARDS & set(top):
-        return f"--allow {glob!r} must start with a package name, e.g. 'mypkg.features.*'"
-    if top in _NEVER_ALLOWED:
-        return (f"--allow {glob!r} would let clients call into {top!r}; allow your own "
-                "package(s) only")
-    return None
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crossinfer-expansion-service",
@@ -46,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
         help=("admit user callables matching GLOB (e.g. 'mypkg.features.*') for preprocess, "
               "postprocess, handler and model_class; repeatable. Without it no user "
               "callable resolves."))
+    parser.add_argument(
+        "--own-distribution", action="append", default=[], metavar="DIST",
+        help=("an installed distribution (pip name) that is your own code, so --allow may name "
+              "its modules; repeatable. Other installed packages are never allowed."))
     parser.add_argument(
         "--model-root", action="append", default=[], metavar="PREFIX",
         help=("load models only from under PREFIX (a local directory or gs://bucket/path/); "
@@ -86,8 +72,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"crossinfer-expansion-service: --port {args.port} is not a port", file=sys.stderr)
         return 2
+    from crossinfer._callables import glob_problem
+
     for glob in args.allow:
-        problem = _allow_problem(glob)
+        problem = glob_problem(glob, args.own_distribution)
         if problem:
             print(f"crossinfer-expansion-service: {problem}", file=sys.stderr)
             return 2

@@ -80,7 +80,7 @@ def _service_env(workdir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def service(workdir):
-    svc = Service("--port", "0", "--allow", f"{PROBE_PACKAGE}.*",
+    svc = Service("--port", "0", "--allow", f"{PROBE_PACKAGE}.features.*",
                   "--trusted-model-root", str(workdir),
                   log_path=workdir / "service.log", env=_service_env(workdir))
     yield svc
