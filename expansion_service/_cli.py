@@ -72,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"crossinfer-expansion-service: --port {args.port} is not a port", file=sys.stderr)
         return 2
-    from crossinfer._callables import glob_problem
+    from expansion_service._allow import glob_problem
 
     for glob in args.allow:
         problem = glob_problem(glob, args.own_distribution)
@@ -86,16 +86,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"crossinfer-expansion-service: --{name.replace('_', '-')} {value} is out of "
                   f"range [{low}, {high}]", file=sys.stderr)
             return 2
-    from crossinfer._repository import normalise_root
-
-    for flag, roots in (("--model-root", args.model_root),
-                        ("--trusted-model-root", args.trusted_model_root)):
-        for root in roots:
-            try:
-                normalise_root(root, flag.startswith("--trusted"))
-            except ValueError as e:
-                print(f"crossinfer-expansion-service: {flag}: {e}", file=sys.stderr)
-                return 2
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -30,6 +30,7 @@ from typing import Any, Optional
 _LOGGER = logging.getLogger("expansion_service")
 
 _MAX_ANSWER = 64 * 1024  # bytes of one answer line; a signature is a few hundred
+_WAIT_FOR_CHILD = 120.0  # seconds a request waits for a free inspector
 _RECYCLE_AFTER = 200  # requests per child, so state a model leaves behind does not pile up
 
 
@@ -154,13 +155,14 @@ class InspectorPool:
         from crossinfer._errors import ConfigurationError, ModelLoadError
 
         what = "model_uri" if key is None else f"models[{key!r}]"
-        started = time.monotonic()
-        deadline = started + self.limits.timeout
         try:
-            child = self._idle.get(timeout=self.limits.timeout)
+            # Generous: right after start (or a kill) a child needs seconds to import its
+            # libraries; the inspection's own deadline starts once one is free.
+            child = self._idle.get(timeout=max(self.limits.timeout, _WAIT_FOR_CHILD))
         except queue.Empty:
             raise ModelLoadError(
                 f"{what}: the service is busy inspecting other models; try again") from None
+        deadline = time.monotonic() + self.limits.timeout
         try:
             answer = child.ask({"kwargs": _plain(kwargs), "key": key}, deadline)
         except _Overrun as e:

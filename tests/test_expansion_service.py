@@ -370,10 +370,13 @@ def test_client_environment_options_do_not_override_the_service(service, model):
         environment_options=["docker_container_image=attacker/image:3"])
     response = service.expand(expansion_request(_inference(model), pipeline_options=hostile))
     assert response.error == ""
-    endpoint = beam_runner_api_pb2.ExternalPayload(
-        endpoint={"url": f"127.0.0.1:{service.port}"}).SerializeToString()
-    assert _expanded_environments(response) == {(common_urns.environments.EXTERNAL.urn,
-                                                 endpoint)}
+    (urn, payload), = _expanded_environments(response)
+    assert urn == common_urns.environments.EXTERNAL.urn
+    url = beam_runner_api_pb2.ExternalPayload.FromString(payload).endpoint.url
+    # The worker pool: a Unix socket in a directory only the service's user can enter.
+    assert url.startswith("unix:/"), url
+    directory = os.path.dirname(url[len("unix:"):])
+    assert os.stat(directory).st_mode & 0o777 == 0o700
     assert b"attacker" not in response.SerializeToString()
 
 
