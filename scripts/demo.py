@@ -62,7 +62,8 @@ def main() -> int:
     model_path, input_path = make_data(work, args.rows)
     print(f"model: {model_path}\ninput: {input_path} ({args.rows} rows + 4 corrupt lines)")
 
-    with LocalStack(work / "logs") as stack:
+    # The demo's model is a pickle it trained itself: its directory is a trusted model root.
+    with LocalStack(work / "logs", trusted_model_roots=[model_path.parent]) as stack:
         print(f"job server {stack.job_endpoint}, expansion service {stack.expansion_address} "
               f"(ready in {stack.service_start_seconds:.1f} s)")
         out = work / "flowers"

@@ -26,11 +26,13 @@ pytestmark = pytest.mark.java
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, model_dir):
     if shutil.which("java") is None or not CLASSPATH.exists():
         pytest.fail("the Java build is missing: run `bash scripts/setup.sh` (gradle build)")
     workdir = tmp_path_factory.mktemp("stack")
-    with LocalStack(workdir, allow=["tests.models.*"], env={"PYTHONPATH": str(REPO)}) as s:
+    # The models are pickles and state_dicts the tests make: a trusted root.
+    with LocalStack(workdir, allow=["tests.models.*"], env={"PYTHONPATH": str(REPO)},
+                    trusted_model_roots=[model_dir]) as s:
         yield s
 
 
@@ -113,13 +115,13 @@ def test_pytorch_state_dict_from_java(stack, tmp_path, mlp_model):
         model_params={"hidden": 16}), 150)
 
 
-def test_bad_configuration_fails_at_expansion(stack, tmp_path):
+def test_bad_configuration_fails_at_expansion(stack, tmp_path, model_dir):
     x, _ = models.dataset(n=5, seed=44)
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(json.dumps(l) for l in _lines(x)))
     cmd = ["java", "-cp", CLASSPATH.read_text().strip(), "io.crossinfer.examples.ClassifyRows",
            f"--input={src}", f"--output={tmp_path / 'out'}", *stack.java_args(),
-           "--framework=sklearn", f"--modelUri={tmp_path / 'missing.pkl'}"]
+           "--framework=sklearn", f"--modelUri={model_dir / 'missing.pkl'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "ModelLoadError" in done.stderr and "does not exist" in done.stderr
