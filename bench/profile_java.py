@@ -48,8 +48,10 @@ def main() -> None:
     src = data.write_jsonl(workdir / f"w5-{args.rows}.jsonl", args.rows)
     classpath = javapath.CLASSPATH.read_text().strip()
     texts = []
-    with LocalStack(workdir / "stack", allow=["bench.*"],
-                    env={"PYTHONPATH": str(javapath.REPO)}) as stack:
+    with LocalStack(workdir / "stack", allow=["bench.models.*"],
+                    env={"PYTHONPATH": str(javapath.REPO)},
+                    trusted_model_roots=sorted({str(Path(p).parent) for p in paths.values()})
+                    ) as stack:
         names = ("job_server", "expansion_service")
         spies = [subprocess.Popen(["py-spy", "record", "--pid", str(p.pid), "-r", "100", "-f",
                                    "raw", "-o", str(workdir / f"spy-{n}.txt")],

@@ -10,24 +10,6 @@ from typing import Optional
 
 DEFAULT_HOST = "127.0.0.1"
 
-# Packages whose insides must never be callable by a client: the standard library, Beam (its
-# PythonCallableWithSource runs source code) and this service itself.
-_NEVER_ALLOWED = frozenset(sys.stdlib_module_names) | {
-    "apache_beam", "crossinfer", "expansion_service", "builtins"}
-_WILDCARDS = set("*?[]")
-
-
-def _allow_problem(glob: str) -> Optional[str]:
-    """Why ``glob`` cannot be an --allow glob, or None."""
-    top = glob.split(".", 1)[0]
-    if not top or _WILDCARDS & set(top):
-        return f"--allow {glob!r} must start with a package name, e.g. 'mypkg.features.*'"
-    if top in _NEVER_ALLOWED:
-        return (f"--allow {glob!r} would let clients call into {top!r}; allow your own "
-                "package(s) only")
-    return None
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crossinfer-expansion-service",
@@ -47,6 +29,33 @@ def _parser() -> argparse.ArgumentParser:
               "postprocess, handler and model_class; repeatable. Without it no user "
               "callable resolves."))
     parser.add_argument(
+        "--own-distribution", action="append", default=[], metavar="DIST",
+        help=("an installed distribution (pip name) that is your own code, so --allow may name "
+              "its modules; repeatable. Other installed packages are never allowed."))
+    parser.add_argument(
+        "--model-root", action="append", default=[], metavar="PREFIX",
+        help=("load models only from under PREFIX (a local directory or gs://bucket/path/); "
+              "repeatable. Only formats that are data (ONNX, torch state_dict) load from "
+              "here. Without any root the service loads no model."))
+    parser.add_argument(
+        "--trusted-model-root", action="append", default=[], metavar="PREFIX",
+        help=("like --model-root, and formats that run code when loaded (pickle, joblib, "
+              "TorchScript, custom handler files) load from here too: mark only prefixes "
+              "that nobody but you can write; repeatable"))
+    parser.add_argument(
+        "--inspect-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="wall-clock limit for opening one model at expansion (default 30)")
+    parser.add_argument(
+        "--inspect-cpu-seconds", type=int, default=30, metavar="SECONDS",
+        help="CPU limit for opening one model at expansion (default 30)")
+    parser.add_argument(
+        "--inspect-memory-mb", type=int, default=2048, metavar="MIB",
+        help=("memory a model inspection may use beyond the libraries' own (default 2048); "
+              "raise it for large models"))
+    parser.add_argument(
+        "--inspectors", type=int, default=2, metavar="N",
+        help="warm processes that open model files at expansion (default 2)")
+    parser.add_argument(
         "--sdk-container-image", default=None, metavar="IMAGE",
         help=("run the expanded Python stages in this Docker image (for Dataflow). Without it "
               "they run in a worker pool inside this process (local, no Docker)."))
@@ -63,10 +72,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"crossinfer-expansion-service: --port {args.port} is not a port", file=sys.stderr)
         return 2
+    from expansion_service._allow import glob_problem
+
     for glob in args.allow:
-        problem = _allow_problem(glob)
+        problem = glob_problem(glob, args.own_distribution)
         if problem:
             print(f"crossinfer-expansion-service: {problem}", file=sys.stderr)
+            return 2
+    for name, low, high in (("inspect_timeout", 1, 3600), ("inspect_cpu_seconds", 1, 3600),
+                            ("inspect_memory_mb", 64, 1 << 20), ("inspectors", 1, 64)):
+        value = getattr(args, name)
+        if not low <= value <= high:
+            print(f"crossinfer-expansion-service: --{name.replace('_', '-')} {value} is out of "
+                  f"range [{low}, {high}]", file=sys.stderr)
             return 2
     logging.basicConfig(
         level=getattr(logging, args.log_level),
@@ -85,4 +103,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         port=args.port,
         allow=tuple(args.allow),
         container_image=args.sdk_container_image,
+        model_roots=tuple(args.model_root),
+        trusted_model_roots=tuple(args.trusted_model_root),
+        inspect_timeout=args.inspect_timeout,
+        inspect_cpu_seconds=args.inspect_cpu_seconds,
+        inspect_memory_mb=args.inspect_memory_mb,
+        inspectors=args.inspectors,
     ))

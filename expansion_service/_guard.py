@@ -25,7 +25,7 @@ from apache_beam.portability.api import (
 from apache_beam.typehints.schemas import PYTHON_ANY_URN
 from google.protobuf.message import DecodeError
 
-from expansion_service import _options
+from expansion_service import _limits, _options
 
 SERVED_URN = "beam:transforms:python:fully_qualified_named"
 SERVED_CONSTRUCTOR = "crossinfer.Inference"
@@ -84,6 +84,14 @@ class Inspected:
 
 def inspect(request: beam_expansion_api_pb2.ExpansionRequest) -> Inspected:
     """Check ``request``; return a copy that is safe to hand to Beam, or raise Rejected."""
+    try:
+        return _inspect(request)
+    except _limits.TooLarge as e:
+        raise Rejected(f"{e} (a limit of this service)") from None
+
+
+def _inspect(request: beam_expansion_api_pb2.ExpansionRequest) -> Inspected:
+    _limits.check_request(request)
     spec = request.transform.spec
     if spec.urn != SERVED_URN:
         raise Rejected(
@@ -94,7 +102,9 @@ def inspect(request: beam_expansion_api_pb2.ExpansionRequest) -> Inspected:
     except DecodeError as e:
         raise Rejected(f"the transform payload is not an ExternalConfigurationPayload ({e})")
 
+    _limits.check_schema(payload.schema, "the payload")
     _check_payload_schema(payload.schema)
+    _check_row_coder_sizes(request)
     unused_coders, dropped_requests = _check_components(request)
     _rename_schemas(payload.schema)
     constructor = _check_payload_values(payload)
@@ -150,6 +160,7 @@ def _check_payload_values(payload: external_transforms_pb2.ExternalConfiguration
     if constructor != SERVED_CONSTRUCTOR:
         raise Rejected(f"constructor {constructor!r} is not served: this service expands only "
                        f"{SERVED_CONSTRUCTOR}")
+    _limits.check_values(getattr(row, "kwargs", None))
     args = tuple(getattr(row, "args", None) or ())
     if args:
         raise Rejected(f"positional arguments are not accepted ({len(args)} given): "
@@ -230,6 +241,17 @@ def _rename_in_type(field_type: schema_pb2.FieldType) -> None:
     elif kind == "map_type":
         _rename_in_type(field_type.map_type.key_type)
         _rename_in_type(field_type.map_type.value_type)
+
+
+def _check_row_coder_sizes(request: beam_expansion_api_pb2.ExpansionRequest) -> None:
+    # Every row coder, used or not: Beam may convert any coder the request carries.
+    for coder_id, coder in request.components.coders.items():
+        if coder.spec.urn == common_urns.coders.ROW.urn:
+            try:
+                schema = schema_pb2.Schema.FromString(coder.spec.payload)
+            except DecodeError as e:
+                raise Rejected(f"row coder {coder_id!r} does not carry a schema ({e})")
+            _limits.check_schema(schema, f"row coder {coder_id!r}")
 
 
 # --- components: the input PCollections, their coders, windowing and stand-in producers -----

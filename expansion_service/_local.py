@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,13 +40,27 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
         proc.wait()
 
 
+def _drain(stream: Any, path: Path) -> None:
+    with open(path, "ab") as out:
+        while True:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                return
+            out.write(chunk)
+            out.flush()
+
+
 class LocalStack:
     """Job server + expansion service; logs go to ``workdir``."""
 
     def __init__(self, workdir: Path, allow: Sequence[str] = (),
-                 env: Optional[dict[str, str]] = None, timeout: float = 120.0) -> None:
+                 env: Optional[dict[str, str]] = None, timeout: float = 120.0,
+                 model_roots: Sequence[str] = (),
+                 trusted_model_roots: Sequence[str] = ()) -> None:
         self.workdir = Path(workdir)
         self._allow = tuple(allow)
+        self._roots = tuple(str(r) for r in model_roots)
+        self._trusted_roots = tuple(str(r) for r in trusted_model_roots)
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self._timeout = timeout
         self._procs: list[subprocess.Popen] = []
@@ -112,6 +127,10 @@ class LocalStack:
         args = ["-m", "expansion_service", "--port", "0"]
         for glob in self._allow:
             args += ["--allow", glob]
+        for root in self._roots:
+            args += ["--model-root", root]
+        for root in self._trusted_roots:
+            args += ["--trusted-model-root", root]
         proc = self._spawn("expansion_service", args, stdout=subprocess.PIPE)
         out = b""
         deadline = started + self._timeout
@@ -126,5 +145,9 @@ class LocalStack:
                 if match:
                     self.expansion_address = match.group(1)
                     self.service_start_seconds = time.monotonic() - started
+                    # Keep reading what the service prints (into its log), so a stage that
+                    # prints to stdout in the in-process worker pool never fills the pipe.
+                    threading.Thread(target=_drain, args=(proc.stdout, self.workdir /
+                                     "expansion_service.stdout"), daemon=True).start()
                     return
         raise RuntimeError(f"the expansion service did not start within {self._timeout} s")

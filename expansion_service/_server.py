@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import ipaddress
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from typing import Optional
 _LOGGER = logging.getLogger("expansion_service")
 
 _SHUTDOWN_GRACE_SECS = 0.5
+_EXPANSIONS = 32  # expansions at once
 
 
 @dataclass(frozen=True)
@@ -28,29 +28,16 @@ class ServiceConfig:
     port: int
     allow: tuple[str, ...] = ()
     container_image: Optional[str] = None
+    model_roots: tuple[str, ...] = ()
+    trusted_model_roots: tuple[str, ...] = ()
+    inspect_timeout: float = 30.0
+    inspect_cpu_seconds: int = 30
+    inspect_memory_mb: int = 2048
+    inspectors: int = 2
 
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _loopback_target(host: str, port: int) -> str:
-    # The job server dials the worker pool on this machine; a wildcard bind is reachable there
-    # on the loopback address.
-    if host in ("", "0.0.0.0"):
-        return f"127.0.0.1:{port}"
-    if host == "::":
-        return f"localhost:{port}"
-    return _hostport(host, port)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve(config: ServiceConfig) -> int:
@@ -66,15 +53,14 @@ def serve(config: ServiceConfig) -> int:
         beam_expansion_api_pb2_grpc,
         beam_fn_api_pb2_grpc,
     )
-    from apache_beam.runners.worker import worker_pool_main
     from apache_beam.transforms.fully_qualified_named_transform import (
         FullyQualifiedNamedTransform,
     )
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from crossinfer import _callables
+    from crossinfer import _callables, _inspect, _repository
     from crossinfer._errors import ConfigurationError
-    from expansion_service import _artifacts, _guard, _options, _servicer
+    from expansion_service import _artifacts, _guard, _isolation, _options, _servicer, _workers
 
     try:
         # An empty list admits no user callable at all; a glob that admits everything is refused.
@@ -82,12 +68,31 @@ def serve(config: ServiceConfig) -> int:
     except ConfigurationError as e:
         print(f"crossinfer-expansion-service: --allow: {e}", file=sys.stderr)
         return 2
+    try:
+        repository = _repository.Repository(config.model_roots, config.trusted_model_roots)
+    except ValueError as e:
+        print(f"crossinfer-expansion-service: --model-root: {e}", file=sys.stderr)
+        return 2
+    _repository.set_repository(repository)
+    inspectors = _isolation.InspectorPool(
+        _isolation.Policy(allow=tuple(config.allow), model_roots=config.model_roots,
+                          trusted_model_roots=config.trusted_model_roots),
+        _isolation.Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
+                          memory_mb=config.inspect_memory_mb),
+        size=config.inspectors)
+    _inspect.set_runner(inspectors)
     _warm_up()
 
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
+    # Expansions take at most _EXPANSIONS threads; the rest stay free for health and artifacts.
+    from expansion_service._limits import MAX_REQUEST_BYTES
+
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="expansion-rpc"),
-        options=[("grpc.so_reuseport", 0)])
+        futures.ThreadPoolExecutor(max_workers=_EXPANSIONS + 16,
+                                   thread_name_prefix="expansion-rpc"),
+        options=[("grpc.so_reuseport", 0),
+                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                 ("grpc.max_send_message_length", 64 * 1024 * 1024)])
     try:
         port = server.add_insecure_port(_hostport(config.host, config.port))
     except RuntimeError:
@@ -98,25 +103,32 @@ def serve(config: ServiceConfig) -> int:
         return 1
     address = _hostport(config.host, port)
 
-    loopback = None if config.container_image else _loopback_target(config.host, port)
+    # The worker pool (local runs) listens on a Unix socket in a private directory, not on
+    # the service's TCP port: only the pipeline's job server, as the same user, reaches it.
+    pool_socket = pool_server = None
+    if not config.container_image:
+        pool_socket = _workers.PrivateSocket()
+        pool_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="worker-pool"),
+            options=[("grpc.max_receive_message_length", 1024 * 1024)])
+        beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(
+            _workers.GuardedWorkerPool(), pool_server)
+        if not pool_server.add_insecure_port(pool_socket.address):
+            print("crossinfer-expansion-service: cannot create the worker pool's socket",
+                  file=sys.stderr)
+            return 1
+        os.chmod(pool_socket.path, 0o600)
+    loopback = pool_socket.address if pool_socket else None
     options = _options.service_options(
         loopback_address=loopback, container_image=config.container_image)
     pickler.set_library(options.view_as(SetupOptions).pickle_library)
     # loopback_address=None: Beam would otherwise offer AnyOf(DOCKER, EXTERNAL), and the DOCKER
     # alternative cannot run here. The EXTERNAL loopback is the service's only environment.
-    expansion = _servicer.GuardedExpansionServicer(options)
+    expansion = _servicer.GuardedExpansionServicer(options, concurrency=_EXPANSIONS)
     beam_expansion_api_pb2_grpc.add_ExpansionServiceServicer_to_server(expansion, server)
     beam_artifact_api_pb2_grpc.add_ArtifactRetrievalServiceServicer_to_server(
         _artifacts.OwnArtifactsRetrievalService(expansion.environment_artifacts()),
         server)
-    if loopback:
-        beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(
-            worker_pool_main.BeamFnExternalWorkerPoolServicer(), server)
-        if not _is_loopback(config.host):
-            _LOGGER.warning(
-                "serving the local worker pool on %s: it runs whatever pipeline code a caller "
-                "sends it. Bind a non-loopback address only on a trusted network, or use "
-                "--sdk-container-image.", address)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -131,18 +143,26 @@ def serve(config: ServiceConfig) -> int:
 
     # Beam's own second layer: its FullyQualifiedNamedTransform resolves this one name only.
     with FullyQualifiedNamedTransform.with_filter(_guard.SERVED_CONSTRUCTOR):
+        if pool_server is not None:
+            pool_server.start()
         server.start()
         environment = (f"DOCKER {config.container_image}" if config.container_image
                        else f"EXTERNAL {loopback} (worker pool in this process)")
         _LOGGER.info(
-            "ready in %.1f s; environment %s; allowed callables: %s",
-            time.perf_counter() - started, environment, list(config.allow) or "none")
+            "ready in %.1f s; environment %s; allowed callables: %s; model roots: %s",
+            time.perf_counter() - started, environment, list(config.allow) or "none",
+            repository.describe() or "none (every model is refused)")
         print(f"crossinfer expansion service listening on {address}", flush=True)
         while not stop.wait(0.5):
             pass
         _LOGGER.info("shutting down")
         health_servicer.enter_graceful_shutdown()
-        server.stop(_SHUTDOWN_GRACE_SECS).wait(_SHUTDOWN_GRACE_SECS + 0.5)
+        inspectors.close()
+        stopped = server.stop(_SHUTDOWN_GRACE_SECS)
+        if pool_server is not None:
+            pool_server.stop(0)
+            pool_socket.remove()
+        stopped.wait(_SHUTDOWN_GRACE_SECS + 0.5)
     _exit(0)
 
 

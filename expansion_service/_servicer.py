@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 
 from apache_beam.portability.api import beam_expansion_api_pb2
 from apache_beam.runners.portability.expansion_service import ExpansionServiceServicer
 
-from expansion_service import _guard
+from expansion_service import _guard, _registry
 
 _LOGGER = logging.getLogger("expansion_service")
 
@@ -18,13 +19,37 @@ _EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<message>.*))
 
 
 class GuardedExpansionServicer(ExpansionServiceServicer):
-    """Expands crossinfer.Inference with Beam's own machinery, after the guard has passed it."""
+    """Expands crossinfer.Inference with Beam's own machinery, after the guard has passed it.
+
+    At most ``concurrency`` expansions run at once (the others get RESOURCE_EXHAUSTED after a
+    second, so RPC threads stay free for health checks), and Beam's schema registry is swept
+    behind them.
+    """
+
+    def __init__(self, options, concurrency: int = 32) -> None:
+        super().__init__(options)
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._janitor = _registry.SchemaJanitor()
 
     def environment_artifacts(self) -> list:
         """The dependencies of the environment expanded transforms get (for artifact serving)."""
         return list(self._default_environment.artifacts())
 
     def Expand(self, request, context=None):
+        if not self._slots.acquire(timeout=1.0):
+            message = "the expansion service is busy (too many expansions at once); retry"
+            if context is not None:
+                import grpc
+
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            return beam_expansion_api_pb2.ExpansionResponse(error=message)
+        try:
+            with self._janitor.expansion():
+                return self._expand(request, context)
+        finally:
+            self._slots.release()
+
+    def _expand(self, request, context):
         started = time.perf_counter()
         constructor = "?"
         try:
@@ -60,8 +85,8 @@ def explain(error: str) -> tuple[str, str]:
     """Put the exception's type and message first; return (error text, outcome for the log).
 
     Beam reports an expansion failure as the whole traceback. crossinfer's own errors are
-    configuration mistakes, so their message alone is the answer; anything else keeps the
-    traceback after the message, for whoever has to debug it.
+    configuration mistakes, so their message alone is the answer; anything else is logged whole
+    and the client gets its first line.
     """
     section = error.rsplit(_TRACEBACK_HEADER, 1)[-1]
     # Frame lines are indented; the exception starts at the first line that is not.
@@ -78,4 +103,10 @@ def explain(error: str) -> tuple[str, str]:
     headline = f"{short}: {message}" if message else short
     if qualified.startswith("crossinfer."):
         return headline, short
-    return f"{headline}\n\n{error}", short
+    # Anything else is logged whole; the client gets the first line only, never the traceback
+    # (it names the service's files and code).
+    _LOGGER.warning("expansion failed:\n%s", error)
+    first = headline.splitlines()[0] if headline else short
+    if len(first) > 500:
+        first = first[:497] + "..."
+    return f"{first} (the service log has the details)", short

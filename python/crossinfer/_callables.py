@@ -2,8 +2,11 @@
 
 In a Python pipeline the user's own code is trusted, so any importable function or class
 resolves. The expansion service installs an allowlist (``set_allowlist``): then a name
-resolves only if it matches one of the globs, and only to a function or class defined in
-that very module (never something the module merely imported, like ``os.system``).
+resolves only if it matches one of the globs, only to a function or class defined in that very
+module (never something the module merely imported, like ``os.system``), and only from a
+module a glob names exactly ("mypkg.features.*" names mypkg.features): importing a module runs
+it, so no module the operator did not name (a sibling, a ``__main__``, a test) is ever
+imported. Which globs a service accepts at all is the service's own check.
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ from crossinfer._errors import CallableNotAllowedError, ConfigurationError
 _NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 _allowlist: Optional[tuple[str, ...]] = None
+_WILDCARDS = set("*?[]")
+
+def _named_modules(globs: Sequence[str]) -> set[str]:
+    """The modules the globs name exactly: the part before a final '.pattern' or ':pattern'."""
+    named = set()
+    for glob in globs:
+        module = re.split(r"[.:](?=[^.:]*$)", glob, 1)[0]
+        if module != glob and not _WILDCARDS & set(module):
+            named.add(module)
+    return named
 
 
 def set_allowlist(globs: Optional[Sequence[str]]) -> None:
@@ -65,6 +78,15 @@ def resolve(name: Any, argument: str, *, want_class: bool = False) -> Callable[.
         raise CallableNotAllowedError(
             f"{argument}={name!r} is not allowed by this expansion service; start it with "
             f"--allow '{module_name}.*' (allowed now: {list(_allowlist) or 'nothing'})")
+    if _allowlist is not None:
+        if "__main__" in module_name.split("."):
+            raise CallableNotAllowedError(
+                f"{argument}={name!r}: __main__ modules are never imported")
+        if module_name not in _named_modules(_allowlist):
+            raise CallableNotAllowedError(
+                f"{argument}={name!r}: module {module_name!r} is not named exactly by an --allow "
+                f"glob, and this service imports no module it was not named (importing runs "
+                f"it); start it with --allow '{module_name}.*'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

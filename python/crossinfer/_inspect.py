@@ -1,9 +1,10 @@
 """Where model files are opened at construction: in this process, or where a runner says.
 
 A Python pipeline opens its own model files in its own process (``describe_here``). The
-expansion service installs a runner (``set_runner``) that opens them somewhere its own process
-is out of reach of what a model file does when loaded, and gets back only the plain-data
-``Signature``.
+expansion service installs a model repository (``_repository.set_repository``): every model
+URI is then checked against it here, before any I/O, and a runner (``set_runner``) that opens
+the files in a child process out of reach of what a model file does when loaded; it gets back
+only the plain-data ``Signature``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
+from crossinfer import _repository
 from crossinfer._config import Config, parse
 from crossinfer._signature import Signature
 
@@ -19,6 +21,13 @@ from crossinfer._signature import Signature
 Runner = Callable[[Mapping[str, Any], Optional[str]], Mapping[str, Any]]
 
 _runner: Optional[Runner] = None
+
+# What each framework's code-running files are, for the repository's refusal.
+_CODE_FORMATS = {
+    "sklearn": "a pickle/joblib file",
+    "pytorch": "a TorchScript file",
+    "custom": "a custom handler's file",
+}
 
 
 def set_runner(runner: Optional[Runner]) -> None:
@@ -32,19 +41,51 @@ def framework_module(framework: str) -> Any:
     return importlib.import_module(f"crossinfer._{framework}")
 
 
+def admit(config: Config) -> dict[Optional[str], Optional[str]]:
+    """Every model URI of ``config``, checked against the repository (if any) and normalised.
+
+    All of them are checked before any one is opened; nothing is looked up for a URI outside
+    the roots.
+    """
+    uris = config.model_uris()
+    repository = _repository.get_repository()
+    if repository is None:
+        return uris
+    module = framework_module(config.framework)
+    admitted = {}
+    for key, uri in uris.items():
+        if uri is None:  # a custom handler without a file
+            admitted[key] = None
+            continue
+        argument = "model_uri" if key is None else f"models[{key!r}]"
+        admitted[key] = repository.admit(
+            uri, code=bool(module.loads_code(config, uri)), argument=argument,
+            what=_CODE_FORMATS.get(config.framework, "a model file of this kind"))
+    return admitted
+
+
 def describe(config: Config, key: Optional[str]) -> Signature:
     """The signature of the model ``key`` names (``None``: the only model)."""
+    uris = admit(config)
     if _runner is None:
-        return describe_here(config, key)
-    return Signature.from_dict(_runner(config.kwargs(), key))
+        return describe_here(config, key, uris[key])
+    kwargs = config.kwargs()
+    # The runner opens exactly the files admitted here, symlinks already resolved.
+    if config.models is not None:
+        kwargs["models"] = {k: uris[k] for k in config.models}
+    else:
+        kwargs["model_uri"] = uris[None]
+    return Signature.from_dict(_runner(kwargs, key))
 
 
-def describe_here(config: Config, key: Optional[str]) -> Signature:
+def describe_here(config: Config, key: Optional[str], uri: Optional[str] = None) -> Signature:
     """Open the model in this process and read its signature."""
-    uri = config.model_uris()[key]
+    if uri is None:
+        uri = config.model_uris()[key]
     return framework_module(config.framework).describe(config, uri)
 
 
 def describe_kwargs(kwargs: Mapping[str, Any], key: Optional[str]) -> dict[str, Any]:
-    """``describe_here`` from plain arguments, as a runner's other side calls it."""
-    return describe_here(parse(**kwargs), key).to_dict()
+    """``describe`` from plain arguments, as a runner's other side calls it (no runner there)."""
+    config = parse(**kwargs)
+    return describe_here(config, key, admit(config)[key]).to_dict()
