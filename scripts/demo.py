@@ -90,6 +90,8 @@ def main() -> int:
         cmd = ["java", "-cp", classpath.read_text().strip(),
                "io.crossinfer.examples.ClassifyRows", f"--input={input_path}",
                f"--output={out}", "--framework=sklearn", f"--modelUri={model_path}",
+               # A pickle the demo trained itself: its directory is a trusted model root.
+               f"--trustedModelRoots={model_path.parent}",
                "--runner=PortableRunner", f"--jobEndpoint={endpoint}"]
         # The Python whose crossinfer-expansion-service the Java library starts: this one.
         env = {**os.environ, "CROSSINFER_PYTHON": sys.executable}

@@ -59,8 +59,11 @@ def _classify(job_server, tmp: Path, lines: list[str], *options: str, env=None):
     src = tmp / "input.jsonl"
     src.write_text("\n".join(lines) + "\n")
     out = tmp / "out"
+    # The tests' models are files they made themselves: their directories are trusted roots.
+    roots = [f"--trustedModelRoots={Path(o.split('=', 1)[1]).parent}"
+             for o in options if o.startswith("--modelUri=")]
     done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
-                    f"--output={out}", *job_server.flags(), *options, env=env)
+                    f"--output={out}", *job_server.flags(), *roots, *options, env=env)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
     return _read(Path(f"{out}-predictions.jsonl")), _read(Path(f"{out}-failures.jsonl")), done
 
@@ -219,7 +222,8 @@ def test_bad_configuration_fails_at_construction(job_server, tmp_path):
     src.write_text('{"id": 1, "features": [1.0]}\n')
     done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
                     f"--output={tmp_path / 'out'}", *job_server.flags(),
-                    f"--modelUri={tmp_path / 'missing.pkl'}", timeout=300)
+                    f"--modelUri={tmp_path / 'missing.pkl'}", f"--trustedModelRoots={tmp_path}",
+                    timeout=300)
     assert done.returncode != 0
     assert "ModelLoadError" in done.stderr and "does not exist" in done.stderr
     assert not (tmp_path / "out-predictions.jsonl").exists()
@@ -268,6 +272,7 @@ def test_dataflow_pipeline_as_submitted(tmp_path, sklearn_model):
         "--tempLocation=gs://bucket/tmp", "--gcpTempLocation=gs://bucket/tmp",
         "--experiments=use_runner_v2", f"--pythonContainerImage={image}",
         "--input=gs://bucket/in.jsonl", "--output=gs://bucket/out", f"--modelUri={path}",
+        f"--trustedModelRoots={path.parent}",
         "--credentialFactoryClass=org.apache.beam.sdk.extensions.gcp.auth.NoopCredentialFactory",
         "--pathValidatorClass=org.apache.beam.sdk.extensions.gcp.storage.NoopPathValidator",
         timeout=300)

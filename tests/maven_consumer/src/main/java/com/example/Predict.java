@@ -48,6 +48,9 @@ public final class Predict {
         p.apply(Create.of(rows).withRowSchema(schema))
             .apply(
                 CrossInference.sklearn(model)
+                    // A pickle this project trained itself: its directory is a trusted root.
+                    .withTrustedModelRoots(
+                        java.nio.file.Paths.get(model).toAbsolutePath().getParent().toString())
                     .withFeatureField("features")
                     .withPassthroughFields("id"));
     result.output().apply("P", ToJson.of())

@@ -176,6 +176,29 @@ public final class ClassifyRows {
     void setAllow(List<String> allow);
 
     /**
+     * @return directories (or gs:// prefixes) the started service loads safe model formats from
+     */
+    @Description("Model repository roots of the started service (ONNX, state_dicts); repeatable")
+    List<String> getModelRoots();
+
+    /**
+     * @param roots directories (or gs:// prefixes) the started service loads safe formats from
+     */
+    void setModelRoots(List<String> roots);
+
+    /**
+     * @return roots the started service also loads code formats (pickle, TorchScript) from
+     */
+    @Description("Trusted model roots of the started service: pickle, joblib and TorchScript "
+        + "files load only from these; repeatable")
+    List<String> getTrustedModelRoots();
+
+    /**
+     * @param roots roots the started service also loads code formats from
+     */
+    void setTrustedModelRoots(List<String> roots);
+
+    /**
      * @return the Docker image of the Python stages, or null
      */
     @Description("For Dataflow: the worker image of the Python stages (Beam's Python SDK + crossinfer)")
@@ -354,6 +377,13 @@ public final class ClassifyRows {
     }
     if (options.getAllow() != null) {
       inference = inference.withAllow(options.getAllow().toArray(new String[0]));
+    }
+    if (options.getModelRoots() != null) {
+      inference = inference.withModelRoots(options.getModelRoots().toArray(new String[0]));
+    }
+    if (options.getTrustedModelRoots() != null) {
+      inference =
+          inference.withTrustedModelRoots(options.getTrustedModelRoots().toArray(new String[0]));
     }
     if (options.getPythonContainerImage() != null) {
       inference = inference.withSdkContainerImage(options.getPythonContainerImage());

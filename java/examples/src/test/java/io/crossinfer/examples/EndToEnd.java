@@ -61,7 +61,10 @@ public final class EndToEnd {
         Pipeline.create(
             PipelineOptionsFactory.fromArgs(Arrays.copyOfRange(args, 5, args.length)).create());
     // Same service settings everywhere: one service for the whole JVM.
-    CrossInference base = CrossInference.sklearn().withAllow("tests.models.*");
+    // The models are pickles and a state_dict the test made itself: their directories are trusted.
+    String[] roots = {parent(modelA), parent(modelB), parent(stateDict)};
+    CrossInference base =
+        CrossInference.sklearn().withAllow("tests.models.*").withTrustedModelRoots(roots);
     StringBuilder schemas = new StringBuilder();
 
     // Several models: rows keyed "a"/"b"; an unused column that must not cross; one unknown key.
@@ -157,6 +160,7 @@ public final class EndToEnd {
             "StateDict",
             CrossInference.pytorch(stateDict)
                 .withAllow("tests.models.*")
+                .withTrustedModelRoots(roots)
                 .withModelClass("tests.models:MLP")
                 .withModelParams(params)
                 .withFeatureField("features")
@@ -199,5 +203,9 @@ public final class EndToEnd {
         .apply(
             name + "WriteFailures",
             TextIO.write().to(out + "-" + name + "-failures.jsonl").withoutSharding());
+  }
+
+  private static String parent(String path) {
+    return Paths.get(path).toAbsolutePath().getParent().toString();
   }
 }
