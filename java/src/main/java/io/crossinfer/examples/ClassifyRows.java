@@ -217,7 +217,7 @@ public final class ClassifyRows {
     }
     Pipeline pipeline = Pipeline.create(options);
     build(pipeline, options);
-    PipelineResult.State state = pipeline.run().waitUntilFinish();
+    PipelineResult.State state = awaitFinish(pipeline.run());
     if (state != PipelineResult.State.DONE) {
       System.err.println("pipeline ended " + state);
       System.exit(1);
@@ -402,6 +402,22 @@ public final class ClassifyRows {
       record.put("error", error);
       return record.toString();
     }
+  }
+
+  /**
+   * Waits for the job, asking for its state every 50 ms: PortableRunner's own waitUntilFinish
+   * asks every 3 s, which a short local run pays in full. Then lets waitUntilFinish (one more
+   * question, answered at once) propagate errors and close the worker service.
+   */
+  static PipelineResult.State awaitFinish(PipelineResult result) {
+    try {
+      while (!result.getState().isTerminal()) {
+        Thread.sleep(50);
+      }
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    }
+    return result.waitUntilFinish();
   }
 
   private static int freePort() throws IOException {
