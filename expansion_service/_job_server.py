@@ -5,7 +5,9 @@
 job's control, data, state and logging gRPC servers with a 5-second grace
 (``GrpcServer._DEFAULT_SHUTDOWN_TIMEOUT_SECS``), and the Java LOOPBACK worker of Beam Java
 2.65 leaves its streams open, so every job ends about 4-5 s after its last bundle. By then every
-bundle has been processed and acknowledged; the grace only waits for those idle streams. Beam
+bundle has been processed and acknowledged; the grace only waits for those idle streams (1 s
+leaves the Java harness time to shut down first: at 0.25 s it logs a cancelled logging stream
+as an error). Beam
 has no option for it, so this sets the class attribute (or warns, if a Beam release renames it)
 before handing over to Beam's ``run``. ``CROSSINFER_JOB_SERVER_GRACE`` (seconds) overrides it.
 """
@@ -17,7 +19,7 @@ import os
 import signal
 import sys
 
-GRACE_SECONDS = 0.25
+GRACE_SECONDS = 1.0
 
 _LOG = logging.getLogger(__name__)
 

@@ -177,7 +177,7 @@ public final class RowsToModel {
             .withFeatureField("features")
             .withPassthroughFields("id")
             .withExpansionService(options.getExpansionService());
-    // BOUNDARY_BLOCKS
+    inference = inference.withBoundaryBlocks(options.getBoundaryBlocks());
     WithFailures.Result<PCollection<Row>, Row> result =
         lines.apply("Parse", ParDo.of(new ParseRow())).setRowSchema(ROW).apply("Model", inference);
     result
