@@ -43,9 +43,8 @@ LABELS = {
 
 QUICK = {("W1", "raw"), ("W1", "stock"), ("W1", "crossinfer"), ("W1", "crossinfer-blocks"),
          ("W2", "stock-tuned"), ("W2", "crossinfer"), ("W2", "crossinfer-blocks"),
-         ("W3", "crossinfer"), ("W4", "stock"), ("W4", "crossinfer"), ("W5", "python-io"),
-         ("W5", "java"), ("W2", "stock+shuffle"), ("W2", "crossinfer+shuffle"),
-         ("W1", "java-peer"), ("W1", "stock-rows"), ("W2", "stock-rows")}
+         ("W3", "crossinfer"), ("W4", "stock"), ("W4", "crossinfer"), ("W1", "stock+shuffle"),
+         ("W1", "crossinfer+shuffle"), ("W1", "stock-rows"), ("W1", "java-peer")}
 
 
 def jobs(quick: bool) -> list[Job]:
@@ -57,7 +56,7 @@ def jobs(quick: bool) -> list[Job]:
     if quick:
         return [dataclasses.replace(j, rows=min(j.rows, 4 * k))
                 for j in _all(4 * k, 2 * k, k, 4 * k, k, 4 * k) if (j.workload, j.system) in QUICK]
-    return _all(200 * k, 50 * k, 20 * k, 200 * k, 3 * k, 400 * k)
+    return _all(200 * k, 50 * k, 20 * k, 200 * k, 3 * k, 160 * k)
 
 
 def _all(big: int, slow: int, seq_slow: int, io: int, torch_shuffled: int,
@@ -67,7 +66,7 @@ def _all(big: int, slow: int, seq_slow: int, io: int, torch_shuffled: int,
     for w in ("W1", "W2", "W3"):
         out += [Job(w, "raw", big),
                 Job(w, "stock", slow if w == "W2" else big),
-                Job(w, "stock-rows", slow if w == "W2" else big),
+                Job(w, "stock-rows", torch_shuffled if w == "W2" else big),
                 Job(w, "stock-tuned", big // 2 if w == "W2" else big, TUNED_ENV),
                 Job(w, "crossinfer", big),
                 Job(w, "crossinfer-blocks", big)]
@@ -90,6 +89,6 @@ def _all(big: int, slow: int, seq_slow: int, io: int, torch_shuffled: int,
             Job("W4", "crossinfer", big)]
     out += [Job("W5", "python-io", io), Job("W5", "java", io)]
     # The Java pipeline with Beam's Java RunInference and with CrossInference (bench/peer.py):
-    # marginal rates between 100k rows and this many (2k and 4k with --quick).
-    out += [Job(w, "java-peer", java) for w in ("W1", "W2", "W3")]
+    # marginal rates between a quarter of these rows and all of them (--quick: one size).
+    out += [Job(w, "java-peer", java // 2 if w == "W2" else java) for w in ("W1", "W2", "W3")]
     return out

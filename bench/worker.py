@@ -95,7 +95,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             out.update(peer.run(w.name, paths, [n], repeats, Path(spec["workdir"]), warm=False))
             out["config"] = f"whole runs of {n:,} rows (smoke run)"
         else:
-            small = min(spec.get("small") or 100_000, n // 2)
+            small = n // 4
             out.update(peer.run(w.name, paths, [small, n], repeats, Path(spec["workdir"])))
             out["config"] = f"marginal between {small:,} and {n:,} rows"
         out["rows_s"] = out["systems"]["crossinfer"]["rows_s"]

@@ -97,6 +97,15 @@ public final class RowsToModel {
     /** @param expansionService the expansion service */
     void setExpansionService(String expansionService);
 
+    /** @return how often to ask for the job's state; 0: PortableRunner's waitUntilFinish */
+    @Description("Ask the job server for the job's state every this many ms (0: waitUntilFinish, "
+        + "which asks every 3 s)")
+    @Default.Integer(50)
+    int getPollMillis();
+
+    /** @param pollMillis how often to ask for the job's state */
+    void setPollMillis(int pollMillis);
+
     /** @return whether crossinfer groups rows into blocks across the boundary */
     @Description("crossinfer only: group rows into column blocks across the language boundary")
     @Default.Boolean(true)
@@ -141,8 +150,8 @@ public final class RowsToModel {
     }
     PipelineResult result = pipeline.run();
     try {
-      while (!result.getState().isTerminal()) {
-        Thread.sleep(50); // PortableRunner's waitUntilFinish asks every 3 s
+      while (options.getPollMillis() > 0 && !result.getState().isTerminal()) {
+        Thread.sleep(options.getPollMillis()); // PortableRunner's waitUntilFinish asks every 3 s
       }
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();
