@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     before = machine.describe()
     results = []
     for job in jobs:
-        if job.system == "java":
-            from bench import javapath
-            reason = javapath.java_ready()
+        if job.system in ("java", "java-peer"):
+            from bench import javapath, peer
+            reason = javapath.java_ready() or (peer.ready() if job.system == "java-peer" else None)
             if reason:
                 results.append((job, {"error": reason}))
                 print(f"-- {job.workload} {job.system}: not run: {reason}", flush=True)
@@ -92,5 +92,5 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table.main_table(results))
     print(f"\nwrote {out_path} ({elapsed:.0f} s)")
-    failed = [j for j, r in results if "error" in r and j.system != "java"]
+    failed = [j for j, r in results if "error" in r and j.system not in ("java", "java-peer")]
     return 1 if failed else 0

@@ -30,6 +30,8 @@ LABELS = {
     "stock-tuned+shuffle": "stock RunInference, tuned",
     "crossinfer+shuffle": "crossinfer, rows in (Python)",
     "java": "crossinfer via Java (expansion service)",
+    "java-peer": "the Java pipeline: Beam's Java RunInference vs CrossInference",
+    "stock-rows": "stock RunInference, rows + user's Map",
     "python-io": "crossinfer in Python, same I/O as Java",
     "source-rows": "floor: source -> sink, rows",
     "source-numpy": "floor: source -> sink, numpy rows",
@@ -41,8 +43,8 @@ LABELS = {
 
 QUICK = {("W1", "raw"), ("W1", "stock"), ("W1", "crossinfer"), ("W1", "crossinfer-blocks"),
          ("W2", "stock-tuned"), ("W2", "crossinfer"), ("W2", "crossinfer-blocks"),
-         ("W3", "crossinfer"), ("W4", "stock"), ("W4", "crossinfer"), ("W5", "python-io"),
-         ("W5", "java"), ("W2", "stock+shuffle"), ("W2", "crossinfer+shuffle")}
+         ("W3", "crossinfer"), ("W4", "stock"), ("W4", "crossinfer"), ("W1", "stock+shuffle"),
+         ("W1", "crossinfer+shuffle"), ("W1", "stock-rows"), ("W1", "java-peer")}
 
 
 def jobs(quick: bool) -> list[Job]:
@@ -53,16 +55,18 @@ def jobs(quick: bool) -> list[Job]:
     k = 1000
     if quick:
         return [dataclasses.replace(j, rows=min(j.rows, 4 * k))
-                for j in _all(4 * k, 2 * k, k, 4 * k, k) if (j.workload, j.system) in QUICK]
-    return _all(200 * k, 50 * k, 20 * k, 200 * k, 3 * k)
+                for j in _all(4 * k, 2 * k, k, 4 * k, k, 4 * k) if (j.workload, j.system) in QUICK]
+    return _all(200 * k, 50 * k, 20 * k, 200 * k, 3 * k, 160 * k)
 
 
-def _all(big: int, slow: int, seq_slow: int, io: int, torch_shuffled: int) -> list[Job]:
+def _all(big: int, slow: int, seq_slow: int, io: int, torch_shuffled: int,
+         java: int) -> list[Job]:
     out: list[Job] = []
     two = {"CROSSINFER_MODEL_THREADS": "2"}
     for w in ("W1", "W2", "W3"):
         out += [Job(w, "raw", big),
                 Job(w, "stock", slow if w == "W2" else big),
+                Job(w, "stock-rows", torch_shuffled if w == "W2" else big),
                 Job(w, "stock-tuned", big // 2 if w == "W2" else big, TUNED_ENV),
                 Job(w, "crossinfer", big),
                 Job(w, "crossinfer-blocks", big)]
@@ -84,4 +88,7 @@ def _all(big: int, slow: int, seq_slow: int, io: int, torch_shuffled: int) -> li
                 note="Beam's workaround: max_batch_size=1"),
             Job("W4", "crossinfer", big)]
     out += [Job("W5", "python-io", io), Job("W5", "java", io)]
+    # The Java pipeline with Beam's Java RunInference and with CrossInference (bench/peer.py):
+    # marginal rates between a quarter of these rows and all of them (--quick: one size).
+    out += [Job(w, "java-peer", java // 2 if w == "W2" else java) for w in ("W1", "W2", "W3")]
     return out

@@ -91,22 +91,49 @@ def stock_handler(w: Workload, paths: dict[str, str], batching: dict[str, int]) 
         model_params={}, **batching)
 
 
+def user_row_to_model(torch_tensors: bool):
+    """What a user of stock RunInference writes to feed it schema'd rows and keep the id:
+    row -> (id, numpy array), or a torch tensor for the torch handler."""
+    if torch_tensors:
+        import torch
+
+        def to_tensor(row: Any) -> tuple[int, Any]:
+            return row.id, torch.from_numpy(np.asarray(row.features, dtype=np.float32))
+        return to_tensor
+
+    def to_numpy(row: Any) -> tuple[int, Any]:
+        return row.id, np.asarray(row.features, dtype=np.float32)
+    return to_numpy
+
+
 def run_stock(w: Workload, paths: dict[str, str], n: int,
-              batching: dict[str, int], shuffle: bool = False) -> dict[str, Any]:
+              batching: dict[str, int], shuffle: bool = False,
+              rows_in: bool = False) -> dict[str, Any]:
+    """Stock RunInference fed numpy arrays (tensors), or with ``rows_in`` fed the schema'd
+    rows crossinfer gets plus the user's Row -> numpy Map, keyed by id (KeyedModelHandler)
+    so that predictions can be joined back to their rows."""
     import apache_beam as beam
     from bench import pipes
-    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-    if w.data == "sequences":
+    if rows_in:
+        shape = "rows"
+    elif w.data == "sequences":
         shape = "sequence_arrays"
     else:
         shape = "tensors" if w.model == "mlp" else "numpy"
 
     def build(p: beam.Pipeline) -> None:
-        rows = p | beam.Impulse() | beam.ParDo(pipes.Source(w.data, n, shape))
+        source = beam.ParDo(pipes.Source(w.data, n, shape))
+        rows = p | beam.Impulse() | (source.with_output_types(pipes.FeatureRow) if rows_in
+                                     else source)
         if shuffle:
             rows = rows | beam.Reshuffle()
-        _ = (rows | RunInference(stock_handler(w, paths, batching))
+        handler = stock_handler(w, paths, batching)
+        if rows_in:
+            rows = rows | "UserRowToModel" >> beam.Map(user_row_to_model(w.model == "mlp"))
+            handler = KeyedModelHandler(handler)
+        _ = (rows | RunInference(handler)
              | beam.ParDo(pipes.Sink("out")))
 
     out = pipes.timed_run(build)

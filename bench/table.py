@@ -50,6 +50,42 @@ def _notes(job: Job, r: dict[str, Any], results: Results) -> str:
     return "; ".join(n for n in notes if n)
 
 
+def _peer(results: Results, workload: str, system: str) -> Optional[dict[str, Any]]:
+    for job, r in results:
+        if job.workload == workload and job.system == "java-peer" and "systems" in r:
+            return r["systems"].get(system)
+    return None
+
+
+def peer_table(results: Results) -> str:
+    """The Java pipeline three ways (bench/peer.py), ratios to Beam's Java RunInference."""
+    from bench.peer import LABELS as SYSTEM_LABELS
+
+    head = ("| Workload | Pipeline | System | Rows | rows/s (marginal, job) | × Beam's Java "
+            "RunInference | rows/s (marginal, whole runs) | fixed cost per run (s) "
+            "| CPU µs/row by process | Peak RSS (MB) by process |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---|---|")
+    lines = [head]
+    label = LABELS["java-peer"]
+    for job, r in results:
+        if job.system != "java-peer":
+            continue
+        if "systems" not in r:
+            lines.append(f"| {job.workload} | {label} | not run: {r.get('error', '?')} "
+                         f"| {job.rows:,} | — | — | — | — | | |")
+            continue
+        peer_rate = r["systems"].get("peer", {}).get("rows_s")
+        for system, x in r["systems"].items():
+            cpu = ", ".join(f"{k} {v:.1f}" for k, v in x["cpu_us_per_row"].items())
+            cpu += f" (all {sum(x['cpu_us_per_row'].values()):.1f})"
+            rss = ", ".join(f"{k} {v:,.0f}" for k, v in x["peak_rss_mb"].items())
+            cells = [job.workload, label, SYSTEM_LABELS[system], f"{job.rows:,}",
+                     _fmt_rate(x["rows_s"]), _ratio(x["rows_s"], peer_rate),
+                     _fmt_rate(x["wall_rows_s"]), f"{x['fixed_s']:.1f}", cpu, rss]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main_table(results: Results, shuffled: bool = False) -> str:
     """The fused runs (shuffled=False) or the runs after a shuffle, ratios within the group."""
     suffix = "+shuffle" if shuffled else ""
@@ -58,7 +94,7 @@ def main_table(results: Results, shuffled: bool = False) -> str:
             "|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     lines = [head]
     for job, r in results:
-        if job.system.endswith("+shuffle") != shuffled:
+        if job.system.endswith("+shuffle") != shuffled or job.system == "java-peer":
             continue
         w = job.workload
         label = LABELS.get(job.system, job.system)
@@ -103,6 +139,25 @@ def targets(results: Results) -> str:
         x, y = _rate(results, w, a), _rate(results, w, b)
         return None if x is None or y is None else x / y
 
+    def peer_ratio(w: str, a: str, b: str) -> Optional[float]:
+        x, y = _peer(results, w, a), _peer(results, w, b)
+        return None if x is None or y is None else x["rows_s"] / y["rows_s"]
+
+    for w in ("W1", "W2", "W3"):
+        add(f"{w} Java path (defaults) vs Beam's Java RunInference, marginal rows/s", 3,
+            peer_ratio(w, "crossinfer", "peer"))
+    for w in ("W1", "W2", "W3"):
+        java = _peer(results, w, "crossinfer")
+        py = _rate(results, w, "crossinfer-blocks")
+        add(f"{w} Java path with blocks vs the Python block path", 0.5,
+            None if java is None or py is None else java["rows_s"] / py)
+    for w in ("W1", "W2", "W3"):
+        add(f"{w} Python element path on rows vs stock RunInference on rows + user's Map", 1.5,
+            ratio(w, "crossinfer", "stock-rows"))
+    fixed = [x["fixed_s"] for w in ("W1", "W2", "W3")
+             for x in [_peer(results, w, "crossinfer")] if x is not None and x["fixed_s"] > 0]
+    add("Local fixed cost of a Java run (CrossInference, median over W1-W3, s)", 6.0,
+        sorted(fixed)[len(fixed) // 2] if fixed else None, higher=False, fmt="{:.1f}")
     for suffix, where in (("", "fused source"), ("+shuffle", "after a shuffle")):
         for w in ("W1", "W2", "W3"):
             add(f"{w} element path vs stock default ({where})", 10,
@@ -188,6 +243,19 @@ system, {elapsed / 60:.1f} min in all). Ratios are within this one run.
 ## Results: rows generated in the pipeline, fused with the model (the runner and the transform)
 
 {main_table(results)}
+
+## Results: the Java pipeline, Beam's Java RunInference vs CrossInference
+
+The same Java pipeline (CSV of rows -> model -> CSV, `bench/java/.../RowsToModel.java`) on the
+PortableRunner with LOOPBACK Java workers against one Python job server, interleaved. rows/s
+is marginal: (N1 - N0) / (T(N1) - T(N0)), from the job server's own job time ("Completed job
+in X seconds") and from whole runs (JVM start to exit); the fixed cost per run is the whole
+run's time at N0 minus N0 rows at the marginal rate. CPU per row is marginal too, per process:
+the JVM (its rusage), the job server and the expansion service that runs the Python stages
+(/proc deltas). Peak RSS: the JVM at N1; the job server's and expansion services' peaks over
+the whole workload (the job server is shared by the three systems).
+
+{peer_table(results)}
 
 ## Results: rows after a shuffle (Reshuffle before the model, as `beam.Create` or any GroupByKey delivers them)
 

@@ -65,13 +65,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         out["trials"] = [{"config": list(c), "rows_s": m} for c, m in medians.items()]
         runs_done = by_config[config]
         run = None
-    elif system in ("stock", "stock-tuned"):
+    elif system in ("stock", "stock-tuned", "stock-rows"):
         candidates = STOCK_BATCHES if system == "stock-tuned" else [{}]
         if w.data == "sequences":  # Beam's documented answer to variable lengths
             candidates = [{"max_batch_size": 1}]
-        systems.run_stock(w, paths, warm, candidates[0], shuffle)
+        rows = system == "stock-rows"  # schema'd rows + the user's Row -> numpy Map, keyed
+        systems.run_stock(w, paths, warm, candidates[0], shuffle, rows)
         # Tuned: every candidate, all repeats; the best median counts (as for the raw loop).
-        by_config = [(c, [systems.run_stock(w, paths, n, c, shuffle) for _ in range(repeats)])
+        by_config = [(c, [systems.run_stock(w, paths, n, c, shuffle, rows)
+                          for _ in range(repeats)])
                      for c in candidates]
         medians = [statistics.median(r["rows"] / r["window"] for r in runs)
                    for _, runs in by_config]
@@ -87,6 +89,17 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         systems.run_crossinfer(w, paths, warm, blocks, extra, shuffle)
         out["config"] = ", ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
         run = lambda: systems.run_crossinfer(w, paths, n, blocks, extra, shuffle)  # noqa: E731
+    elif system == "java-peer":  # the Java pipeline three ways, interleaved (bench/peer.py)
+        from bench import peer
+        if n <= 10_000:  # --quick: each system once end to end, no warm-up, no marginal
+            out.update(peer.run(w.name, paths, [n], repeats, Path(spec["workdir"]), warm=False))
+            out["config"] = f"whole runs of {n:,} rows (smoke run)"
+        else:
+            small = n // 4
+            out.update(peer.run(w.name, paths, [small, n], repeats, Path(spec["workdir"])))
+            out["config"] = f"marginal between {small:,} and {n:,} rows"
+        out["rows_s"] = out["systems"]["crossinfer"]["rows_s"]
+        return out
     elif system in ("java", "python-io"):
         return _measure_io(w, system, n, repeats, paths, Path(spec["workdir"]), out)
     elif system.startswith("source-"):

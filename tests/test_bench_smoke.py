@@ -31,3 +31,8 @@ def test_quick_benchmark_measures_every_system(tmp_path):
         cells = [c.strip() for c in rows[0].strip("|").split("|")]
         rate = cells[4].replace(",", "")
         assert re.fullmatch(r"[0-9.]+[KM]?", rate), f"{workload} {label}: {rows[0]}"
+    # The Java pipeline ran all three ways: Beam's Java RunInference and CrossInference with
+    # and without blocks across the boundary.
+    from bench.peer import LABELS as JAVA_SYSTEMS
+    for system in JAVA_SYSTEMS.values():
+        assert any(f"| {system} |" in line for line in table.splitlines()), system

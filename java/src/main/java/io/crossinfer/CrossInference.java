@@ -434,6 +434,26 @@ public final class CrossInference
     return with("blocks", blocks);
   }
 
+  // --- boundary blocks (BoundaryBlocks): begin ---
+  /**
+   * Whether rows cross to Python in column blocks (thousands of rows per element, grouped per
+   * bundle and window) rather than one element per row. On by default wherever the Python block
+   * path takes the configuration (not with a preprocess or custom postprocess function, a custom
+   * handler, several models, {@link #withBatchSize} or {@link #withMaxBatchDurationSecs}); the
+   * output rows, their schema and the failures are the same either way, and a failure's {@code
+   * element} holds the fields the model reads or passes through. Turn it off to send one
+   * element per row; turning it on with a setting it cannot take is an error. Not sent to Python.
+   *
+   * @param on true to group rows into blocks across the boundary
+   * @return a new transform with this setting
+   */
+  public CrossInference withBoundaryBlocks(boolean on) {
+    CrossInference copy = with(BoundaryBlocks.SWITCH, on);
+    BoundaryBlocks.applies(copy.kwargs); // fails now if the configuration cannot take it
+    return copy;
+  }
+  // --- boundary blocks: end ---
+
   /**
    * Several models: each row's {@code keyField} value picks its model from {@code models}, all of
    * the factory's framework. Replaces {@link #withModelUri}. Sends {@code model_key_field} and
@@ -660,9 +680,15 @@ public final class CrossInference
         "CrossInference needs rows with a schema: call setRowSchema(schema) on the input");
     LocalRuns.prepare(input.getPipeline().getOptions());
     String address = expansionServiceAddress();
+    PCollection<Row> projected = project(input);
+    // --- boundary blocks (BoundaryBlocks): begin ---
+    boolean blocked = BoundaryBlocks.applies(kwargs);
+    PCollection<Row> toPython = blocked ? BoundaryBlocks.group(projected, kwargs) : projected;
+    CrossInference sent = blocked ? with("blocks", true) : this;
+    // --- boundary blocks: end ---
     POutput output;
     try {
-      output = project(input).apply("Inference", toPythonTransform(address));
+      output = toPython.apply("Inference", sent.toPythonTransform(address));
     } catch (RuntimeException e) {
       // Beam's own message, "Timeout waiting for Python service startup", suggests Beam was
       // starting a service; here nothing answered at the address.
@@ -690,6 +716,10 @@ public final class CrossInference
     withRowSchema(tuple, predictions);
     withRowSchema(tuple, failures);
     checkFailureSchema(tuple.get(failures).getSchema());
+    if (blocked) { // --- boundary blocks: one prediction row per input row again
+      return WithFailures.Result.of(
+          BoundaryBlocks.explode(tuple.get(predictions)), tuple.get(failures));
+    }
     return WithFailures.Result.of(tuple, predictions, failures);
   }
 
@@ -736,10 +766,15 @@ public final class CrossInference
   /** The keyword arguments as the row Beam sends to Python: one field per kwarg. */
   Row kwargsRow() {
     Schema.Builder schema = Schema.builder();
+    List<Object> values = new ArrayList<>();
     for (Map.Entry<String, Object> kwarg : kwargs.entrySet()) {
+      if (kwarg.getKey().equals(BoundaryBlocks.SWITCH)) {
+        continue; // --- boundary blocks: a Java-side switch, not a Python kwarg
+      }
       schema.addField(kwarg.getKey(), WireValues.wireType(kwarg.getValue()));
+      values.add(kwarg.getValue());
     }
-    return Row.withSchema(schema.build()).addValues(new ArrayList<>(kwargs.values())).build();
+    return Row.withSchema(schema.build()).addValues(values).build();
   }
 
   /** The Beam transform that calls {@code crossinfer.Inference} on the service at {@code address}. */

@@ -280,7 +280,7 @@ public final class ClassifyRows {
     Options options = PipelineOptionsFactory.fromArgs(args).withValidation().as(Options.class);
     Pipeline pipeline = Pipeline.create(options);
     build(pipeline, options);
-    PipelineResult.State state = pipeline.run().waitUntilFinish();
+    PipelineResult.State state = awaitFinish(pipeline.run());
     if (state != PipelineResult.State.DONE) {
       System.err.println("pipeline ended " + state);
       System.exit(1);
@@ -470,5 +470,21 @@ public final class ClassifyRows {
                 StandardCharsets.UTF_8))) {
       return reader.lines().filter(l -> !l.isEmpty()).count();
     }
+  }
+
+  /**
+   * Waits for the job, asking for its state every 50 ms: PortableRunner's own waitUntilFinish
+   * asks every 3 s, which a short local run pays in full. Then lets waitUntilFinish (one more
+   * question, answered at once) propagate errors and close the worker service.
+   */
+  static PipelineResult.State awaitFinish(PipelineResult result) {
+    try {
+      while (!result.getState().isTerminal()) {
+        Thread.sleep(50);
+      }
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    }
+    return result.waitUntilFinish();
   }
 }

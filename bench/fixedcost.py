@@ -1,0 +1,91 @@
+"""``python -m bench.fixedcost``: the fixed cost of a 2,000-row Java run on the local stack,
+step by step from Beam's defaults to what LocalStack does now.
+
+Each configuration runs the benchmark's Java pipeline (RowsToModel, CrossInference, W1 sklearn)
+on 2,000 rows: one warm-up run, then the median of ``--repeats`` runs. Reported per step: the
+whole run (JVM start to exit) and the job server's own job time ("Completed job in X s").
+The steps are cumulative:
+
+1. Beam's defaults: the job server's 5-s gRPC shutdown grace per job, PortableRunner's
+   ``waitUntilFinish`` (asks for the job state every 3 s), every classpath jar staged.
+2. the job server with a 1-s grace (``expansion_service._job_server``);
+3. the job state asked every 50 ms;
+4. nothing staged for LOOPBACK (``--filesToStage`` of one small file);
+5. JVM flags for short runs (``LocalStack.jvm_options``: class-data sharing, quick JIT tier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from bench import data, peer
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = ["Beam's defaults", "+ job server grace 1 s", "+ job state every 50 ms",
+         "+ nothing staged (LOOPBACK)", "+ JVM startup flags (CDS, quick JIT)"]
+
+
+def _runs(stack, workdir: Path, step: int, repeats: int, src: Path, model: str) -> dict:
+    classpath = peer.CLASSPATH.read_text().strip()
+    args = stack.java_args()
+    if step < 3:
+        args = [a for a in args if not a.startswith("--filesToStage")]
+    walls, jobs = [], []
+    for i in range(repeats + 1):
+        jvm = stack.jvm_options(classpath) if step >= 4 else []
+        cmd = ["java", *jvm, "-cp", classpath, "io.crossinfer.bench.RowsToModel",
+               f"--input={src}", f"--output={workdir / 'out' / 'fixed'}", "--system=crossinfer",
+               "--framework=sklearn", f"--modelUri={model}",
+               f"--pollMillis={50 if step >= 2 else 0}", *args]
+        before = len(re.findall(r"Completed job in ([0-9.]+)", stack.log("job_server")))
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        wall = time.perf_counter() - t0
+        if "rows=2000 failures=0" not in done.stdout:
+            raise RuntimeError(f"step {step}: {done.stdout[-300:]} {done.stderr[-500:]}")
+        found = [float(x) for x in re.findall(r"Completed job in ([0-9.]+)", stack.log("job_server"))]
+        if i == 0:  # warm-up (and, for step 4, the run that writes the class archive)
+            continue
+        walls.append(wall)
+        jobs.append(found[-1] if len(found) > before else float("nan"))
+    return {"wall_s": statistics.median(walls), "job_s": statistics.median(jobs),
+            "walls": [round(w, 2) for w in walls]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from expansion_service._local import LocalStack
+
+    ap = argparse.ArgumentParser(prog="python -m bench.fixedcost", description=__doc__)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workdir", default=str(Path(__file__).resolve().parent / ".work"))
+    args = ap.parse_args(argv)
+    workdir = Path(args.workdir)
+    model = str(data.build_models(workdir)["sklearn"])
+    src = peer.write_csv(workdir / "rows-2000.csv", 2000)
+    (workdir / "out").mkdir(parents=True, exist_ok=True)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    results = []
+    for grace, steps in (("5", [0]), ("1", [1, 2, 3, 4])):
+        os.environ["CROSSINFER_JOB_SERVER_GRACE"] = grace  # read by the job server at start
+        t0 = time.perf_counter()
+        with LocalStack(workdir / f"fixed-stack-{grace}", allow=["bench.*"], env=env) as stack:
+            started = time.perf_counter() - t0
+            for step in steps:
+                r = _runs(stack, workdir, step, args.repeats, src, model)
+                r.update(step=STEPS[step], stack_start_s=round(started, 1))
+                results.append(r)
+                print(f"{STEPS[step]:40s} run {r['wall_s']:5.1f} s  job {r['job_s']:4.1f} s "
+                      f"{r['walls']}", flush=True)
+    os.environ.pop("CROSSINFER_JOB_SERVER_GRACE", None)
+    (workdir / "fixedcost.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
