@@ -63,6 +63,9 @@ public final class ContractDump {
       }
       ObjectNode sets = node.putObject("kwargs");
       for (Map.Entry<String, Object> kwarg : after.kwargs().entrySet()) {
+        if (kwarg.getKey().equals(BoundaryBlocks.SWITCH)) {
+          continue; // a Java-side switch, never sent to Python
+        }
         if (!Objects.equals(old.get(kwarg.getKey()), kwarg.getValue())) {
           sets.put(kwarg.getKey(), tableType(WireValues.wireType(kwarg.getValue())));
         }
