@@ -51,7 +51,13 @@ public final class ContractDump {
       for (int i = 0; i < sample.length; i++) {
         sample[i] = sampleFor(types[i]);
       }
-      CrossInference before = factory ? null : base;
+      // Boundary blocks refuse a custom handler; the switch is Java's own and sends nothing.
+      CrossInference before =
+          factory
+              ? null
+              : method.getName().equals("withBoundaryBlocks")
+                  ? CrossInference.sklearn("model.pkl").withFeatureField("f")
+                  : base;
       CrossInference after = (CrossInference) method.invoke(before, sample);
       Map<String, Object> old = before == null ? Collections.emptyMap() : before.kwargs();
       ObjectNode node = out.addObject();
