@@ -91,8 +91,8 @@ def complete(config: Config, declared: Declared, run: Optional[Run], what: str) 
     def pick(fact: str, explicit: Any, found: Any) -> Any:
         if explicit is not None:
             if found is not None and found != explicit and fact != "output":
-                sources[fact] = f"{fact}= argument (the model says {found!r}: " \
-                                f"{sources.get(fact, 'metadata')})"
+                sources[fact] = (f"the {fact} argument (the model says {found!r}: "
+                                 f"{sources.get(fact, 'metadata')})")
             else:
                 sources[fact] = f"the {fact} argument"
             return explicit
