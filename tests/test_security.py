@@ -1,0 +1,803 @@
+"""The expansion service as an attacker sees it: a real service process, hostile requests.
+
+Every attempt below would run code, read a file, hang or exhaust the service if a defence were
+missing. Each checks that no code ran (its marker file never appears), that the service did
+not crash, and (after every test) that health still answers. The heavier checks (fuzzing,
+concurrency, memory, denial of service, SIGTERM) print their figures.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import pickle
+import random
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import (
+    beam_artifact_api_pb2,
+    beam_artifact_api_pb2_grpc,
+    beam_expansion_api_pb2,
+    beam_fn_api_pb2,
+    beam_fn_api_pb2_grpc,
+    beam_runner_api_pb2,
+    endpoints_pb2,
+    external_transforms_pb2,
+    schema_pb2,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests._service_helpers import (
+    FileCreator,
+    Service,
+    expansion_request,
+    fqn_payload,
+    pickled_bytes,
+    pickled_coder,
+    pickled_window_fn,
+    write_sklearn_model,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+PROBE = "xi_sec"
+EXPAND = "/org.apache.beam.model.expansion.v1.ExpansionService/Expand"
+
+
+# --- the service under attack -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("security")
+    for d in ("roots/data", "roots/trusted", "outside", "markers", PROBE):
+        (path / d).mkdir(parents=True)
+    (path / PROBE / "__init__.py").write_text("")
+    (path / PROBE / "features.py").write_text(textwrap.dedent("""
+        import os
+
+        def features(row):
+            return [float(x) for x in row.features]
+    """))
+    # Importing this sibling module creates its marker: the service must never import it.
+    (path / PROBE / "sidecar.py").write_text(textwrap.dedent(f"""
+        import pathlib
+        pathlib.Path({str(path / 'markers' / 'sidecar')!r}).touch()
+
+        def f(row):
+            return row
+    """))
+    (path / PROBE / "__main__.py").write_text(
+        f"import pathlib\npathlib.Path({str(path / 'markers' / 'main')!r}).touch()\n"
+        "def f(row):\n    return row\n")
+    write_sklearn_model(path / "roots" / "trusted" / "model.pkl")
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(place):
+    pythonpath = os.pathsep.join(p for p in (str(place), os.environ.get("PYTHONPATH")) if p)
+    svc = Service("--port", "0", "--allow", f"{PROBE}.features.*",
+                  "--model-root", str(place / "roots" / "data"),
+                  "--trusted-model-root", str(place / "roots" / "trusted"),
+                  "--inspect-timeout", "6", "--inspect-cpu-seconds", "4",
+                  "--inspect-memory-mb", "1024",
+                  log_path=place / "service.log", env={"PYTHONPATH": pythonpath})
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(service):
+    with service.channel() as ch:
+        yield ch
+
+
+def healthy(channel) -> bool:
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture(autouse=True)
+def still_serving(request, place):
+    """After every test: the service runs, answers health, and no marker exists."""
+    yield
+    if "service" not in request.fixturenames:
+        return
+    svc = request.getfixturevalue("service")
+    if svc.proc.poll() is None:
+        assert healthy(request.getfixturevalue("channel"))
+    assert not list((place / "markers").iterdir()), "code ran in the service"
+
+
+@pytest.fixture
+def marker(place) -> Path:
+    return place / "markers" / uuid.uuid4().hex
+
+
+def expand(channel, request, timeout=60):
+    from apache_beam.portability.api import beam_expansion_api_pb2_grpc
+
+    return beam_expansion_api_pb2_grpc.ExpansionServiceStub(channel).Expand(
+        request, timeout=timeout)
+
+
+def inference(**kwargs) -> bytes:
+    base = dict(framework="sklearn", feature_field="features", passthrough_fields=["id"])
+    base.update(kwargs)
+    return fqn_payload("crossinfer.Inference", **{k: v for k, v in base.items() if v is not None})
+
+
+def refused(response, *says: str) -> str:
+    error = response.error
+    assert error, "the request should have been refused"
+    assert not response.transform.spec.urn
+    assert "Traceback" not in error and "File \"/" not in error
+    for word in says:
+        assert word in error, error
+    return error
+
+
+def test_a_good_request_expands(channel, place):
+    response = expand(channel, expansion_request(inference(
+        model_uri=str(place / "roots" / "trusted" / "model.pkl"))))
+    assert response.error == ""
+    assert set(response.transform.outputs) == {"predictions", "failures"}
+
+
+# --- constructors and URNs ------------------------------------------------------------------
+
+@pytest.mark.parametrize("constructor, args, kwargs", [
+    ("os.system", ("touch {m}",), {}),
+    ("subprocess.call", (), {"args": "touch {m}", "shell": True}),
+    ("builtins.exec", ("open({m!r}, 'w')",), {}),
+    ("crossinfer.os.system", ("touch {m}",), {}),
+    ("crossinfer.Inference.__init__", (), {}),
+    ("crossinfer._callables.resolve", ("os:system", "x"), {}),
+    ("apache_beam.Map", (), {}),
+    ("__callable__", (), {"source": "open({m!r}, 'w')\nlambda pcoll: pcoll"}),
+    ("__constructor__", (), {"source": "open({m!r}, 'w')\nlambda: None"}),
+    ("crossinfer.Inference ", (), {}),
+])
+def test_other_constructors(channel, marker, constructor, args, kwargs):
+    fill = lambda v: v.format(m=str(marker)) if isinstance(v, str) else v  # noqa: E731
+    payload = fqn_payload(constructor, tuple(fill(a) for a in args),
+                          **{k: fill(v) for k, v in kwargs.items()})
+    refused(expand(channel, expansion_request(payload)), "Rejected")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("urn", [
+    "beam:transform:pickled_python:v1",
+    "beam:transforms:python:callable_source",
+    "beam:schematransform:org.apache.beam:yaml:v1",
+    "beam:transform:org.apache.beam:javasdk:v1",
+    "",
+])
+def test_other_urns(channel, marker, urn):
+    refused(expand(channel, expansion_request(pickled_bytes(marker), urn=urn)), "not served")
+    assert not marker.exists()
+
+
+# --- code and pickles inside the request -------------------------------------------------
+
+def _retype(payload: bytes, path: list[str], field_type) -> bytes:
+    message = external_transforms_pb2.ExternalConfigurationPayload.FromString(payload)
+    schema = message.schema
+    for name in path[:-1]:
+        schema = next(f for f in schema.fields if f.name == name).type.row_type.schema
+    field = next(f for f in schema.fields if f.name == path[-1])
+    field.type.CopyFrom(field_type)
+    return message.SerializeToString()
+
+
+def _callable_type():
+    return schema_pb2.FieldType(logical_type=schema_pb2.LogicalType(
+        urn=common_urns.python_callable.urn,
+        representation=schema_pb2.FieldType(atomic_type=schema_pb2.STRING)))
+
+
+def _code(marker: Path) -> str:
+    return f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nlambda row: row"
+
+
+def _callable_kwarg(place, marker):
+    return expansion_request(_retype(inference(
+        model_uri=str(place / "roots/trusted/model.pkl"), preprocess=_code(marker),
+        feature_field=None), ["kwargs", "preprocess"], _callable_type()))
+
+
+def _callable_nested(place, marker):
+    payload = inference(model_uri=str(place / "roots/trusted/model.pkl"),
+                        model_params={"hook": _code(marker)})
+    return expansion_request(_retype(payload, ["kwargs", "model_params"], schema_pb2.FieldType(
+        map_type=schema_pb2.MapType(key_type=schema_pb2.FieldType(atomic_type=schema_pb2.STRING),
+                                    value_type=_callable_type()))))
+
+
+def _pickled_kwarg(place, marker):
+    return expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl"),
+                                       extra=FileCreator(marker)))
+
+
+def _pickled_in_list(place, marker):
+    return expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl"),
+                                       passthrough_fields=[FileCreator(marker)]))
+
+
+def _callable_in_input_schema(place, marker):
+    request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    coder_id = request.components.pcollections["input_pc"].coder_id
+    schema = schema_pb2.Schema.FromString(request.components.coders[coder_id].spec.payload)
+    schema.fields.append(schema_pb2.Field(name="hook", type=_callable_type()))
+    request.components.coders[coder_id].spec.payload = schema.SerializeToString()
+    return request
+
+
+def _callable_schema_option(place, marker):
+    message = external_transforms_pb2.ExternalConfigurationPayload.FromString(
+        inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    message.schema.options.append(schema_pb2.Option(name="x", type=_callable_type()))
+    return expansion_request(message.SerializeToString())
+
+
+def _pickled_input_coder(place, marker):
+    request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    request.components.coders["evil"].CopyFrom(pickled_coder(marker))
+    request.components.pcollections["input_pc"].coder_id = "evil"
+    return request
+
+
+def _pickled_component_coder(place, marker):
+    request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    request.components.coders["evil"].CopyFrom(pickled_coder(marker))
+    request.components.coders["kv"].CopyFrom(beam_runner_api_pb2.Coder(
+        spec=beam_runner_api_pb2.FunctionSpec(urn=common_urns.coders.KV.urn),
+        component_coder_ids=["evil", "evil"]))
+    request.components.pcollections["input_pc"].coder_id = "kv"
+    return request
+
+
+def _pickled_coder_id(place, marker):
+    request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    request.components.pcollections["input_pc"].coder_id = pickled_bytes(marker).decode()
+    return request
+
+
+def _pickled_window_fn(place, marker):
+    request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    for ws in request.components.windowing_strategies.values():
+        ws.window_fn.CopyFrom(pickled_window_fn(marker))
+    return request
+
+
+def _pickled_producer(place, marker):
+    request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    request.components.transforms["impulse_input"].spec.CopyFrom(beam_runner_api_pb2.FunctionSpec(
+        urn="beam:transform:pickled_python:v1", payload=pickled_bytes(marker)))
+    return request
+
+
+def _pickled_output_coder_id(place, marker):
+    request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    request.output_coder_requests["0"] = pickled_bytes(marker).decode()
+    return request
+
+
+def _pickled_option(place, marker):
+    import base64
+
+    return expansion_request(
+        inference(model_uri=str(place / "roots/trusted/model.pkl")),
+        pipeline_options={"on_success_matcher": base64.b64encode(
+            pickle.dumps(FileCreator(marker))).decode(),
+            "pickle_library": "dill", "environment_type": "DOCKER"})
+
+
+@pytest.mark.parametrize("build", [
+    _callable_kwarg, _callable_nested, _pickled_kwarg, _pickled_in_list,
+    _callable_in_input_schema, _callable_schema_option, _pickled_input_coder,
+    _pickled_component_coder, _pickled_coder_id, _pickled_window_fn, _pickled_producer,
+    _pickled_output_coder_id, _pickled_option,
+])
+def test_code_in_the_request_never_runs(channel, place, marker, build):
+    response = expand(channel, build(place, marker))
+    if build is not _pickled_option:  # options are filtered, the expansion goes on
+        refused(response)
+    assert not marker.exists()
+
+
+# --- named callables ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argument, name", [
+    ("preprocess", "os:system"),
+    ("preprocess", "builtins:eval"),
+    ("preprocess", "subprocess:call"),
+    ("preprocess", "numpy.testing._private.utils:runstring"),
+    ("preprocess", "yaml:unsafe_load"),
+    ("preprocess", "pickle:loads"),
+    ("preprocess", "crossinfer._callables:resolve"),
+    ("preprocess", f"{PROBE}.sidecar:f"),  # a sibling module: importing it runs it
+    ("preprocess", f"{PROBE}.__main__:f"),
+    ("preprocess", f"{PROBE}.features:os"),  # a module the allowed module imported
+    ("preprocess", f"{PROBE}.features:__builtins__"),
+    ("postprocess", "os:system"),
+    ("postprocess", f"{PROBE}.features.os:system"),
+    ("model_class", "subprocess:Popen"),
+    ("handler", "os:system"),
+])
+def test_callables_outside_the_allowlist(channel, place, argument, name):
+    kwargs = {argument: name}
+    if argument == "preprocess":
+        kwargs["feature_field"] = None
+    if argument == "model_class":
+        kwargs.update(framework="pytorch", model_uri=str(place / "roots/data/state.pt"))
+    elif argument == "handler":
+        kwargs.update(framework="custom", feature_field="features")
+    else:
+        kwargs["model_uri"] = str(place / "roots/trusted/model.pkl")
+    refused(expand(channel, expansion_request(inference(**kwargs))))
+
+
+# --- model files and URIs ---------------------------------------------------------------------
+
+def _code_pickle(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(FileCreator(marker)))
+    return path
+
+
+@pytest.mark.parametrize("framework, name", [
+    ("sklearn", "evil.pkl"), ("sklearn", "evil.joblib"), ("pytorch", "evil.pt"),
+    ("custom", "evil.bin"),
+])
+def test_code_formats_outside_trusted_roots(channel, place, marker, framework, name):
+    path = _code_pickle(place / "roots" / "data" / name, marker)
+    kwargs = dict(framework=framework, model_uri=str(path))
+    if framework == "custom":
+        kwargs.update(handler=f"{PROBE}.features:features")
+    error = refused(expand(channel, expansion_request(inference(**kwargs))))
+    assert "trusted model root" in error or "CallableNotAllowed" in error
+    assert not marker.exists()
+
+
+def _uri_cases(place: Path, marker: Path) -> dict[str, str]:
+    data = place / "roots" / "data"
+    outside = _code_pickle(place / "outside" / f"{marker.name}.pkl", marker)
+    escape = data / f"link-{marker.name}.pkl"
+    escape.symlink_to(outside)
+    to_stdout = data / f"stdout-{marker.name}"
+    to_stdout.symlink_to("/proc/self/fd/1")
+    fifo = data / f"fifo-{marker.name}"
+    os.mkfifo(fifo)
+    sock_path = data / f"s-{marker.name[:8]}"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    sock.close()
+    return {
+        "outside": str(outside),
+        "dotdot": f"{data}/../../outside/{outside.name}",
+        "symlink escape": str(escape),
+        "symlink to stdout": str(to_stdout),
+        "proc fd": "/proc/self/fd/1",
+        "proc environ": "/proc/self/environ",
+        "dev stdin": "/dev/stdin",
+        "dev zero": "/dev/zero",
+        "fifo": str(fifo),
+        "socket": str(sock_path),
+        "directory": str(data),
+        "relative": "model.pkl",
+        "file scheme": f"file://{outside}",
+        "gs other bucket": "gs://someone-else/model.pkl",
+        "gs dotdot": "gs://bucket/models/../x.pkl",
+        "nul": f"{data}/x\x00.pkl",
+        "long": "/" + "a" * 5000,
+        "proc version": "/proc/version",
+    }
+
+
+URI_CASES = [
+    "outside", "dotdot", "symlink escape", "symlink to stdout", "proc fd", "proc environ",
+    "dev stdin", "dev zero", "fifo", "socket", "directory", "relative", "file scheme",
+    "gs other bucket", "gs dotdot", "nul", "long", "proc version"]
+
+
+@pytest.mark.parametrize("case", URI_CASES)
+@pytest.mark.parametrize("framework", ["onnx", "sklearn"])
+def test_uris_outside_the_repository(channel, place, marker, case, framework):
+    uri = _uri_cases(place, marker)[case]
+    started = time.monotonic()
+    error = refused(expand(channel, expansion_request(inference(framework=framework,
+                                                                model_uri=uri)), timeout=30))
+    assert time.monotonic() - started < 10, "refused before any blocking I/O"
+    assert "ModelLoadError" in error or "Rejected" in error or "ConfigurationError" in error
+    assert "Linux version" not in error and "PATH=" not in error  # no file contents
+    assert str(place / "roots") not in error.replace(repr(uri)[1:-1], "")  # no service paths
+    assert not marker.exists()
+
+
+def test_models_map_with_one_bad_value(channel, place, marker):
+    outside = _code_pickle(place / "outside" / "m.pkl", marker)
+    payload = inference(model_uri=None, models={
+        "good": str(place / "roots/trusted/model.pkl"), "bad": str(outside)},
+        model_key_field="id")
+    refused(expand(channel, expansion_request(payload)), "models['bad']")
+    assert not marker.exists()
+
+
+def test_missing_and_unreadable_outside_roots_read_the_same(channel, place):
+    secret = place / "outside" / "secret.pkl"
+    secret.write_bytes(b"x")
+    secret.chmod(0)
+    answers = [expand(channel, expansion_request(inference(model_uri=uri))).error
+               for uri in (str(secret), str(place / "outside" / "nope.pkl"))]
+    assert answers[0].replace("secret", "nope") == answers[1]
+
+
+# --- --allow globs ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", [
+    ["--allow", "numpy.*"], ["--allow", "yaml.*"], ["--allow", "torch.*"],
+    ["--allow", "sklearn.*"], ["--allow", "os.*"], ["--allow", "*"],
+    ["--allow", "apache_beam.*"], ["--allow", "crossinfer.*"], ["--allow", "__main__.*"],
+    ["--allow", "numpy.*", "--own-distribution", "numpy"],
+    ["--model-root", "/"], ["--model-root", "/proc/self"],
+])
+def test_service_refuses_to_start_with(extra):
+    done = subprocess.run([sys.executable, "-m", "expansion_service", "--port", "0", *extra],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "listening" not in done.stdout
+
+
+# --- the worker pool ----------------------------------------------------------------------------
+
+def _pool_socket(channel) -> str:
+    response = expand(channel, expansion_request(inference(
+        model_uri=str(Path(os.environ["XI_SEC_PLACE"]) / "roots/trusted/model.pkl"))))
+    for env in response.components.environments.values():
+        if env.urn == common_urns.environments.EXTERNAL.urn:
+            return beam_runner_api_pb2.ExternalPayload.FromString(env.payload).endpoint.url
+    raise AssertionError("no EXTERNAL environment")
+
+
+@pytest.fixture(scope="module")
+def pool(channel, place):
+    os.environ["XI_SEC_PLACE"] = str(place)
+    url = _pool_socket(channel)
+    with grpc.insecure_channel(url) as ch:
+        yield url, beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(ch)
+
+
+def test_worker_pool_is_not_on_the_tcp_port(channel):
+    with pytest.raises(grpc.RpcError) as caught:
+        beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel).StartWorker(
+            beam_fn_api_pb2.StartWorkerRequest(worker_id="x"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_worker_pool_socket_is_owner_only(pool):
+    path = pool[0][len("unix:"):]
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("url", ["10.1.2.3:50000", "example.com:443", "unix:/tmp/x.sock",
+                                 "[::ffff:8.8.8.8]:53", "closed"])
+def test_start_worker_dials_only_live_loopback_endpoints(pool, url):
+    if url == "closed":
+        url = f"127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    reply = pool[1].StartWorker(beam_fn_api_pb2.StartWorkerRequest(
+        worker_id=uuid.uuid4().hex, control_endpoint=endpoints_pb2.ApiServiceDescriptor(url=url)),
+        timeout=30)
+    assert reply.error.startswith("refused"), reply.error
+    assert time.monotonic() - started < 5
+
+
+def test_start_worker_storm_does_not_take_the_service_down(pool, channel, service):
+    threads_before = len(os.listdir(f"/proc/{service.proc.pid}/task"))
+    url = f"127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        replies = list(ex.map(lambda i: pool[1].StartWorker(beam_fn_api_pb2.StartWorkerRequest(
+            worker_id=f"w{i}", control_endpoint=endpoints_pb2.ApiServiceDescriptor(url=url)),
+            timeout=30), range(32)))
+    assert all(r.error for r in replies)
+    assert healthy(channel) and time.monotonic() - started < 10
+    assert len(os.listdir(f"/proc/{service.proc.pid}/task")) <= threads_before + 8
+
+
+def test_artifacts_only_the_services_own(channel, place):
+    artifact = beam_runner_api_pb2.ArtifactInformation(
+        type_urn=common_urns.artifact_types.FILE.urn,
+        type_payload=beam_runner_api_pb2.ArtifactFilePayload(
+            path="/etc/passwd").SerializeToString())
+    with pytest.raises(grpc.RpcError) as caught:
+        b"".join(r.data for r in beam_artifact_api_pb2_grpc.ArtifactRetrievalServiceStub(
+            channel).GetArtifact(beam_artifact_api_pb2.GetArtifactRequest(artifact=artifact),
+                                 timeout=10))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# --- denial of service ----------------------------------------------------------------------------
+
+def _nested_payload(depth: int) -> bytes:
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": value, "b": value} if isinstance(value, dict) else {"a": value}
+    message = external_transforms_pb2.ExternalConfigurationPayload.FromString(
+        inference(model_uri="/x.pkl", model_params={"a": 1}))
+
+    def nest(level):
+        schema = schema_pb2.Schema(id=uuid.uuid4().hex)
+        # A chain, as in the 1.3 KB attack: one row and one number per level.
+        if level:
+            schema.fields.append(schema_pb2.Field(name="a", type=schema_pb2.FieldType(
+                row_type=schema_pb2.RowType(schema=nest(level - 1)))))
+        schema.fields.append(schema_pb2.Field(name="b", type=schema_pb2.FieldType(
+            atomic_type=schema_pb2.INT64)))
+        return schema
+
+    kwargs = next(f for f in message.schema.fields if f.name == "kwargs")
+    params = next(f for f in kwargs.type.row_type.schema.fields if f.name == "model_params")
+    params.type.CopyFrom(schema_pb2.FieldType(row_type=schema_pb2.RowType(schema=nest(depth))))
+    return message.SerializeToString()
+
+
+@pytest.mark.parametrize("depth", [12, 20])
+def test_deep_nesting_is_refused_at_once(channel, depth):
+    started = time.monotonic()
+    refused(expand(channel, expansion_request(_nested_payload(depth))), "limit")
+    assert time.monotonic() - started < 5
+
+
+def test_oversized_request(channel):
+    big = inference(model_uri="/x.pkl", model_params={"blob": "x" * (5 * 1024 * 1024)})
+    with pytest.raises(grpc.RpcError) as caught:
+        expand(channel, expansion_request(big))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"model_copies": 10_000}, "model_copies"),
+    ({"max_batch_size": 10 ** 9}, "max_batch_size"),
+    ({"models": {f"k{i}": "/x.pkl" for i in range(100)}, "model_key_field": "id"}, "models"),
+    ({"passthrough_fields": ["id"] * 20_000}, "items"),
+    ({"feature_field": "f" * 70_000}, "long"),
+])
+def test_limits_on_values(channel, kwargs, says):
+    payload = inference(model_uri=None if "models" in kwargs else "/x.pkl", **kwargs)
+    refused(expand(channel, expansion_request(payload)), says)
+
+
+def test_blocking_paths_do_not_block(channel):
+    uris = ["/proc/self/fd/1", "/dev/stdin", "/proc/self/fd/0", "/dev/random"] * 5
+    with concurrent.futures.ThreadPoolExecutor(20) as ex:
+        errors = list(ex.map(lambda u: expand(channel, expansion_request(inference(
+            model_uri=u)), timeout=60).error, uris))
+    assert all(errors)
+    assert healthy(channel)
+
+
+def _looping_torchscript(path: Path) -> Path:
+    import torch
+    from typing import Tuple
+
+    class Loop(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n = 1
+
+        @torch.jit.export
+        def __getstate__(self) -> Tuple[int, bool]:
+            return (self.n, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: Tuple[int, bool]) -> None:
+            i = state[0]
+            while i > 0:
+                i = i + 1
+            self.n = i
+            self.training = state[1]
+
+        def forward(self, x):
+            return x
+
+    torch.jit.save(torch.jit.script(Loop()), str(path))
+    return path
+
+
+def _onnx_bomb(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    # Just under onnxruntime's 1 GiB folding limit per node: two nodes fold 2 GiB.
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [(1 << 14) - 1, 1 << 14])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("Add", ["big", "big"], ["bigger"]),
+        helper.make_node("ReduceSum", ["bigger"], ["total"], keepdims=0),
+        helper.make_node("Add", ["x", "total"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_looping_torchscript_and_onnx_bomb(channel, place, service):
+    loop = _looping_torchscript(place / "roots" / "trusted" / "loop.pt")
+    bomb = _onnx_bomb(place / "roots" / "data" / "bomb.onnx")
+    print(f"\nONNX bomb: {bomb.stat().st_size} bytes")
+    requests = [expansion_request(inference(framework="pytorch", model_uri=str(loop))),
+                expansion_request(inference(framework="onnx", model_uri=str(bomb)))]
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        futures = [ex.submit(expand, channel, r, 120) for r in requests]
+        while not all(f.done() for f in futures):
+            assert healthy(channel)  # answers while the models load
+            time.sleep(0.5)
+    loop_error = refused(futures[0].result(), "ModelLoadError")
+    print(f"  TorchScript: {loop_error}")
+    # onnxruntime >= 1.20 refuses itself to fold a node of more than 1 GiB; below that the
+    # inspector's memory limit stops the folding. Either way the service is untouched.
+    bomb_error = futures[1].result().error
+    assert not bomb_error or "ModelLoadError" in bomb_error, bomb_error
+    print(f"  ONNX bomb: {bomb_error or 'expanded (onnxruntime did not fold it)'}")
+    print(f"  both refused in {time.monotonic() - started:.1f} s")
+    rss = int([line for line in open(f"/proc/{service.proc.pid}/status")
+               if line.startswith("VmRSS")][0].split()[1])
+    assert rss < 3 * 1024 * 1024, "the bomb went off in the service itself"
+    # The service still expands.
+    test_a_good_request_expands(channel, place)
+
+
+# --- fuzzing, concurrency, memory -------------------------------------------------------------
+
+def _raw_stub(channel):
+    return channel.unary_unary(EXPAND, request_serializer=None, response_deserializer=None)
+
+
+def test_fuzzed_requests(channel, place, marker):
+    good = expansion_request(inference(model_uri=str(place / "roots/data/nothing.onnx")))
+    evil = expansion_request(inference(model_uri=str(place / "roots/data/nothing.onnx"),
+                                       extra=FileCreator(marker)))
+    seeds = [good.SerializeToString(), evil.SerializeToString(),
+             expansion_request(fqn_payload("os.system", ("x",))).SerializeToString()]
+    rng = random.Random(7)
+    cases = []
+    for i in range(1000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 8)):
+            if not data:
+                break
+            op = rng.random()
+            at = rng.randrange(len(data))
+            if op < 0.5:
+                data[at] = rng.randrange(256)
+            elif op < 0.7:
+                del data[at:at + rng.randint(1, 16)]
+            elif op < 0.9:
+                data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+            else:
+                data = data[:at]
+        cases.append(bytes(data))
+    raw = _raw_stub(channel)
+    outcomes = {"error": 0, "rpc error": 0, "expanded": 0}
+    started = time.monotonic()
+
+    def send(data):
+        try:
+            reply = beam_expansion_api_pb2.ExpansionResponse.FromString(raw(data, timeout=60))
+        except grpc.RpcError as e:
+            assert e.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT,
+                                grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN), e
+            return "rpc error"
+        assert "Traceback" not in reply.error
+        return "error" if reply.error else "expanded"
+
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        for outcome in ex.map(send, cases):
+            outcomes[outcome] += 1
+    print(f"\n1000 fuzzed requests in {time.monotonic() - started:.1f} s: {outcomes}")
+    assert healthy(channel) and not marker.exists()
+
+
+def test_concurrent_clients(service, place):
+    good = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    bad = expansion_request(inference(model_uri="/proc/self/fd/1"))
+    latencies = []
+
+    def client(c):
+        with service.channel() as ch:
+            for i in range(50):
+                t = time.perf_counter()
+                reply = expand(ch, good if (c + i) % 5 == 0 else bad, timeout=120)
+                latencies.append(time.perf_counter() - t)
+                assert (reply.error == "") == ((c + i) % 5 == 0), reply.error
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(32) as ex:
+        list(ex.map(client, range(32)))
+    latencies.sort()
+    print(f"\n32 clients x 50 expansions (1 in 5 a full expansion) in "
+          f"{time.monotonic() - started:.1f} s; p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, "
+          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.0f} ms")
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
+def test_rejected_requests_leave_nothing_behind(service, channel, place):
+    kinds = [expansion_request(fqn_payload("os.system", (f"x{i}",))).SerializeToString()
+             for i in range(20)]
+    kinds += [_nested_payload_request(6 + i % 3) for i in range(10)]
+    kinds += [expansion_request(inference(model_uri=f"/etc/x{i}")).SerializeToString()
+              for i in range(5)]
+    raw = _raw_stub(channel)
+
+    def send(i):
+        reply = beam_expansion_api_pb2.ExpansionResponse.FromString(
+            raw(kinds[i % len(kinds)], timeout=60))
+        assert reply.error
+
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        list(ex.map(send, range(2500)))  # warm: caches, arenas
+        before = _rss_kib(service.proc.pid)
+        started = time.monotonic()
+        list(ex.map(send, range(5000)))
+    after = _rss_kib(service.proc.pid)
+    per_request = (after - before) * 1024 / 5000
+    print(f"\n5000 rejected requests in {time.monotonic() - started:.1f} s: RSS {before} -> "
+          f"{after} KiB, {per_request:.0f} bytes per request")
+    # Was ~27 KiB (Beam's schema registry). The Python heap now grows by ~0 per request
+    # (tracemalloc); what remains is the native allocator's residue, ~1.0-1.4 KiB in runs on
+    # a loaded 2-core machine: held under 2 KiB here, the 1 KiB aim is not yet met.
+    assert per_request < 2048
+
+
+def _nested_payload_request(depth: int) -> bytes:
+    return expansion_request(_nested_payload(depth)).SerializeToString()
+
+
+# --- last: SIGTERM in the middle of an expansion ------------------------------------------------
+
+def test_sigterm_during_an_expansion(service, channel, place):
+    loop = place / "roots" / "trusted" / "loop.pt"
+    if not loop.exists():
+        _looping_torchscript(loop)
+    request = expansion_request(inference(framework="pytorch", model_uri=str(loop)))
+    thread = threading.Thread(target=lambda: pytest.raises(Exception, expand, channel,
+                                                           request, 60), daemon=True)
+    children = subprocess.run(["pgrep", "-P", str(service.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    thread.start()
+    time.sleep(1.5)  # the inspector is in the loop now
+    code, seconds = service.stop(signal.SIGTERM)
+    print(f"\nSIGTERM during an expansion: exit code {code} in {seconds:.2f} s")
+    assert code == 0 and seconds < 2.0
+    time.sleep(1.5)
+    left = [c for c in children if os.path.exists(f"/proc/{c}")]
+    assert not left, f"inspector processes outlived the service: {left}"
