@@ -145,3 +145,17 @@ def test_java_rows_and_nested_maps_become_plain_dicts():
                                                               "layers": {"depth": 2}}
     with pytest.raises(ConfigurationError, match="model_params must be a dict"):
         _as_dict([1, 2], "model_params")
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(framework="sklearn", model_uri="/m.pkl", feature_field="features"),
+    dict(framework="pytorch", model_uri="/m.pt", model_class="tests.models:MLP",
+         model_params={"hidden": 4}, feature_fields=["a", "b"], passthrough_fields=["id"]),
+])
+def test_config_round_trips_through_plain_kwargs(kwargs):
+    """The expansion service sends Config.kwargs() to its inspection child, which parses them
+    again: an absent argument must stay absent (model_params={} is refused for sklearn)."""
+    from crossinfer._config import parse
+
+    config = parse(**kwargs)
+    assert parse(**config.kwargs()) == config

@@ -47,8 +47,13 @@ class Config:
 
     def kwargs(self) -> dict[str, Any]:
         """Plain keyword arguments that ``parse`` turns back into this Config."""
-        return {f.name: list(v) if isinstance(v, tuple) else v
-                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (dict, tuple)) and not v:
+                v = None  # parse turned an absent argument into an empty one: absent again
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
 
     def model_uris(self) -> dict[Optional[str], Optional[str]]:
         """Model key -> URI; a single model has the key ``None``."""
