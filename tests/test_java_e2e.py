@@ -6,6 +6,7 @@ must equal the Python-only pipeline's for the same rows, and every input line mu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,7 +32,9 @@ def stack(tmp_path_factory, model_dir):
         pytest.fail("the Java build is missing: run `bash scripts/setup.sh` (gradle build)")
     workdir = tmp_path_factory.mktemp("stack")
     # The models are pickles and state_dicts the tests make: a trusted root.
-    with LocalStack(workdir, allow=["tests.models.*"], env={"PYTHONPATH": str(REPO)},
+    # This checkout's crossinfer and service, whatever else is installed.
+    pythonpath = f"{REPO / 'python'}{os.pathsep}{REPO}"
+    with LocalStack(workdir, allow=["tests.models.*"], env={"PYTHONPATH": pythonpath},
                     trusted_model_roots=[model_dir]) as s:
         yield s
 
