@@ -62,7 +62,10 @@ class SchemaJanitor:
 
     def _sweep(self) -> None:
         by_id = SCHEMA_REGISTRY.by_id
-        added = [i for i in list(by_id) if i not in self._baseline]
+        # Only the NamedTuples Beam generated from request schemas; a class defined in code
+        # (crossinfer's own row types, registered on first use) stays registered for good.
+        added = [i for i, entry in list(by_id.items()) if i not in self._baseline
+                 and getattr(entry[0], "__name__", "").startswith("BeamSchema_")]
         if not added:
             return
         # The coder registry has no public removal: its mapping is reached by name, and only
