@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     for grace, steps in (("5", [0]), ("1", [1, 2, 3, 4])):
         os.environ["CROSSINFER_JOB_SERVER_GRACE"] = grace  # read by the job server at start
         t0 = time.perf_counter()
-        with LocalStack(workdir / f"fixed-stack-{grace}", allow=["bench.*"], env=env) as stack:
+        with LocalStack(workdir / f"fixed-stack-{grace}", env=env,
+                        trusted_model_roots=[str(Path(model).parent)]) as stack:
             started = time.perf_counter() - t0
             for step in steps:
                 r = _runs(stack, workdir, step, args.repeats, src, model)
