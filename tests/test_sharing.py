@@ -81,8 +81,12 @@ def _expected(framework, x, sklearn_model, mlp_model, mlp_onnx):
 # A job with two worker processes takes ~30 s to start and stop here: one job holds one
 # sharing mode per framework; both modes per framework run in process (next test).
 @pytest.mark.timeout(300)
-def test_shared_models_in_two_worker_processes(tmp_path, sklearn_model, mlp_model, mlp_onnx):
-    assert os.environ.get("PYTHONPATH"), "the worker processes import tests.models"
+def test_shared_models_in_two_worker_processes(tmp_path, sklearn_model, mlp_model, mlp_onnx,
+                                              monkeypatch):
+    # The worker processes import tests.models: put this checkout on their path.
+    repo = str(Path(__file__).resolve().parent.parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [repo, os.environ.get("PYTHONPATH")])))
     x, _ = models.dataset(n=60, seed=31)
     sharing = {"sklearn": {"model_copies": 1}, "pytorch": {"large_model": True},
                "onnx": {"large_model": True}}
