@@ -39,9 +39,9 @@ def java_env(**extra: str) -> dict[str, str]:
 
 
 def run_java(cp: str, main: str, *args: str, env: Optional[dict] = None,
-             timeout: float = 600) -> subprocess.CompletedProcess:
+             timeout: float = 600, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
     return subprocess.run(["java", "-cp", cp, main, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or java_env())
+                          timeout=timeout, env=env or java_env(), cwd=cwd)
 
 
 def _free_port() -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import apache_beam as beam
 import pytest
 
@@ -159,3 +161,18 @@ def test_config_round_trips_through_plain_kwargs(kwargs):
 
     config = parse(**kwargs)
     assert parse(**config.kwargs()) == config
+
+
+def test_a_request_from_another_crossinfer_version_is_refused():
+    """The handshake: the Java library sends its version as client_version."""
+    import importlib.metadata
+
+    from crossinfer._config import parse
+
+    mine = importlib.metadata.version("crossinfer")
+    base = dict(framework="sklearn", model_uri="/m.pkl", feature_field="features")
+    assert parse(**base, client_version=mine).client_version == mine
+    with pytest.raises(ConfigurationError, match=(
+            rf"the client is crossinfer 9\.9\.9, but the expansion service has crossinfer "
+            rf"{re.escape(mine)}.*pip install crossinfer==9\.9\.9")):
+        parse(**base, client_version="9.9.9")

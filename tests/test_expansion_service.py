@@ -389,6 +389,19 @@ def test_configuration_error_comes_first(service, workdir):
     assert "Traceback" not in response.error
 
 
+def test_a_client_of_another_crossinfer_version_is_refused(service, model):
+    import importlib.metadata
+
+    mine = importlib.metadata.version("crossinfer")
+    same = service.expand(expansion_request(_inference(model, client_version=mine)))
+    assert not same.error, same.error
+    other = service.expand(expansion_request(_inference(model, client_version="9.9.9")))
+    assert other.error.startswith("ConfigurationError: client_version='9.9.9': the client is "
+                                  f"crossinfer 9.9.9, but the expansion service has crossinfer "
+                                  f"{mine}"), other.error
+    assert not other.transform.spec.urn
+
+
 def test_other_errors_lead_with_type_and_message(service, model):
     response = service.expand(expansion_request(_inference(model, bogus=1)))
     assert "\n" not in response.error and "Traceback" not in response.error

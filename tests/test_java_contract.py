@@ -110,6 +110,7 @@ HAND_MADE = [{"name": n, "type": t, "frameworks": _ALL, "doc": "…", "java": j}
     ("pad_value", "float", "withPadValue"),
     ("output", "string", "withOutput"),
     ("inference_args", "map<string,any>", "withInferenceArgs"),
+    ("client_version", "string", "sklearn|pytorch|onnx|custom"),
 ]]
 
 

@@ -24,6 +24,7 @@ import torch
 from tests import models
 from tests._java import (EXAMPLES_CLASSPATH, EXAMPLES_TEST_CLASSPATH, REPO, JobServer,
                          classpath, java_env, run_java)
+from tests._service_helpers import Service
 from tests.conftest import run
 
 pytestmark = pytest.mark.java
@@ -234,7 +235,8 @@ def _construct_only(tmp_path, env) -> str:
     src.write_text('{"id": 1, "features": [1.0]}\n')
     done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
                     f"--output={tmp_path / 'out'}", "--runner=PortableRunner",
-                    "--jobEndpoint=localhost:1", "--modelUri=/m.pkl", env=env, timeout=120)
+                    "--jobEndpoint=localhost:1", "--modelUri=/m.pkl", env=env, timeout=120,
+                    cwd=tmp_path)  # a checkout's own crossinfer metadata is in the repo root
     assert done.returncode != 0
     return done.stderr
 
@@ -250,16 +252,42 @@ def test_a_python_without_crossinfer_gets_the_pip_command(tmp_path):
     assert f"{python} -m pip install crossinfer=={version}" in stderr
 
 
-@pytest.mark.xfail(reason="passes with PYTHONPATH set, not from a clean clone's CI run: the "
-                   "version check finds the installed crossinfer first; to be fixed", strict=False)
-def test_a_different_crossinfer_version_is_refused(tmp_path):
-    fake = tmp_path / "site" / "crossinfer-9.9.9.dist-info"
+def _fake_crossinfer(tmp_path, version: str) -> str:
+    """A site directory whose crossinfer metadata says ``version``, to put first on a path."""
+    fake = tmp_path / "site" / f"crossinfer-{version}.dist-info"
     fake.mkdir(parents=True)
-    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: crossinfer\nVersion: 9.9.9\n")
+    (fake / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: crossinfer\nVersion: {version}\n")
+    return str(tmp_path / "site")
+
+
+def test_a_different_crossinfer_version_is_refused_before_start(tmp_path):
     env = java_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
+    env["PYTHONPATH"] = os.pathsep.join([_fake_crossinfer(tmp_path, "9.9.9"), env["PYTHONPATH"]])
     stderr = _construct_only(tmp_path, env)
-    assert "has crossinfer 9.9.9, but this Java library is crossinfer" in stderr
+    assert "has crossinfer 9.9.9, but this Java library is crossinfer" in stderr, stderr[-3000:]
+
+
+def test_a_service_of_another_version_refuses_the_java_library(tmp_path, sklearn_model):
+    """The handshake with a service the user started: the Java library sends its version and
+    the service (crossinfer 9.9.9 here) refuses it at expansion, naming both versions."""
+    path, _ = sklearn_model
+    env = java_env()
+    env["PYTHONPATH"] = os.pathsep.join([_fake_crossinfer(tmp_path, "9.9.9"), env["PYTHONPATH"]])
+    service = Service("--port", "0", "--trusted-model-root", str(path.parent),
+                      log_path=tmp_path / "service.log", env=env)
+    try:
+        src = tmp_path / "in.jsonl"
+        src.write_text('{"id": 1, "features": [1.0]}\n')
+        done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
+                        f"--output={tmp_path / 'out'}", "--runner=PortableRunner",
+                        "--jobEndpoint=localhost:1", f"--modelUri={path}",
+                        f"--expansionService={service.address}", timeout=120)
+    finally:
+        service.stop()
+    assert done.returncode != 0
+    assert "the client is crossinfer" in done.stderr, done.stderr[-3000:]
+    assert "but the expansion service has crossinfer 9.9.9" in done.stderr
 
 
 def test_dataflow_pipeline_as_submitted(tmp_path, sklearn_model):

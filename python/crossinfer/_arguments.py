@@ -306,6 +306,10 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("inference_args", "map<string,any>", Dict(),
              "plain values passed to the model call on every batch (Beam's `inference_args`)",
              "withInferenceArgs", ("pytorch", "onnx", "custom")),
+    Argument("client_version", "string", Text(),
+             "the crossinfer version of the client that built the request; the Java library "
+             "sends its own, and expansion fails when it differs from the service's",
+             "sklearn|pytorch|onnx|custom"),
 )
 
 BY_NAME: dict[str, Argument] = {a.name: a for a in ARGUMENTS}

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from crossinfer._errors import ConfigurationError
 
 from crossinfer._arguments import ARGUMENTS, BUILTIN_POSTPROCESS, BY_NAME, FRAMEWORKS, plain
+from crossinfer._version import check_client
 
 DEVICES = ("CPU", "GPU")
 
@@ -44,6 +45,7 @@ class Config:
     pad_value: Optional[float] = None
     output: Optional[str] = None
     inference_args: Optional[dict[str, Any]] = None
+    client_version: Optional[str] = None
 
     def kwargs(self) -> dict[str, Any]:
         """Plain keyword arguments that ``parse`` turns back into this Config."""
@@ -84,6 +86,7 @@ def parse(**kw: Any) -> Config:
     if kw.get("framework") is None:
         raise ConfigurationError(f"framework is required: one of {', '.join(FRAMEWORKS)}")
     v = {a.name: a.check(kw.get(a.name)) for a in ARGUMENTS}
+    check_client(v["client_version"])
     framework = v["framework"]
     for a in ARGUMENTS:
         if framework not in a.frameworks and v[a.name] != a.default:
@@ -176,7 +179,7 @@ def parse(**kw: Any) -> Config:
         large_model=v["large_model"], model_copies=copies, model_key_field=model_key_field,
         models=models, device=v["device"], blocks=blocks, input_shape=v["input_shape"],
         input_dtype=v["input_dtype"], pad_value=v["pad_value"], output=output,
-        inference_args=v["inference_args"])
+        inference_args=v["inference_args"], client_version=v["client_version"])
 
 
 def _blocks(blocks: Any, *, framework: str, preprocess: Optional[str], postprocess: str,

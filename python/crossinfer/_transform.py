@@ -71,6 +71,7 @@ class Inference(beam.PTransform):
         pad_value: Optional[Union[int, float]] = None,
         output: Optional[str] = None,
         inference_args: Optional[Mapping[str, Any]] = None,
+        client_version: Optional[str] = None,
     ) -> None:
         super().__init__()
         # Stored as given; checked in one place, expand(), like scikit-learn's fit().
@@ -83,7 +84,8 @@ class Inference(beam.PTransform):
             max_batch_duration_secs=max_batch_duration_secs, large_model=large_model,
             model_copies=model_copies, model_key_field=model_key_field, models=models,
             device=device, blocks=blocks, input_shape=input_shape, input_dtype=input_dtype,
-            pad_value=pad_value, output=output, inference_args=inference_args)
+            pad_value=pad_value, output=output, inference_args=inference_args,
+            client_version=client_version)
 
     def default_label(self) -> str:
         return f"Inference({self._kwargs['framework']})"

@@ -67,8 +67,12 @@ import org.checkerframework.checker.nullness.qual.Nullable;
  * {@code crossinfer-expansion-service} from the Python named by {@link #withPython}, else by the
  * environment variable {@code CROSSINFER_PYTHON}, else {@code python3}. That Python needs the
  * same version of crossinfer as this library ({@link #VERSION}: {@code pip install
- * crossinfer==VERSION}), which is checked before the service starts. The started service admits the Python callables allowed with {@link #withAllow}
- * and nothing else, and reads models from {@link #withModelRoots}/{@link #withTrustedModelRoots}.
+ * crossinfer==VERSION}), which is checked before the service starts. The started service admits
+ * the Python callables allowed with {@link #withAllow} and nothing else, and reads models from {@link #withModelRoots}/{@link #withTrustedModelRoots}.
+ *
+ * <p><b>Versions.</b> Every request carries this library's version ({@code client_version}), and
+ * any crossinfer expansion service, started here or not, refuses a request from another version,
+ * so the pipeline fails at construction with both versions named.
  *
  * <p><b>Local runs.</b> With {@code --runner=PortableRunner --jobEndpoint=localhost:PORT} (Beam's
  * Python job server) and no {@code --defaultEnvironmentType}, the Java stages run in this JVM
@@ -119,6 +123,8 @@ public final class CrossInference
   private static CrossInference forFramework(String framework) {
     SortedMap<String, Object> kwargs = new TreeMap<>();
     kwargs.put("framework", framework);
+    // The handshake: the service refuses a request from another crossinfer version.
+    kwargs.put("client_version", VERSION);
     return new CrossInference(kwargs, null, LocalExpansionService.Settings.defaults());
   }
 

@@ -90,7 +90,7 @@ public class CrossInferenceTest {
                 .withPassthroughFields("id"));
 
     assertEquals(
-        set("framework", "model_uri", "feature_field", "passthrough_fields"), fieldNames(kwargs));
+        set("client_version", "framework", "model_uri", "feature_field", "passthrough_fields"), fieldNames(kwargs));
     assertEquals("sklearn", kwargs.getString("framework"));
     assertEquals("/models/m.pkl", kwargs.getString("model_uri"));
     assertEquals("features", kwargs.getString("feature_field"));
@@ -124,6 +124,7 @@ public class CrossInferenceTest {
 
     assertEquals(
         set(
+            "client_version",
             "framework",
             "model_uri",
             "model_class",
@@ -191,7 +192,7 @@ public class CrossInferenceTest {
         sentKwargs(
             CrossInference.custom("mypkg.handlers:make_handler")
                 .withPreprocess("mypkg.features:to_array"));
-    assertEquals(set("framework", "handler", "preprocess"), fieldNames(kwargs));
+    assertEquals(set("client_version", "framework", "handler", "preprocess"), fieldNames(kwargs));
     assertEquals("custom", kwargs.getString("framework"));
     assertEquals("mypkg.handlers:make_handler", kwargs.getString("handler"));
 
@@ -307,7 +308,7 @@ public class CrossInferenceTest {
     Row kwargs =
         sentKwargs(CrossInference.sklearn().withModels("lang", models).withFeatureField("features"));
     assertEquals(
-        set("framework", "model_key_field", "models", "feature_field"), fieldNames(kwargs));
+        set("client_version", "framework", "model_key_field", "models", "feature_field"), fieldNames(kwargs));
     assertEquals("lang", kwargs.getString("model_key_field"));
     assertEquals(FieldType.map(FieldType.STRING, FieldType.STRING), typeOf(kwargs, "models"));
     assertEquals(models, kwargs.getMap("models"));
@@ -319,7 +320,7 @@ public class CrossInferenceTest {
         sentKwargs(
             CrossInference.onnx().withModels("lang", models).withModelUri("b.onnx")
                 .withFeatureField("f"));
-    assertEquals(set("framework", "model_uri", "feature_field"), fieldNames(back));
+    assertEquals(set("client_version", "framework", "model_uri", "feature_field"), fieldNames(back));
   }
 
   @Test
@@ -330,7 +331,9 @@ public class CrossInferenceTest {
     CrossInference withBatch = withService.withMaxBatchSize(10);
 
     assertNotSame(base, withField);
-    assertEquals(set("framework", "model_uri"), new HashSet<>(base.kwargs().keySet()));
+    assertEquals(
+        set("client_version", "framework", "model_uri"), new HashSet<>(base.kwargs().keySet()));
+    assertEquals(CrossInference.VERSION, base.kwargs().get("client_version"));
     assertNull(base.expansionService());
     assertEquals(SERVICE, withService.expansionService());
     assertFalse(withService.kwargs().containsKey("max_batch_size"));
