@@ -165,3 +165,74 @@ def test_blocks_configuration_errors(sklearn_model, change, words):
     rows = p | beam.Create([beam.Row(id=[1], features=[[0.0] * 8], name="x")])
     with pytest.raises(ConfigurationError, match=words):
         _ = rows | Inference(**kwargs)
+
+
+# What the Java library sends: the feature column packed little-endian, with its row lengths.
+Packed = typing.NamedTuple("Packed", [("values", bytes), ("lengths", bytes), ("dtype", str)])
+PackedBlock = typing.NamedTuple("PackedBlock", [("id", typing.Sequence[int]),
+                                                ("features", Packed)])
+
+
+def _pack(rows: list, dtype: str = "float64") -> Packed:
+    wire = {"float64": "<f8", "float32": "<f4", "int64": "<i8", "int32": "<i4"}[dtype]
+    values = np.concatenate([np.asarray(r, dtype=wire) for r in rows if r is not None]
+                            or [np.zeros(0, wire)])
+    lengths = np.asarray([-1 if r is None else len(r) for r in rows], dtype="<i4")
+    return Packed(values.tobytes(), lengths.tobytes(), dtype)
+
+
+def test_packed_blocks_equal_row_mode_and_bad_rows_fail_alone(mlp_model):
+    path, _ = mlp_model
+    x, _ = models.dataset(n=12, seed=26)
+    kw = dict(framework="pytorch", model_uri=str(path), model_class="tests.models:MLP",
+              feature_field="features", passthrough_fields=["id"])
+    features = x.tolist()
+    features[3] = features[3][:5]  # too short: fails alone, with the row-mode message
+    features[7] = None  # a null row
+    blocks = [PackedBlock(list(range(12)), _pack(features)),
+              PackedBlock([12, 13], _pack(x[:2].tolist(), "float32"))]
+    preds, fails = _run_typed(blocks, PackedBlock, blocks=True, **kw)
+    good = [i for i in range(12) if i not in (3, 7)]
+    rows, row_fails = run([beam.Row(id=i, features=features[i]) for i in range(12)], **kw)
+    got = _by_id(preds)
+    assert sorted(got) == good + [12, 13]
+    for p in rows:
+        assert got[p.id] == (p.label, pytest.approx(p.score, rel=1e-6))
+    f32 = x[:2].astype(np.float32).astype(np.float64)  # float32 values, read as the row path
+    f32_rows, _ = run([beam.Row(id=12 + i, features=f32[i].tolist()) for i in range(2)], **kw)
+    for p in f32_rows:
+        assert got[p.id] == (p.label, pytest.approx(p.score, rel=1e-6))
+    by_id = {json.loads(f.element)["id"]: f for f in fails}
+    want = {json.loads(f.element)["id"]: f for f in row_fails}
+    assert sorted(by_id) == sorted(want) == [3, 7]
+    for i in (3, 7):
+        assert (by_id[i].stage, by_id[i].error) == (want[i].stage, want[i].error)
+    assert json.loads(by_id[3].element)["features"] == features[3]
+
+
+def test_packed_variable_length_token_ids(sequence_model):
+    path, model = sequence_model
+    seqs = models.token_sequences(n=40, seed=27)
+    block = PackedBlock(list(range(40)), _pack([s.tolist() for s in seqs], "int32"))
+    preds, fails = _run_typed([block], PackedBlock, framework="pytorch", model_uri=str(path),
+                              model_class="tests.models:RecordingMeanEmbedding",
+                              feature_field="features", passthrough_fields=["id"],
+                              postprocess="raw", blocks=True)
+    assert not fails and len(preds) == 1
+    with torch.no_grad():
+        for i, out in zip(preds[0].id, preds[0].output):
+            alone = model(torch.from_numpy(seqs[i]).unsqueeze(0))[0].numpy()
+            np.testing.assert_allclose(out, alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("packed, words", [
+    (Packed(b"\0" * 12, np.asarray([1], "<i4").tobytes(), "float64"), "not whole float64"),
+    (Packed(b"\0" * 16, np.asarray([1], "<i4").tobytes(), "float64"), "do not add up"),
+    (Packed(b"\0" * 16, np.asarray([2], "<i4").tobytes(), "complex128"), "packed as"),
+])
+def test_malformed_packed_blocks_are_one_failure(sklearn_model, packed, words):
+    preds, fails = _run_typed([PackedBlock([0], packed)], PackedBlock, framework="sklearn",
+                              model_uri=str(sklearn_model[0]), feature_field="features",
+                              passthrough_fields=["id"], blocks=True)
+    assert not preds and len(fails) == 1
+    assert fails[0].stage == "preprocess" and words in fails[0].error, fails[0].error

@@ -1,8 +1,11 @@
 """blocks=True: each input element holds many rows, column by column.
 
 A block's ``feature_field`` holds its rows' features: a 2-D array, a list of per-row arrays,
-or (for a fixed-width model) one flat array of n * width numbers, row after row; with
-``feature_fields`` each named field holds one column. Every passthrough field holds one value
+(for a fixed-width model) one flat array of n * width numbers, row after row, or a packed
+row (what the Java library sends): ``values`` (bytes: every row's numbers, little-endian,
+row after row), ``lengths`` (bytes: one little-endian int32 per row, -1 for a null row) and
+``dtype`` (``"float64"``, ``"float32"``, ``"int64"`` or ``"int32"``); with ``feature_fields``
+each named field holds one column. Every passthrough field holds one value
 per row. The whole block is read with one numpy conversion when it is plain numbers; a block
 that is not falls back to reading row by row, so a bad row fails alone, with the same message
 as in row mode. Predictions come out as one block per input block (the rows that succeeded),
@@ -51,6 +54,41 @@ class _View:
             raise AttributeError(name) from None
 
 
+# Packed feature columns: numbers as the row path reads them (Python floats and ints).
+_PACKED = {"float64": ("<f8", np.float64), "float32": ("<f4", np.float64),
+           "int64": ("<i8", np.int64), "int32": ("<i4", np.int64)}
+
+
+def is_packed(value: Any) -> bool:
+    """A packed feature column: a row with ``values``, ``lengths`` and ``dtype``."""
+    return all(hasattr(value, name) for name in ("values", "lengths", "dtype")) and isinstance(
+        getattr(value, "values"), (bytes, bytearray, memoryview))
+
+
+def unpack(packed: Any, name: str) -> Any:
+    """A packed column -> a 2-D array when every row has the same length, else a list of
+    per-row arrays (None for a null row), as the row path would read the rows."""
+    dtype = _PACKED.get(packed.dtype)
+    if dtype is None:
+        raise InputError(f"block field {name!r} is packed as {packed.dtype!r}; a packed "
+                         f"column holds one of {sorted(_PACKED)}")
+    wire, wide = dtype
+    size = np.dtype(wire).itemsize
+    if len(packed.values) % size or len(packed.lengths) % 4:
+        raise InputError(f"block field {name!r} is a packed column of {len(packed.values)} "
+                         f"value bytes and {len(packed.lengths)} length bytes, not whole "
+                         f"{packed.dtype} values and int32 lengths; the block cannot be split")
+    values = np.frombuffer(packed.values, dtype=wire).astype(wide)  # a writable copy
+    lengths = np.frombuffer(packed.lengths, dtype="<i4")
+    if (lengths.size and lengths.min() < -1) or int(np.maximum(lengths, 0).sum()) != values.size:
+        raise InputError(f"block field {name!r}: its row lengths do not add up to the "
+                         f"{values.size} values it holds; the block cannot be split")
+    if lengths.size and lengths[0] > 0 and (lengths == lengths[0]).all():
+        return values.reshape(lengths.size, int(lengths[0]))
+    parts = np.split(values, np.cumsum(np.maximum(lengths, 0))[:-1]) if lengths.size else []
+    return [None if n < 0 else part for part, n in zip(parts, lengths.tolist())]
+
+
 def _length(value: Any, name: str) -> int:
     if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
         raise InputError(f"block field {name!r} is {type(value).__name__}, not one value per "
@@ -74,6 +112,8 @@ class Reader:
         fast: Optional[np.ndarray] = None
         if self._field is not None:
             value = getattr(element, self._field)
+            if is_packed(value):
+                value = unpack(value, self._field)
             arr = _numeric(value)
             if arr is not None and arr.ndim == 1 and spec.width and not spec.pad:
                 if arr.size % spec.width:

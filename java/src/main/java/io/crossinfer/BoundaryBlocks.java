@@ -1,5 +1,7 @@
 package io.crossinfer;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collection;
@@ -25,6 +27,10 @@ import org.checkerframework.checker.nullness.qual.Nullable;
  *
  * <p>Each element that crosses costs the runner, the coders and both SDK harnesses the same
  * whatever its size, so a block pays it once for thousands of rows.
+ *
+ * <p>A feature array of plain numbers (non-nullable {@code DOUBLE}, {@code FLOAT}, {@code INT64}
+ * or {@code INT32} elements) crosses packed: one row of {@link #PACKED} per block, its numbers
+ * little-endian row after row, so neither side boxes, encodes or decodes them one by one.
  */
 final class BoundaryBlocks {
 
@@ -39,6 +45,19 @@ final class BoundaryBlocks {
    * never collides with a kwarg; it is not sent.
    */
   static final String SWITCH = "@boundaryBlocks";
+
+  /**
+   * A packed feature column, as the Python block path reads it: {@code values} (every row's
+   * numbers, little-endian, row after row), {@code lengths} (one little-endian int32 per row, -1
+   * for a null row) and {@code dtype} ({@code float64}, {@code float32}, {@code int64},
+   * {@code int32}).
+   */
+  static final Schema PACKED =
+      Schema.builder()
+          .addByteArrayField("values")
+          .addByteArrayField("lengths")
+          .addStringField("dtype")
+          .build();
 
   private static final List<String> BUILTIN_POSTPROCESS =
       Arrays.asList("argmax", "regression", "raw");
@@ -109,11 +128,54 @@ final class BoundaryBlocks {
     return ordered;
   }
 
-  /** Each named field of {@code input} as an array of its type: one value per row. */
-  static Schema blockSchema(Schema input, List<String> fields) {
+  /**
+   * The feature field that crosses packed, or null: {@code feature_field} when it is an array
+   * of non-nullable plain numbers.
+   */
+  static @Nullable String packedField(Schema input, Map<String, Object> kwargs) {
+    Object name = kwargs.get("feature_field");
+    if (!(name instanceof String) || !input.hasField((String) name)) {
+      return null;
+    }
+    return dtype(input.getField((String) name).getType()) != null ? (String) name : null;
+  }
+
+  /** The packed dtype of an array of plain numbers, else null. */
+  static @Nullable String dtype(Schema.FieldType type) {
+    Schema.TypeName kind = type.getTypeName();
+    if (kind != Schema.TypeName.ARRAY && kind != Schema.TypeName.ITERABLE) {
+      return null;
+    }
+    Schema.FieldType element = type.getCollectionElementType();
+    if (element == null || element.getNullable()) {
+      return null;
+    }
+    switch (element.getTypeName()) {
+      case DOUBLE:
+        return "float64";
+      case FLOAT:
+        return "float32";
+      case INT64:
+        return "int64";
+      case INT32:
+        return "int32";
+      default:
+        return null;
+    }
+  }
+
+  /**
+   * Each named field of {@code input} as an array of its type (one value per row), the packed
+   * field as one {@link #PACKED} row.
+   */
+  static Schema blockSchema(Schema input, List<String> fields, @Nullable String packed) {
     Schema.Builder builder = Schema.builder();
     for (String name : fields) {
-      builder.addArrayField(name, input.getField(name).getType());
+      if (name.equals(packed)) {
+        builder.addRowField(name, PACKED);
+      } else {
+        builder.addArrayField(name, input.getField(name).getType());
+      }
     }
     return builder.build();
   }
@@ -136,8 +198,9 @@ final class BoundaryBlocks {
   static PCollection<Row> group(PCollection<Row> rows, Map<String, Object> kwargs) {
     Schema input = rows.getSchema();
     List<String> fields = fields(input, kwargs);
-    Schema block = blockSchema(input, fields);
-    return rows.apply("ToBlocks", ParDo.of(new ToBlocks(input, block, fields)))
+    String packed = packedField(input, kwargs);
+    Schema block = blockSchema(input, fields, packed);
+    return rows.apply("ToBlocks", ParDo.of(new ToBlocks(input, block, fields, packed)))
         .setRowSchema(block);
   }
 
@@ -152,11 +215,15 @@ final class BoundaryBlocks {
   static final class ToBlocks extends DoFn<Row, Row> {
     private final Schema block;
     private final int[] indices; // field index in the input row, per block field
+    private final int packed; // position of the packed field among the block's fields, or -1
+    private final @Nullable String dtype; // the packed field's dtype
     private transient @Nullable Map<BoundedWindow, Buffer> buffers;
 
-    ToBlocks(Schema input, Schema block, List<String> fields) {
+    ToBlocks(Schema input, Schema block, List<String> fields, @Nullable String packedField) {
       this.block = block;
       this.indices = fields.stream().mapToInt(input::indexOf).toArray();
+      this.packed = packedField == null ? -1 : fields.indexOf(packedField);
+      this.dtype = packedField == null ? null : dtype(input.getField(packedField).getType());
     }
 
     @StartBundle
@@ -166,7 +233,7 @@ final class BoundaryBlocks {
 
     @ProcessElement
     public void process(@Element Row row, BoundedWindow window, OutputReceiver<Row> out) {
-      Buffer buffer = buffers.computeIfAbsent(window, w -> new Buffer(indices.length));
+      Buffer buffer = buffers.computeIfAbsent(window, w -> new Buffer(indices.length, packed, dtype));
       buffer.add(row, indices);
       if (buffer.rows >= MAX_ROWS || buffer.bytes >= MAX_BYTES) {
         buffers.remove(window);
@@ -185,30 +252,42 @@ final class BoundaryBlocks {
     }
   }
 
-  /** One block being filled: a list of values per field. */
+  /** One block being filled: a list of values per field, the packed field's numbers as bytes. */
   static final class Buffer {
     final List<List<@Nullable Object>> columns;
+    final int packed; // position of the packed field, or -1
+    final @Nullable Packer packer;
     int rows;
     long bytes;
 
-    Buffer(int fields) {
+    Buffer(int fields, int packed, @Nullable String dtype) {
       columns = new ArrayList<>(fields);
       for (int i = 0; i < fields; i++) {
-        columns.add(new ArrayList<>());
+        columns.add(i == packed ? null : new ArrayList<>());
       }
+      this.packed = packed;
+      this.packer = dtype == null ? null : new Packer(dtype);
     }
 
     void add(Row row, int[] indices) {
       for (int i = 0; i < indices.length; i++) {
         Object value = row.getValue(indices[i]);
-        columns.get(i).add(value);
-        bytes += size(value);
+        if (i == packed) {
+          bytes += packer.add((Iterable<?>) value);
+        } else {
+          columns.get(i).add(value);
+          bytes += size(value);
+        }
       }
       rows++;
     }
 
     Row toRow(Schema block) {
-      return Row.withSchema(block).attachValues(new ArrayList<Object>(columns));
+      List<Object> values = new ArrayList<>(columns.size());
+      for (int i = 0; i < columns.size(); i++) {
+        values.add(i == packed ? packer.toRow() : columns.get(i));
+      }
+      return Row.withSchema(block).attachValues(values);
     }
 
     private static long size(@Nullable Object value) {
@@ -222,6 +301,78 @@ final class BoundaryBlocks {
         return 16 + ((byte[]) value).length;
       }
       return 8;
+    }
+  }
+
+  /** A block's feature arrays packed little-endian, row after row, and their lengths. */
+  static final class Packer {
+    private final String dtype;
+    private final int width; // bytes per number
+    private final boolean floating;
+    private ByteBuffer values = ByteBuffer.allocate(1 << 16).order(ByteOrder.LITTLE_ENDIAN);
+    private ByteBuffer lengths = ByteBuffer.allocate(1 << 12).order(ByteOrder.LITTLE_ENDIAN);
+
+    Packer(String dtype) {
+      this.dtype = dtype;
+      this.width = dtype.endsWith("64") ? 8 : 4;
+      this.floating = dtype.startsWith("float");
+    }
+
+    /** Appends one row's array (null: a null row); returns the bytes it took. */
+    long add(@Nullable Iterable<?> array) {
+      lengths = room(lengths, 4);
+      if (array == null) {
+        lengths.putInt(-1);
+        return 4;
+      }
+      int start = values.position();
+      int n = 0;
+      for (Object item : array) {
+        values = room(values, width);
+        Number number = (Number) item;
+        if (number == null) { // the schema says non-null; Beam's RowCoder would refuse it too
+          throw new IllegalArgumentException(
+              "a feature array holds a null, but its schema's elements are not nullable");
+        }
+        switch (width) {
+          case 8:
+            if (floating) {
+              values.putDouble(number.doubleValue());
+            } else {
+              values.putLong(number.longValue());
+            }
+            break;
+          default:
+            if (floating) {
+              values.putFloat(number.floatValue());
+            } else {
+              values.putInt(number.intValue());
+            }
+        }
+        n++;
+      }
+      lengths.putInt(n);
+      return 4L + values.position() - start;
+    }
+
+    Row toRow() {
+      return Row.withSchema(PACKED)
+          .attachValues(
+              Arrays.asList(
+                  Arrays.copyOf(values.array(), values.position()),
+                  Arrays.copyOf(lengths.array(), lengths.position()),
+                  dtype));
+    }
+
+    private static ByteBuffer room(ByteBuffer buffer, int bytes) {
+      if (buffer.remaining() >= bytes) {
+        return buffer;
+      }
+      ByteBuffer bigger =
+          ByteBuffer.allocate(Math.max(buffer.capacity() * 2, buffer.position() + bytes))
+              .order(ByteOrder.LITTLE_ENDIAN);
+      bigger.put(buffer.array(), 0, buffer.position());
+      return bigger;
     }
   }
 

@@ -64,7 +64,7 @@ public class BoundaryBlocksTest {
   public void blocksHoldOnlyTheFieldsPythonReadsInInputOrder() {
     List<String> fields = BoundaryBlocks.fields(INPUT, kwargs());
     assertEquals(Arrays.asList("id", "features"), fields);
-    Schema block = BoundaryBlocks.blockSchema(INPUT, fields);
+    Schema block = BoundaryBlocks.blockSchema(INPUT, fields, null);
     assertEquals(FieldType.array(FieldType.INT64), block.getField("id").getType());
     // A nullable feature array stays nullable per row, so a null row fails alone in Python.
     assertEquals(
@@ -75,8 +75,11 @@ public class BoundaryBlocksTest {
   @Test
   public void rowsAreGroupedAtTheRowBoundAndFlushedAtTheEndOfTheBundle() {
     List<String> fields = BoundaryBlocks.fields(INPUT, kwargs());
+    // Nullable elements: not packed (a null inside an array must fail its row in Python).
+    assertNull(BoundaryBlocks.packedField(INPUT, kwargs()));
     BoundaryBlocks.ToBlocks toBlocks =
-        new BoundaryBlocks.ToBlocks(INPUT, BoundaryBlocks.blockSchema(INPUT, fields), fields);
+        new BoundaryBlocks.ToBlocks(
+            INPUT, BoundaryBlocks.blockSchema(INPUT, fields, null), fields, null);
     toBlocks.startBundle();
     Collect out = new Collect();
     int n = BoundaryBlocks.MAX_ROWS + 3;
@@ -92,6 +95,87 @@ public class BoundaryBlocksTest {
     assertEquals(Long.valueOf(2), new ArrayList<Object>(first.getArray("id")).get(2));
     assertNull(new ArrayList<Object>(first.getArray("features")).get(1));
     assertEquals(Arrays.asList(2.0, 2.0), new ArrayList<Object>(first.getArray("features")).get(2));
+  }
+
+  private static final Schema PLAIN =
+      Schema.builder()
+          .addInt64Field("id")
+          .addNullableField("features", FieldType.array(FieldType.DOUBLE))
+          .addArrayField("tokens", FieldType.INT32)
+          .build();
+
+  @Test
+  public void plainNumbersCrossPackedLittleEndianWithTheirLengths() {
+    Map<String, Object> kwargs = kwargs();
+    assertEquals("features", BoundaryBlocks.packedField(PLAIN, kwargs));
+    List<String> fields = BoundaryBlocks.fields(PLAIN, kwargs);
+    Schema block = BoundaryBlocks.blockSchema(PLAIN, fields, "features");
+    assertEquals(FieldType.row(BoundaryBlocks.PACKED), block.getField("features").getType());
+    BoundaryBlocks.ToBlocks toBlocks = new BoundaryBlocks.ToBlocks(PLAIN, block, fields, "features");
+    toBlocks.startBundle();
+    Collect out = new Collect();
+    List<List<Double>> features =
+        Arrays.asList(Arrays.asList(1.5, -2.0), null, Arrays.asList(3.0, 4.0, 5.0));
+    for (long i = 0; i < features.size(); i++) {
+      toBlocks.process(
+          Row.withSchema(PLAIN)
+              .addValues(i, features.get((int) i), Arrays.asList(1, 2))
+              .build(),
+          GlobalWindow.INSTANCE,
+          out);
+    }
+    assertTrue(out.rows.isEmpty());
+    toBlocks.finishBundle(new FinishBundle(out));
+    Row packed = out.rows.get(0).getRow("features");
+    assertEquals("float64", packed.getString("dtype"));
+    java.nio.ByteBuffer values =
+        java.nio.ByteBuffer.wrap(packed.getBytes("values")).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+    List<Double> read = new ArrayList<>();
+    while (values.hasRemaining()) {
+      read.add(values.getDouble());
+    }
+    assertEquals(Arrays.asList(1.5, -2.0, 3.0, 4.0, 5.0), read);
+    java.nio.ByteBuffer lengths =
+        java.nio.ByteBuffer.wrap(packed.getBytes("lengths")).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+    assertEquals(2, lengths.getInt());
+    assertEquals(-1, lengths.getInt()); // the null row
+    assertEquals(3, lengths.getInt());
+    assertFalse(lengths.hasRemaining());
+    assertEquals(Arrays.asList(0L, 1L, 2L), new ArrayList<Object>(out.rows.get(0).getArray("id")));
+    // Other element types pack with their own dtype; arrays of other things do not pack.
+    assertEquals("int32", BoundaryBlocks.dtype(FieldType.array(FieldType.INT32)));
+    assertEquals("float32", BoundaryBlocks.dtype(FieldType.iterable(FieldType.FLOAT)));
+    assertNull(BoundaryBlocks.dtype(FieldType.array(FieldType.STRING)));
+    assertNull(BoundaryBlocks.dtype(FieldType.DOUBLE));
+  }
+
+  /** The end of a bundle, collecting what is output there. */
+  private static final class FinishBundle extends DoFn<Row, Row>.FinishBundleContext {
+    private final Collect out;
+
+    FinishBundle(Collect out) {
+      new DoFn<Row, Row>() {}.super();
+      this.out = out;
+    }
+
+    @Override
+    public org.apache.beam.sdk.options.PipelineOptions getPipelineOptions() {
+      throw new UnsupportedOperationException();
+    }
+
+    @Override
+    public void output(Row output, Instant timestamp, org.apache.beam.sdk.transforms.windowing.BoundedWindow window) {
+      out.outputWithTimestamp(output, timestamp);
+    }
+
+    @Override
+    public <T> void output(
+        org.apache.beam.sdk.values.TupleTag<T> tag,
+        T output,
+        Instant timestamp,
+        org.apache.beam.sdk.transforms.windowing.BoundedWindow window) {
+      throw new UnsupportedOperationException();
+    }
   }
 
   @Test
