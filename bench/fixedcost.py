@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     workdir = Path(args.workdir)
     model = str(data.build_models(workdir)["sklearn"])
-    src = peer.write_csv(workdir / "rows-2000.csv", 2000)
+    src = peer.write_csv(workdir / "rows-f32-2000.csv", 2000)
     (workdir / "out").mkdir(parents=True, exist_ok=True)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     results = []

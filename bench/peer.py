@@ -5,6 +5,9 @@
   --serve_loopback_worker``), keyed by id and fed the user's row-to-numpy function.
 - ``crossinfer``: ``CrossInference`` with its defaults (rows cross the boundary in blocks).
 - ``crossinfer-rows``: the same with ``withBoundaryBlocks(false)``: one element per row.
+- ``crossinfer-memory``: ``CrossInference`` with its defaults on rows made in the JVM (the same
+  32 float32-valued features), predictions counted: the Java block path without text I/O, set
+  against the Python block path (blocks made in memory, counted).
 
 All three run on the same job server (LocalStack's) and the same machine, interleaved: each
 repeat runs every system at every size before the next repeat. Per run it records the wall
@@ -27,15 +30,18 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from bench import data
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSPATH = REPO / "java" / "build" / "bench-classpath.txt"
-SYSTEMS = ("peer", "crossinfer", "crossinfer-rows")
+SYSTEMS = ("peer", "crossinfer", "crossinfer-rows", "crossinfer-memory")
 LABELS = {
     "peer": "Beam's Java RunInference (stock expansion service)",
     "crossinfer": "CrossInference, defaults (blocks across the boundary)",
     "crossinfer-rows": "CrossInference, withBoundaryBlocks(false)",
+    "crossinfer-memory": "CrossInference, defaults, rows made in the JVM and counted (no text I/O)",
 }
 _COMPLETED = re.compile(r"Completed job in ([0-9.]+) seconds")
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -54,14 +60,16 @@ def ready() -> Optional[str]:
 
 
 def write_csv(path: Path, n: int) -> Path:
-    """``id,f0,...,f31`` per line: the same rows as every other workload (data.features)."""
+    """``id,f0,...,f31`` per line: the same rows as every other workload (data.features),
+    written as the float32 numbers they are (9 significant digits round-trip a float32)."""
     if path.exists() and path.stat().st_size > 0:
         return path
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as f:
         for start, block in data.feature_chunks(n):
-            for i, row in enumerate(block.tolist()):
-                f.write(f"{start + i},{','.join(map(repr, row))}\n")
+            ids = np.arange(start, start + len(block)).reshape(-1, 1)
+            np.savetxt(f, np.hstack([ids, block.astype(np.float64)]), delimiter=",",
+                       fmt=["%d"] + ["%.9g"] * block.shape[1])
     tmp.rename(path)
     return path
 
@@ -159,7 +167,7 @@ def run(workload: str, paths: dict[str, str], sizes: Sequence[int], repeats: int
     from expansion_service._local import LocalStack
 
     framework, model = FRAMEWORK[workload]
-    inputs = {n: write_csv(workdir / f"rows-{n}.csv", n) for n in sizes}
+    inputs = {n: write_csv(workdir / f"rows-f32-{n}.csv", n) for n in sizes}
     classpath = CLASSPATH.read_text().strip()
     (workdir / "out").mkdir(exist_ok=True)
     runs: dict[str, dict[int, list[dict[str, float]]]] = {
@@ -184,12 +192,15 @@ def run(workload: str, paths: dict[str, str], sizes: Sequence[int], repeats: int
                                 if not a.startswith("--expansionService=")]
                         address = (f"localhost:{stock.port}" if system == "peer" and stock
                                    else stack.expansion_address)
+                        source = f"memory:{n}" if system == "crossinfer-memory" else inputs[n]
                         cmd = ["java", "-cp", classpath, "io.crossinfer.bench.RowsToModel",
-                               f"--input={inputs[n]}", f"--output={workdir / 'out' / system}",
+                               f"--input={source}", f"--output={workdir / 'out' / system}",
                                f"--system={'peer' if system == 'peer' else 'crossinfer'}",
                                f"--boundaryBlocks={'false' if system == 'crossinfer-rows' else 'true'}",
                                f"--framework={framework}", f"--modelUri={paths[model]}",
                                f"--expansionService={address}", *args]
+                        for old in (workdir / "out").glob(f"{system}-*"):
+                            old.unlink()  # the run counts every file its prefix matches
                         before = {k: _cpu_s(pid) for k, pid in procs.items()}
                         jobs_before = len(_COMPLETED.findall(stack.log("job_server")))
                         wall, java_cpu, peak, out = _run_java(cmd)

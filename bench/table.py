@@ -147,9 +147,9 @@ def targets(results: Results) -> str:
         add(f"{w} Java path (defaults) vs Beam's Java RunInference, marginal rows/s", 3,
             peer_ratio(w, "crossinfer", "peer"))
     for w in ("W1", "W2", "W3"):
-        java = _peer(results, w, "crossinfer")
-        py = _rate(results, w, "crossinfer-blocks")
-        add(f"{w} Java path with blocks vs the Python block path", 0.5,
+        java = _peer(results, w, "crossinfer-memory")  # rows made in the JVM, counted
+        py = _rate(results, w, "crossinfer-blocks")  # blocks made in memory, counted
+        add(f"{w} Java path with blocks (rows made in the JVM) vs the Python block path", 0.5,
             None if java is None or py is None else java["rows_s"] / py)
     for w in ("W1", "W2", "W3"):
         add(f"{w} Python element path on rows vs stock RunInference on rows + user's Map", 1.5,

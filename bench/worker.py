@@ -95,7 +95,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             out.update(peer.run(w.name, paths, [n], repeats, Path(spec["workdir"]), warm=False))
             out["config"] = f"whole runs of {n:,} rows (smoke run)"
         else:
-            small = n // 4
+            small = n // 16
             out.update(peer.run(w.name, paths, [small, n], repeats, Path(spec["workdir"])))
             out["config"] = f"marginal between {small:,} and {n:,} rows"
         out["rows_s"] = out["systems"]["crossinfer"]["rows_s"]

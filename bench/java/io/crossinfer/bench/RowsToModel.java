@@ -25,7 +25,10 @@ import org.apache.beam.sdk.options.PipelineOptionsFactory;
 import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.options.Validation;
 import org.apache.beam.sdk.schemas.Schema;
+import org.apache.beam.sdk.transforms.Count;
 import org.apache.beam.sdk.transforms.DoFn;
+import org.apache.beam.sdk.transforms.Impulse;
+import org.apache.beam.sdk.transforms.MapElements;
 import org.apache.beam.sdk.transforms.ParDo;
 import org.apache.beam.sdk.transforms.ToJson;
 import org.apache.beam.sdk.transforms.WithFailures;
@@ -33,6 +36,7 @@ import org.apache.beam.sdk.util.construction.Environments;
 import org.apache.beam.sdk.values.KV;
 import org.apache.beam.sdk.values.PCollection;
 import org.apache.beam.sdk.values.Row;
+import org.apache.beam.sdk.values.TypeDescriptors;
 
 /**
  * The benchmark's Java pipeline: a CSV of rows ({@code id,f0,...,f31}) to a model and back, as
@@ -113,6 +117,15 @@ public final class RowsToModel {
 
     /** @param boundaryBlocks whether crossinfer groups rows into blocks */
     void setBoundaryBlocks(boolean boundaryBlocks);
+
+    /** @return how the output is sharded: bundles (TextIO's default) or one */
+    @Description("bundles: TextIO's default (each bundle writes its own file); one: "
+        + "withoutSharding(), every output line through one GroupByKey")
+    @Default.String("bundles")
+    String getSharding();
+
+    /** @param sharding how the output is sharded */
+    void setSharding(String sharding);
   }
 
   static final Schema ROW =
@@ -142,11 +155,24 @@ public final class RowsToModel {
       }
     }
     Pipeline pipeline = Pipeline.create(options);
-    PCollection<String> lines = pipeline.apply("Read", TextIO.read().from(options.getInput()));
-    if ("peer".equals(options.getSystem())) {
-      peer(lines, options);
+    if (options.getInput().startsWith(MEMORY)) {
+      // Rows made in the JVM, predictions counted: the Java block path without text I/O.
+      long n = Long.parseLong(options.getInput().substring(MEMORY.length()));
+      PCollection<Row> rows =
+          pipeline
+              .apply("Impulse", Impulse.create())
+              .apply("Generate", ParDo.of(new GenerateRows(n)))
+              .setRowSchema(ROW);
+      WithFailures.Result<PCollection<Row>, Row> result = rows.apply("Model", model(options));
+      count(result.output(), options.getOutput() + "-predictions.count");
+      count(result.failures(), options.getOutput() + "-failures.count");
     } else {
-      crossinfer(lines, options);
+      PCollection<String> lines = pipeline.apply("Read", TextIO.read().from(options.getInput()));
+      if ("peer".equals(options.getSystem())) {
+        peer(lines, options);
+      } else {
+        crossinfer(lines, options);
+      }
     }
     PipelineResult result = pipeline.run();
     try {
@@ -161,14 +187,28 @@ public final class RowsToModel {
       System.err.println("pipeline ended " + state);
       System.exit(1);
     }
+    boolean counted = options.getInput().startsWith(MEMORY);
     System.out.println(
         "rows="
-            + countLines(options.getOutput() + "-predictions.csv")
+            + (counted
+                ? readCount(options.getOutput() + "-predictions.count")
+                : countLines(options.getOutput() + "-predictions.csv"))
             + " failures="
-            + countLines(options.getOutput() + "-failures.jsonl"));
+            + (counted
+                ? readCount(options.getOutput() + "-failures.count")
+                : countLines(options.getOutput() + "-failures.jsonl")));
   }
 
+  /** {@code --input=memory:N}: N rows generated in the pipeline instead of read from a file. */
+  static final String MEMORY = "memory:";
+
   private static void crossinfer(PCollection<String> lines, Options options) {
+    WithFailures.Result<PCollection<Row>, Row> result =
+        lines.apply("Parse", ParDo.of(new ParseRow())).setRowSchema(ROW).apply("Model", model(options));
+    formatAndWrite(result, options);
+  }
+
+  private static CrossInference model(Options options) {
     CrossInference inference;
     switch (options.getFramework()) {
       case "pytorch":
@@ -186,9 +226,60 @@ public final class RowsToModel {
             .withFeatureField("features")
             .withPassthroughFields("id")
             .withExpansionService(options.getExpansionService());
-    inference = inference.withBoundaryBlocks(options.getBoundaryBlocks());
-    WithFailures.Result<PCollection<Row>, Row> result =
-        lines.apply("Parse", ParDo.of(new ParseRow())).setRowSchema(ROW).apply("Model", inference);
+    return inference.withBoundaryBlocks(options.getBoundaryBlocks());
+  }
+
+  private static void count(PCollection<Row> rows, String path) {
+    rows.apply("Count" + path.substring(path.lastIndexOf('-')), Count.globally())
+        .apply("Text" + path.substring(path.lastIndexOf('-')),
+            MapElements.into(TypeDescriptors.strings()).via(String::valueOf))
+        .apply("Write" + path.substring(path.lastIndexOf('-')),
+            TextIO.write().to(path).withoutSharding());
+  }
+
+  private static long readCount(String path) throws IOException {
+    MatchResult.Metadata file = FileSystems.matchSingleFileSpec(path);
+    try (BufferedReader reader =
+        new BufferedReader(
+            new InputStreamReader(
+                Channels.newInputStream(FileSystems.open(file.resourceId())),
+                StandardCharsets.UTF_8))) {
+      return Long.parseLong(reader.readLine().trim());
+    }
+  }
+
+  /** N rows (id, 32 float32-valued features) from a fixed pool, as a source would give them. */
+  static final class GenerateRows extends DoFn<byte[], Row> {
+    private final long n;
+    private transient List<List<Double>> pool;
+
+    GenerateRows(long n) {
+      this.n = n;
+    }
+
+    @Setup
+    public void setup() {
+      java.util.Random random = new java.util.Random(1);
+      pool = new ArrayList<>(4096);
+      for (int i = 0; i < 4096; i++) {
+        Double[] values = new Double[32];
+        for (int j = 0; j < values.length; j++) {
+          values[j] = (double) (float) random.nextGaussian();
+        }
+        pool.add(java.util.Arrays.asList(values));
+      }
+    }
+
+    @ProcessElement
+    public void process(OutputReceiver<Row> out) {
+      for (long i = 0; i < n; i++) {
+        out.output(Row.withSchema(ROW).addValues(i, pool.get((int) (i % 4096))).build());
+      }
+    }
+  }
+
+  private static void formatAndWrite(
+      WithFailures.Result<PCollection<Row>, Row> result, Options options) {
     result
         .output()
         .apply(
@@ -202,13 +293,17 @@ public final class RowsToModel {
                             + row.getDouble("score"));
                   }
                 }))
-        .apply("Write", TextIO.write().to(options.getOutput() + "-predictions.csv").withoutSharding());
+        .apply("Write", write(options, "-predictions.csv"));
     result
         .failures()
         .apply("FailuresToJson", ToJson.of())
-        .apply(
-            "WriteFailures",
-            TextIO.write().to(options.getOutput() + "-failures.jsonl").withoutSharding());
+        .apply("WriteFailures", write(options, "-failures.jsonl"));
+  }
+
+  /** The same write for every system: TextIO's default sharding, or one file. */
+  private static TextIO.Write write(Options options, String suffix) {
+    TextIO.Write write = TextIO.write().to(options.getOutput() + suffix);
+    return "one".equals(options.getSharding()) ? write.withoutSharding() : write;
   }
 
   private static void peer(PCollection<String> lines, Options options) {
@@ -231,15 +326,13 @@ public final class RowsToModel {
                     out.output(kv.getKey() + "," + kv.getValue().getInt64("inference"));
                   }
                 }))
-        .apply("Write", TextIO.write().to(options.getOutput() + "-predictions.csv").withoutSharding());
+        .apply("Write", write(options, "-predictions.csv"));
     // The peer has no failure output: a bad row fails the job.
     lines
         .getPipeline()
         .apply("NoFailures", org.apache.beam.sdk.transforms.Create.empty(
             org.apache.beam.sdk.coders.StringUtf8Coder.of()))
-        .apply(
-            "WriteFailures",
-            TextIO.write().to(options.getOutput() + "-failures.jsonl").withoutSharding());
+        .apply("WriteFailures", write(options, "-failures.jsonl"));
   }
 
   /**
@@ -316,14 +409,17 @@ public final class RowsToModel {
     }
   }
 
-  private static long countLines(String path) throws IOException {
-    MatchResult.Metadata file = FileSystems.matchSingleFileSpec(path);
-    try (BufferedReader reader =
-        new BufferedReader(
-            new InputStreamReader(
-                Channels.newInputStream(FileSystems.open(file.resourceId())),
-                StandardCharsets.UTF_8))) {
-      return reader.lines().filter(l -> !l.isEmpty()).count();
+  private static long countLines(String prefix) throws IOException {
+    long lines = 0;
+    for (MatchResult.Metadata file : FileSystems.match(prefix + "*").metadata()) {
+      try (BufferedReader reader =
+          new BufferedReader(
+              new InputStreamReader(
+                  Channels.newInputStream(FileSystems.open(file.resourceId())),
+                  StandardCharsets.UTF_8))) {
+        lines += reader.lines().filter(l -> !l.isEmpty()).count();
+      }
     }
+    return lines;
   }
 }
