@@ -136,6 +136,17 @@ def scaled_features(row: Any) -> np.ndarray:
     return np.asarray(row.features, dtype=np.float32) * 2.0
 
 
+FREEZE_COUNTS: list[int] = []
+
+
+def freeze_recording_features(row: Any) -> np.ndarray:
+    """preprocess: the row's features; records how many objects the GC holds frozen."""
+    import gc
+
+    FREEZE_COUNTS.append(gc.get_freeze_count())
+    return np.asarray(row.features, dtype=np.float32)
+
+
 def label_name(result: PredictionResult) -> dict[str, Any]:
     """postprocess: class name and the top logit."""
     scores = np.asarray(result.inference)

@@ -108,6 +108,34 @@ def test_one_model_thread_per_call_and_the_callers_process_left_alone(mlp_model,
         torch.set_num_threads(before)
 
 
+def test_in_process_full_collections_skip_older_objects_for_a_bundle_only(mlp_model):
+    # In the caller's process the GC is frozen while a bundle runs (full collections would
+    # walk every object of Beam and torch for each batch of rows) and unfrozen after it; an
+    # object the caller froze stays frozen, and then crossinfer leaves the GC alone.
+    import gc
+
+    path, _ = mlp_model
+    x, _ = models.dataset(n=10, seed=10)
+    kw = dict(framework="pytorch", model_uri=str(path), model_class="tests.models:MLP",
+              preprocess="tests.models:freeze_recording_features")
+    gc.unfreeze()
+    models.FREEZE_COUNTS.clear()
+    preds, _ = run(feature_rows(x), **kw, on_built=models.FREEZE_COUNTS.clear)
+    assert len(preds) == 10 and len(models.FREEZE_COUNTS) == 10
+    assert min(models.FREEZE_COUNTS) > 1000  # Beam, torch, the model: frozen for the bundle
+    assert gc.get_freeze_count() == 0  # and given back
+    gc.freeze()  # the caller froze its own objects: crossinfer does not touch the GC
+    try:
+        theirs = gc.get_freeze_count()
+        models.FREEZE_COUNTS.clear()
+        preds, _ = run(feature_rows(x), **kw, on_built=models.FREEZE_COUNTS.clear)
+        # Frozen objects freed by reference counting leave the count; none are added.
+        assert len(preds) == 10 and max(models.FREEZE_COUNTS) <= theirs
+        assert 0.9 * theirs < gc.get_freeze_count() <= theirs  # still the caller's, frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_a_worker_process_keeps_its_thread_cap(mlp_model, monkeypatch):
     # In a worker (another process than the one that built the pipeline) the cap holds for
     # the process's life, even after the context that set it is no longer referenced.

@@ -9,7 +9,7 @@ import numpy as np
 from apache_beam.pvalue import TaggedOutput
 
 from crossinfer import _blocks, _plan
-from crossinfer._handler import Outcomes, describe
+from crossinfer._handler import BundleFreeze, Outcomes, describe
 from crossinfer._rows import to_json
 from crossinfer._schemas import Failure
 
@@ -30,6 +30,16 @@ class Postprocess(beam.DoFn):
         fields = [name for name, _ in plan.prediction_type._fields]
         self._result_names = fields[len(plan.passthrough):-1]  # between passthrough, model_id
         self._type = plan.prediction_type.user_type or beam.Row
+
+    def start_bundle(self) -> None:
+        if not getattr(self, "_frozen", False):  # still open: the last bundle failed
+            BundleFreeze.enter()
+            self._frozen = True
+
+    def finish_bundle(self) -> None:
+        if getattr(self, "_frozen", False):
+            self._frozen = False
+            BundleFreeze.exit()
 
     def process(self, outcomes: Any):
         if not isinstance(outcomes, Outcomes):

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import gc
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, ContextManager, NamedTuple, Optional
 
@@ -71,6 +72,41 @@ def freeze_gc() -> None:
 
 
 _UNFREEZE_AT_EXIT: list[bool] = []
+
+
+class BundleFreeze:
+    """In the process that built the pipeline: full collections skip what existed before a
+    bundle, for that bundle only.
+
+    There the GC is not frozen for good (that would keep the caller's cyclic garbage), but
+    the same full collections that walk every object of Beam, torch and the model cost the
+    element path as much. ``gc.freeze()`` when the first bundle starts and ``gc.unfreeze()``
+    when the last one ends only defer collecting that older garbage until then (both are
+    O(1)). Nothing is done where anything else froze objects (a worker's own freeze), or
+    with CROSSINFER_GC_FREEZE=0.
+    """
+
+    _lock = threading.Lock()
+    _open = 0
+    _ours = False
+
+    @classmethod
+    def enter(cls) -> None:
+        with cls._lock:
+            if cls._open == 0:
+                cls._ours = (os.environ.get("CROSSINFER_GC_FREEZE", "1") != "0"
+                             and gc.isenabled() and gc.get_freeze_count() == 0)
+                if cls._ours:
+                    gc.freeze()
+            cls._open += 1
+
+    @classmethod
+    def exit(cls) -> None:
+        with cls._lock:
+            cls._open = max(0, cls._open - 1)
+            if cls._open == 0 and cls._ours:
+                cls._ours = False
+                gc.unfreeze()
 _HELD_LIMITS: list[ContextManager[None]] = []  # a worker's thread caps, held for its life
 
 
@@ -111,7 +147,7 @@ class RowHandler(ModelHandler):
         self._row_bytes = 8 * (framework.spec.width or 64)
         # The process that built the pipeline. A runner that runs the pipeline in this same
         # process (the DirectRunner in-process, a loopback worker) must not change it: thread
-        # caps then hold only during each model call, and the GC is left alone.
+        # caps then hold only during each model call, and the GC is frozen per bundle only.
         self._owner_pid = os.getpid()
         self._in_worker = False
         self._post_fns = list(framework.handler.get_postprocess_fns())
