@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None,
                     help="Markdown output (default bench/RESULTS.md; --quick: bench/.work/QUICK.md)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per system")
+    ap.add_argument("--keep", default=None,
+                    help="an earlier run's results.json: its results for the jobs this run "
+                         "does not run go into the report too (e.g. rerun only java-peer)")
     args = ap.parse_args(argv)
 
     repeats = args.repeats or (1 if args.quick else 3)
@@ -81,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result['rows_s']:,.0f} rows/s" if "rows_s" in result
               else f"not run: {result['error']}", flush=True)
     elapsed = time.perf_counter() - started
+    if args.keep:
+        ran = {(j.workload, j.system) for j, _ in results}
+        kept = [(plan.Job(**r["job"]), r["result"])
+                for r in json.loads(Path(args.keep).read_text())["results"]
+                if (r["job"]["workload"], r["job"]["system"]) not in ran]
+        results = kept + results
     text = table.render(results, repeats=repeats, quick=args.quick, machine=before,
                         elapsed=elapsed, load_after=machine.load())
     (workdir / "results.json").write_text(json.dumps(

@@ -135,11 +135,12 @@ def _run_java(cmd: Sequence[str]) -> tuple[float, float, int, str]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
+    done = threading.Event()
 
     def watch() -> None:
-        while proc.poll() is None:
+        # Not proc.poll(): it would reap the child before os.wait4 below gets its rusage.
+        while not done.wait(0.2):
             peak[0] = max(peak[0], _peak_kb(proc.pid))
-            time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -150,6 +151,7 @@ def _run_java(cmd: Sequence[str]) -> tuple[float, float, int, str]:
         r.start()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    done.set()
     proc.returncode = os.waitstatus_to_exitcode(status)
     for r in readers:
         r.join()
@@ -205,7 +207,9 @@ def run(workload: str, paths: dict[str, str], sizes: Sequence[int], repeats: int
                         jobs_before = len(_COMPLETED.findall(stack.log("job_server")))
                         wall, java_cpu, peak, out = _run_java(cmd)
                         if f"rows={n} failures=0" not in out:
-                            raise RuntimeError(f"{system}: {out.strip()[-200:]!r} for {n} rows")
+                            said = [l for l in out.splitlines() if l.startswith("rows=")]
+                            raise RuntimeError(f"{system}: {said or out.strip()[-200:]!r} for "
+                                               f"{n} rows")
                         job_s = [float(x) for x in _COMPLETED.findall(stack.log("job_server"))]
                         cpu = {k: _cpu_s(pid) - before[k] for k, pid in procs.items()}
                         cpu["java"] = java_cpu

@@ -91,5 +91,5 @@ def _all(big: int, slow: int, seq_slow: int, io: int, torch_shuffled: int,
     # The Java pipeline with Beam's Java RunInference and with CrossInference (bench/peer.py):
     # marginal rates between a sixteenth of these rows and all of them (--quick: one size):
     # at ~100k rows/s a smaller difference is within the noise of one run's fixed cost.
-    out += [Job(w, "java-peer", java // 4 if w == "W2" else java) for w in ("W1", "W2", "W3")]
+    out += [Job(w, "java-peer", java // 2 if w == "W2" else java) for w in ("W1", "W2", "W3")]
     return out
