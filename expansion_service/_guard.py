@@ -13,6 +13,7 @@ a message that says what and why.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from apache_beam.coders.row_coder import RowCoder
@@ -82,15 +83,20 @@ class Inspected:
     dropped_output_coders: list[str]
 
 
-def inspect(request: beam_expansion_api_pb2.ExpansionRequest) -> Inspected:
-    """Check ``request``; return a copy that is safe to hand to Beam, or raise Rejected."""
+def inspect(request: beam_expansion_api_pb2.ExpansionRequest,
+            new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> Inspected:
+    """Check ``request``; return a copy that is safe to hand to Beam, or raise Rejected.
+
+    ``new_id`` gives the payload's schemas their ids: ids no registered type has.
+    """
     try:
-        return _inspect(request)
+        return _inspect(request, new_id)
     except _limits.TooLarge as e:
         raise Rejected(f"{e} (a limit of this service)") from None
 
 
-def _inspect(request: beam_expansion_api_pb2.ExpansionRequest) -> Inspected:
+def _inspect(request: beam_expansion_api_pb2.ExpansionRequest,
+             new_id: Callable[[], str]) -> Inspected:
     _limits.check_request(request)
     spec = request.transform.spec
     if spec.urn != SERVED_URN:
@@ -106,7 +112,7 @@ def _inspect(request: beam_expansion_api_pb2.ExpansionRequest) -> Inspected:
     _check_payload_schema(payload.schema)
     _check_row_coder_sizes(request)
     unused_coders, dropped_requests = _check_components(request)
-    _rename_schemas(payload.schema)
+    _rename_schemas(payload.schema, new_id)
     constructor = _check_payload_values(payload)
 
     safe = beam_expansion_api_pb2.ExpansionRequest()
@@ -222,25 +228,25 @@ def _check_type(field_type: schema_pb2.FieldType, owner: str, path: str, *,
         raise Rejected(f"{owner} field {path!r} has no type")
 
 
-def _rename_schemas(schema: schema_pb2.Schema) -> None:
+def _rename_schemas(schema: schema_pb2.Schema, new_id: Callable[[], str]) -> None:
     # Beam decodes a row as the user type registered under its schema id, if there is one;
     # fresh ids make the payload decode into plain generated rows, whatever ids a client picks.
-    schema.id = str(uuid.uuid4())
+    schema.id = new_id()
     for field in schema.fields:
-        _rename_in_type(field.type)
+        _rename_in_type(field.type, new_id)
 
 
-def _rename_in_type(field_type: schema_pb2.FieldType) -> None:
+def _rename_in_type(field_type: schema_pb2.FieldType, new_id: Callable[[], str]) -> None:
     kind = field_type.WhichOneof("type_info")
     if kind == "row_type":
-        _rename_schemas(field_type.row_type.schema)
+        _rename_schemas(field_type.row_type.schema, new_id)
     elif kind == "array_type":
-        _rename_in_type(field_type.array_type.element_type)
+        _rename_in_type(field_type.array_type.element_type, new_id)
     elif kind == "iterable_type":
-        _rename_in_type(field_type.iterable_type.element_type)
+        _rename_in_type(field_type.iterable_type.element_type, new_id)
     elif kind == "map_type":
-        _rename_in_type(field_type.map_type.key_type)
-        _rename_in_type(field_type.map_type.value_type)
+        _rename_in_type(field_type.map_type.key_type, new_id)
+        _rename_in_type(field_type.map_type.value_type, new_id)
 
 
 def _check_row_coder_sizes(request: beam_expansion_api_pb2.ExpansionRequest) -> None:

@@ -60,7 +60,8 @@ def serve(config: ServiceConfig) -> int:
 
     from crossinfer import _callables, _inspect, _repository
     from crossinfer._errors import ConfigurationError
-    from expansion_service import _artifacts, _guard, _isolation, _options, _servicer, _workers
+    from expansion_service import (
+        _artifacts, _guard, _isolation, _options, _registry, _servicer, _workers)
 
     try:
         # An empty list admits no user callable at all; a glob that admits everything is refused.
@@ -143,6 +144,7 @@ def serve(config: ServiceConfig) -> int:
 
     # Beam's own second layer: its FullyQualifiedNamedTransform resolves this one name only.
     with FullyQualifiedNamedTransform.with_filter(_guard.SERVED_CONSTRUCTOR):
+        _registry.settle()
         if pool_server is not None:
             pool_server.start()
         server.start()
@@ -177,6 +179,18 @@ def _warm_up() -> None:
         _LOGGER.warning("crossinfer has no Inference: every expansion will fail")
     with contextlib.suppress(ImportError):
         importlib.import_module("apache_beam.ml.inference.base")
+    # The framework modules (checking a model URI needs its framework's), and what Beam
+    # imports when the first transform is applied (IPython, to see if it runs in a notebook):
+    # imported now, they are part of what _registry.settle() makes permanent.
+    from crossinfer import _inspect
+
+    for framework in ("sklearn", "onnx", "pytorch", "custom"):
+        with contextlib.suppress(Exception):
+            _inspect.framework_module(framework)
+    with contextlib.suppress(Exception):
+        from apache_beam.utils import interactive_utils
+
+        interactive_utils.is_in_ipython()
 
 
 def _exit(code: int) -> None:

@@ -53,7 +53,7 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
         started = time.perf_counter()
         constructor = "?"
         try:
-            inspected = _guard.inspect(request)
+            inspected = _guard.inspect(request, self._janitor.schema_id)
         except _guard.Rejected as e:
             response = beam_expansion_api_pb2.ExpansionResponse(
                 error=f"Rejected by the crossinfer expansion service: {e}")
