@@ -7,7 +7,8 @@ expansion_service._isolation``), each under an address-space limit (RLIMIT_AS) a
 (RLIMIT_CPU), with a wall-clock deadline after which the parent kills it. Parent and child speak
 one JSON line each way over pipes: kwargs and model key in, ``Signature.to_dict()`` or an error
 out. Nothing is unpickled in the parent. A child that overruns, crashes or answers nonsense is
-killed and replaced; the request gets a ModelLoadError and the service keeps serving.
+killed and replaced; the request gets a ModelLoadError and the service keeps serving. So does
+a request whose model hit the memory limit, however the library reported the refused allocation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import re
 import select
 import signal
 import subprocess
@@ -32,6 +34,14 @@ _LOGGER = logging.getLogger("expansion_service")
 _MAX_ANSWER = 64 * 1024  # bytes of one answer line; a signature is a few hundred
 _WAIT_FOR_CHILD = 120.0  # seconds a request waits for a free inspector
 _RECYCLE_AFTER = 200  # requests per child, so state a model leaves behind does not pile up
+_HIT_MEMORY_LIMIT = "hit the memory limit"
+
+# How the libraries report an allocation the address-space limit refused: onnxruntime ("Failed
+# to allocate memory for requested buffer of size ..."), torch ("DefaultCPUAllocator: can't
+# allocate memory"), C++ (std::bad_alloc), the C library (ENOMEM).
+_ALLOCATION_FAILED = re.compile(
+    r"failed to allocate memory|can't allocate memory|cannot allocate memory|bad_alloc|"
+    r"out of memory", re.I)
 
 
 @dataclass(frozen=True)
@@ -176,10 +186,7 @@ class InspectorPool:
                 detail = _death(code) if reason == "exited" else f"gave {reason}"
             _LOGGER.warning("model inspection of %s (%s) %s; inspector killed and replaced",
                             what, kwargs.get("framework"), detail)
-            raise ModelLoadError(
-                f"{what}: opening the model {detail}, so it was stopped (limits: "
-                f"{self.limits.timeout:g} s, {self.limits.cpu_seconds} s of CPU, "
-                f"{self.limits.memory_mb} MiB of memory)") from None
+            raise ModelLoadError(self._stopped(what, detail)) from None
         child.uses += 1
         if child.uses >= _RECYCLE_AFTER:
             self._discard(child)
@@ -192,12 +199,21 @@ class InspectorPool:
         if not isinstance(error, dict) or not isinstance(error.get("message"), str):
             raise ModelLoadError(f"{what}: the model inspection returned an unexpected answer")
         message = error["message"][:2000]
+        if error.get("type") == "MemoryLimit":
+            _LOGGER.warning("model inspection of %s (%s) %s", what, kwargs.get("framework"),
+                            _HIT_MEMORY_LIMIT)
+            raise ModelLoadError(self._stopped(what, _HIT_MEMORY_LIMIT))
         if error.get("type") == "CallableNotAllowedError":
             from crossinfer._errors import CallableNotAllowedError
             raise CallableNotAllowedError(message)
         if error.get("type") == "ConfigurationError":
             raise ConfigurationError(message)
         raise ModelLoadError(message)
+
+    def _stopped(self, what: str, detail: str) -> str:
+        return (f"{what}: opening the model {detail}, so it was stopped (limits: "
+                f"{self.limits.timeout:g} s, {self.limits.cpu_seconds} s of CPU, "
+                f"{self.limits.memory_mb} MiB of memory)")
 
     def close(self) -> None:
         """Kill every child (on shutdown)."""
@@ -217,7 +233,7 @@ def _death(code: Optional[int]) -> str:
             return "used more CPU time than allowed"
         return f"crashed (signal {signal.Signals(sig).name})"
     if code == 3:
-        return "ran out of memory"
+        return _HIT_MEMORY_LIMIT
     return f"crashed (exit code {code})"
 
 
@@ -272,6 +288,23 @@ def _vm_size() -> int:
     return 0
 
 
+def _refused_allocation(error: BaseException) -> Optional[str]:
+    """``"python"`` if ``error`` came of a MemoryError, ``"library"`` if of an allocation a
+    library reports refused, else None. The library's error arrives wrapped: crossinfer
+    reports a model that does not load, or fails its probe batch, as its own error."""
+    seen: set[int] = set()
+    found = None
+    cause: Optional[BaseException] = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, MemoryError):
+            return "python"
+        if _ALLOCATION_FAILED.search(str(cause)):
+            found = "library"
+        cause = cause.__cause__ or cause.__context__
+    return found
+
+
 def _child_main(config_json: str) -> int:
     import resource
 
@@ -316,11 +349,21 @@ def _child_main(config_json: str) -> int:
             answer = {"signature": _inspect.describe_kwargs(
                 _unplain(request["kwargs"]), request["key"])}
         except MemoryError:
-            os.write(2, b"model inspection ran out of memory\n")
+            os.write(2, b"model inspection hit the memory limit\n")
             os._exit(3)
         except Exception as e:  # noqa: BLE001 - every failure becomes an answer
             log.warning("model inspection failed: %s: %s", type(e).__name__, e)
-            if isinstance(e, ModelLoadError):
+            refused = _refused_allocation(e)
+            if refused == "python":
+                # As above, wrapped in another error: whatever state running out of memory
+                # left, this process is not asked again.
+                os.write(2, b"model inspection hit the memory limit\n")
+                os._exit(3)
+            if refused == "library":
+                # One allocation was refused whole (an onnxruntime or torch buffer): answered,
+                # the child goes on.
+                kind, message = "MemoryLimit", ""
+            elif isinstance(e, ModelLoadError):
                 kind, message = "ModelLoadError", getattr(e, "public", None) or str(e)
             elif isinstance(e, ConfigurationError):
                 kind, message = type(e).__name__, str(e)
