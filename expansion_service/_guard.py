@@ -26,7 +26,7 @@ from apache_beam.portability.api import (
 from apache_beam.typehints.schemas import PYTHON_ANY_URN
 from google.protobuf.message import DecodeError
 
-from expansion_service import _limits, _options
+from expansion_service import _encoding, _limits, _options
 
 SERVED_URN = "beam:transforms:python:fully_qualified_named"
 SERVED_CONSTRUCTOR = "crossinfer.Inference"
@@ -153,7 +153,12 @@ def _check_payload_schema(schema: schema_pb2.Schema) -> None:
 
 
 def _check_payload_values(payload: external_transforms_pb2.ExternalConfigurationPayload) -> str:
-    # Safe now: the schema holds plain types only, so decoding runs no code.
+    # Safe now: the schema holds plain types only, so decoding runs no code, and the bytes fit
+    # the schema, so Beam's decoder (which checks no bounds) reads none beyond them.
+    try:
+        _encoding.check_row(payload.schema, payload.payload)
+    except _encoding.Malformed as e:
+        raise Rejected(f"the transform payload does not decode with its own schema ({e})")
     try:
         row = RowCoder(payload.schema).decode(payload.payload)
     except Exception as e:  # noqa: BLE001 - any decoding failure is the client's malformed payload

@@ -318,6 +318,27 @@ def test_code_in_the_request_never_runs(channel, place, marker, build):
     assert not marker.exists()
 
 
+def _coder_cyths_past_the_end_of_the_payload(channel, place):
+    # Beam's compiled decoder checks no bounds: a string longer than the bytes left read the
+    # service's memory behind them (into the decoded value), or crashed it (SIGSEGV).
+    message = external_transforms_pb2.ExternalConfigurationPayload.FromString(
+        inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    for claimed in (40, 4000, 10 ** 9):
+        data = bytearray(message.payload)
+        end = data.index(b"crossinfer.Inference") + len("crossinfer.Inference")
+        length = bytearray()
+        value = claimed
+        while value > 0x7F:
+            length.append(0x80 | value & 0x7F)
+            value >>= 7
+        length.append(value)
+        # The constructor's length byte, then as many bytes as it claims, not one more.
+        data[end - len("crossinfer.Inference") - 1:] = length + b"crossinfer.Inference"
+        message.payload = bytes(data)
+        refused(expand(channel, expansion_request(message.SerializeToString())),
+                "Rejected", "past the end")
+
+
 # --- named callables ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argument, name", [
