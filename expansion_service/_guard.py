@@ -322,9 +322,20 @@ def _is_safe(coder_id: str, coders) -> bool:
     return True
 
 
-def _check_coder(coder_id: str, who: str, coders, seen: set[str]) -> None:
+_COMPONENT_DEPTH = 32  # coders within coders; a real one nests a handful
+
+
+def _check_coder(coder_id: str, who: str, coders, seen: set[str],
+                 path: tuple[str, ...] = ()) -> None:
     """Check a coder Beam will build, and its component coders; add their ids to ``seen``."""
     _need_coder(coder_id, who, coders)
+    # Beam builds a coder's components first, recursively: a cycle recurses until Python's
+    # recursion limit, a deep chain nearly so.
+    if coder_id in path:
+        raise Rejected(f"coder {coder_id!r} is one of its own component coders")
+    if len(path) >= _COMPONENT_DEPTH:
+        raise Rejected(f"coder {path[0]!r} nests component coders more than "
+                       f"{_COMPONENT_DEPTH} deep (a limit of this service)")
     if coder_id in seen:
         return
     seen.add(coder_id)
@@ -344,4 +355,4 @@ def _check_coder(coder_id: str, who: str, coders, seen: set[str]) -> None:
             "schema'd rows (beam:coder:row:v1) under standard coders and windows; from Python, "
             "register RowCoder for the row type")
     for component in coder.component_coder_ids:
-        _check_coder(component, f"coder {coder_id!r}", coders, seen)
+        _check_coder(component, f"coder {coder_id!r}", coders, seen, path + (coder_id,))

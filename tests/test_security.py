@@ -318,7 +318,38 @@ def test_code_in_the_request_never_runs(channel, place, marker, build):
     assert not marker.exists()
 
 
-def _coder_cyths_past_the_end_of_the_payload(channel, place):
+def _coder_cycle(place):
+    request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    coders = request.components.coders
+    kv = common_urns.coders.KV.urn
+    coders["a"].CopyFrom(beam_runner_api_pb2.Coder(
+        spec=beam_runner_api_pb2.FunctionSpec(urn=kv), component_coder_ids=["b", "b"]))
+    coders["b"].CopyFrom(beam_runner_api_pb2.Coder(
+        spec=beam_runner_api_pb2.FunctionSpec(urn=kv), component_coder_ids=["a", "a"]))
+    request.components.pcollections["input_pc"].coder_id = "a"
+    return request
+
+
+def _coder_chain(place):
+    request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
+    coders = request.components.coders
+    row = request.components.pcollections["input_pc"].coder_id
+    for i in range(200):
+        coders[f"c{i}"].CopyFrom(beam_runner_api_pb2.Coder(
+            spec=beam_runner_api_pb2.FunctionSpec(urn=common_urns.coders.ITERABLE.urn),
+            component_coder_ids=[f"c{i + 1}" if i < 199 else row]))
+    request.components.pcollections["input_pc"].coder_id = "c0"
+    return request
+
+
+@pytest.mark.parametrize("build, says", [(_coder_cycle, "its own component"),
+                                         (_coder_chain, "deep")])
+def test_coder_cycles_and_chains(channel, place, build, says):
+    # Beam builds component coders recursively: a cycle recursed until Python's recursion limit.
+    refused(expand(channel, build(place)), "Rejected", says)
+
+
+def test_lengths_past_the_end_of_the_payload(channel, place):
     # Beam's compiled decoder checks no bounds: a string longer than the bytes left read the
     # service's memory behind them (into the decoded value), or crashed it (SIGSEGV).
     message = external_transforms_pb2.ExternalConfigurationPayload.FromString(
