@@ -155,7 +155,8 @@ public final class RowsToModel {
       }
     }
     Pipeline pipeline = Pipeline.create(options);
-    if (options.getInput().startsWith(MEMORY)) {
+    boolean counted = options.getInput().startsWith(MEMORY);
+    if (counted) {
       // Rows made in the JVM, predictions counted: the Java block path without text I/O.
       long n = Long.parseLong(options.getInput().substring(MEMORY.length()));
       PCollection<Row> rows =
@@ -187,7 +188,6 @@ public final class RowsToModel {
       System.err.println("pipeline ended " + state);
       System.exit(1);
     }
-    boolean counted = options.getInput().startsWith(MEMORY);
     System.out.println(
         "rows="
             + (counted
@@ -230,22 +230,14 @@ public final class RowsToModel {
   }
 
   private static void count(PCollection<Row> rows, String path) {
-    rows.apply("Count" + path.substring(path.lastIndexOf('-')), Count.globally())
-        .apply("Text" + path.substring(path.lastIndexOf('-')),
-            MapElements.into(TypeDescriptors.strings()).via(String::valueOf))
-        .apply("Write" + path.substring(path.lastIndexOf('-')),
-            TextIO.write().to(path).withoutSharding());
+    String name = path.substring(path.lastIndexOf('-')); // -predictions.count, -failures.count
+    rows.apply("Count" + name, Count.globally())
+        .apply("Text" + name, MapElements.into(TypeDescriptors.strings()).via(String::valueOf))
+        .apply("Write" + name, TextIO.write().to(path).withoutSharding());
   }
 
   private static long readCount(String path) throws IOException {
-    MatchResult.Metadata file = FileSystems.matchSingleFileSpec(path);
-    try (BufferedReader reader =
-        new BufferedReader(
-            new InputStreamReader(
-                Channels.newInputStream(FileSystems.open(file.resourceId())),
-                StandardCharsets.UTF_8))) {
-      return Long.parseLong(reader.readLine().trim());
-    }
+    return Long.parseLong(lines(path).get(0).trim());
   }
 
   /** N rows (id, 32 float32-valued features) from a fixed pool, as a source would give them. */
@@ -410,14 +402,19 @@ public final class RowsToModel {
   }
 
   private static long countLines(String prefix) throws IOException {
-    long lines = 0;
-    for (MatchResult.Metadata file : FileSystems.match(prefix + "*").metadata()) {
+    return lines(prefix + "*").stream().filter(l -> !l.isEmpty()).count();
+  }
+
+  /** Every line of every file {@code pattern} matches. */
+  private static List<String> lines(String pattern) throws IOException {
+    List<String> lines = new ArrayList<>();
+    for (MatchResult.Metadata file : FileSystems.match(pattern).metadata()) {
       try (BufferedReader reader =
           new BufferedReader(
               new InputStreamReader(
                   Channels.newInputStream(FileSystems.open(file.resourceId())),
                   StandardCharsets.UTF_8))) {
-        lines += reader.lines().filter(l -> !l.isEmpty()).count();
+        reader.lines().forEach(lines::add);
       }
     }
     return lines;

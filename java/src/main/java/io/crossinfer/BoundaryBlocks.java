@@ -1,5 +1,7 @@
 package io.crossinfer;
 
+import static org.apache.beam.vendor.guava.v32_1_2_jre.com.google.common.base.Preconditions.checkNotNull;
+
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.ArrayList;
@@ -216,14 +218,14 @@ final class BoundaryBlocks {
     private final Schema block;
     private final int[] indices; // field index in the input row, per block field
     private final int packed; // position of the packed field among the block's fields, or -1
-    private final @Nullable String dtype; // the packed field's dtype
+    private final Schema.@Nullable FieldType packedType; // the packed field's array type
     private transient @Nullable Map<BoundedWindow, Buffer> buffers;
 
     ToBlocks(Schema input, Schema block, List<String> fields, @Nullable String packedField) {
       this.block = block;
       this.indices = fields.stream().mapToInt(input::indexOf).toArray();
       this.packed = packedField == null ? -1 : fields.indexOf(packedField);
-      this.dtype = packedField == null ? null : dtype(input.getField(packedField).getType());
+      this.packedType = packedField == null ? null : input.getField(packedField).getType();
     }
 
     @StartBundle
@@ -233,7 +235,7 @@ final class BoundaryBlocks {
 
     @ProcessElement
     public void process(@Element Row row, BoundedWindow window, OutputReceiver<Row> out) {
-      Buffer buffer = buffers.computeIfAbsent(window, w -> new Buffer(indices.length, packed, dtype));
+      Buffer buffer = buffers.computeIfAbsent(window, w -> new Buffer(indices.length, packed, packedType));
       buffer.add(row, indices);
       if (buffer.rows >= MAX_ROWS || buffer.bytes >= MAX_BYTES) {
         buffers.remove(window);
@@ -260,13 +262,13 @@ final class BoundaryBlocks {
     int rows;
     long bytes;
 
-    Buffer(int fields, int packed, @Nullable String dtype) {
+    Buffer(int fields, int packed, Schema.@Nullable FieldType packedType) {
       columns = new ArrayList<>(fields);
       for (int i = 0; i < fields; i++) {
         columns.add(i == packed ? null : new ArrayList<>());
       }
       this.packed = packed;
-      this.packer = dtype == null ? null : new Packer(dtype);
+      this.packer = packedType == null ? null : new Packer(packedType);
     }
 
     void add(Row row, int[] indices) {
@@ -307,15 +309,14 @@ final class BoundaryBlocks {
   /** A block's feature arrays packed little-endian, row after row, and their lengths. */
   static final class Packer {
     private final String dtype;
-    private final int width; // bytes per number
-    private final boolean floating;
+    private final Schema.TypeName element;
     private ByteBuffer values = ByteBuffer.allocate(1 << 16).order(ByteOrder.LITTLE_ENDIAN);
     private ByteBuffer lengths = ByteBuffer.allocate(1 << 12).order(ByteOrder.LITTLE_ENDIAN);
 
-    Packer(String dtype) {
-      this.dtype = dtype;
-      this.width = dtype.endsWith("64") ? 8 : 4;
-      this.floating = dtype.startsWith("float");
+    /** For an array type that {@link #dtype} packs. */
+    Packer(Schema.FieldType array) {
+      this.dtype = checkNotNull(dtype(array), "not a packed type: %s", array);
+      this.element = array.getCollectionElementType().getTypeName();
     }
 
     /** Appends one row's array (null: a null row); returns the bytes it took. */
@@ -328,26 +329,24 @@ final class BoundaryBlocks {
       int start = values.position();
       int n = 0;
       for (Object item : array) {
-        values = room(values, width);
+        values = room(values, 8);
         Number number = (Number) item;
         if (number == null) { // the schema says non-null; Beam's RowCoder would refuse it too
           throw new IllegalArgumentException(
               "a feature array holds a null, but its schema's elements are not nullable");
         }
-        switch (width) {
-          case 8:
-            if (floating) {
-              values.putDouble(number.doubleValue());
-            } else {
-              values.putLong(number.longValue());
-            }
+        switch (element) {
+          case DOUBLE:
+            values.putDouble(number.doubleValue());
+            break;
+          case FLOAT:
+            values.putFloat(number.floatValue());
+            break;
+          case INT64:
+            values.putLong(number.longValue());
             break;
           default:
-            if (floating) {
-              values.putFloat(number.floatValue());
-            } else {
-              values.putInt(number.intValue());
-            }
+            values.putInt(number.intValue());
         }
         n++;
       }
