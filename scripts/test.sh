@@ -6,6 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "== pytest"
-# Whole-process tests (Java jobs, service processes under limits) can lose a race on a loaded
-# 2-core machine; a failure must fail twice to count.
-exec "${PYTHON:-python3}" -m pytest -q -p no:cacheprovider --reruns 1 tests "$@"
+exec "${PYTHON:-python3}" -m pytest -q -p no:cacheprovider tests "$@"

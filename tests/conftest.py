@@ -57,6 +57,16 @@ def run(rows: list[Any], on_built: Any = None, **kwargs: Any) -> tuple[list[Any]
     return collected(pred), collected(fail)
 
 
+def plan_for(rows: list[Any], **kwargs: Any) -> Any:
+    """The checked plan Inference(**kwargs) builds for ``rows`` (its handler is what Beam
+    gets)."""
+    from crossinfer import _config, _plan
+
+    p = beam.Pipeline()
+    pcoll = p | beam.Create(rows)
+    return _plan.build(_config.parse(**kwargs), pcoll.element_type)
+
+
 def feature_rows(x: np.ndarray, start: int = 0) -> list[beam.Row]:
     return [beam.Row(id=start + i, features=[float(v) for v in xi]) for i, xi in enumerate(x)]
 

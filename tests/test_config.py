@@ -134,7 +134,7 @@ def test_allowlist_is_enforced_at_construction(sk):
 def test_java_rows_and_nested_maps_become_plain_dicts():
     from typing import NamedTuple
 
-    from crossinfer._config import _as_dict
+    from crossinfer._config import parse
 
     class Inner(NamedTuple):
         depth: int
@@ -143,10 +143,12 @@ def test_java_rows_and_nested_maps_become_plain_dicts():
         hidden: int
         layers: Inner
 
-    assert _as_dict(Params(16, Inner(2)), "model_params") == {"hidden": 16,
-                                                              "layers": {"depth": 2}}
+    base = dict(framework="pytorch", model_uri="/m.pt", model_class="tests.models:MLP",
+                feature_field="features")
+    config = parse(**base, model_params=Params(16, Inner(2)))
+    assert config.model_params == {"hidden": 16, "layers": {"depth": 2}}
     with pytest.raises(ConfigurationError, match="model_params must be a dict"):
-        _as_dict([1, 2], "model_params")
+        parse(**base, model_params=[1, 2])
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -12,7 +12,7 @@ import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from tests import models
-from tests.conftest import failure_ids, feature_rows, run
+from tests.conftest import failure_ids, feature_rows, plan_for, run
 
 
 def test_argmax_matches_predict_proba(sklearn_model):
@@ -100,11 +100,15 @@ def test_corrupt_rows_fail_alone_and_nothing_is_lost(sklearn_model):
 
 @pytest.mark.parametrize("sharing", [{"large_model": True}, {"model_copies": 1}])
 def test_model_shared_across_processes(sklearn_model, sharing):
-    # Beam then serves the model from one process and calls it through a proxy.
+    # Beam then shares one copy per machine (tests/test_sharing.py counts the loads with two
+    # worker processes); in process, the handler Beam gets must ask for it.
     path, model = sklearn_model
     x, _ = models.dataset(n=40, seed=15)
-    preds, fails = run(feature_rows(x), framework="sklearn", model_uri=str(path),
-                       feature_field="features", passthrough_fields=["id"], **sharing)
+    kwargs = dict(framework="sklearn", model_uri=str(path), feature_field="features",
+                  passthrough_fields=["id"], **sharing)
+    preds, fails = run(feature_rows(x), **kwargs)
     assert not fails
     proba = model.predict_proba(x)
     assert {p.id: p.label for p in preds} == {i: int(proba[i].argmax()) for i in range(40)}
+    handler = plan_for(feature_rows(x), **kwargs).handler
+    assert handler.share_model_across_processes() and handler.model_copies() == 1

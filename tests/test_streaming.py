@@ -31,8 +31,34 @@ def test_streaming_rows_are_all_predicted_or_failed(sklearn_model):
                            max_batch_size=10))
         pred = collect(out["predictions"], "spred")
         fail = collect(out["failures"], "sfail")
+        # max_batch_duration_secs reaches Beam: its stateful batching (buffering rows across
+        # bundles, flushed by a timer) replaces the bundle-based one.
+        assert _stateful_batching(p), "max_batch_duration_secs did not reach Beam"
     preds, fails = collected(pred), collected(fail)
     assert sorted(p.id for p in preds) == list(range(45))
     assert failure_ids(fails) == {1000}
     proba = model.predict_proba(x)
     assert all(p.label == int(proba[p.id].argmax()) for p in preds)
+
+
+def _stateful_batching(pipeline: beam.Pipeline) -> list[str]:
+    """Labels of the pipeline's stateful batching steps (Beam's BatchElements with a
+    max_batch_duration_secs)."""
+    found: list[str] = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            fn = getattr(node.transform, "fn", None)
+            if type(fn).__name__ == "_StatefulBatchElementsDoFn":
+                found.append(node.full_label)
+
+    pipeline.visit(Visitor())
+    return found
+
+
+def test_without_max_batch_duration_batching_is_per_bundle(sklearn_model):
+    path, _ = sklearn_model
+    p = beam.Pipeline()
+    _ = (p | beam.Create([models.FeatureRow(0, [0.0] * models.N_FEATURES)])
+         | Inference(framework="sklearn", model_uri=str(path), feature_field="features"))
+    assert _stateful_batching(p) == []

@@ -7,16 +7,12 @@ later, in ``_plan``. Each error names the argument and what to do.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any, Optional
 
 from crossinfer._errors import ConfigurationError
 
-from crossinfer._arguments import ARGUMENTS, BUILTIN_POSTPROCESS, BY_NAME, FRAMEWORKS, plain
+from crossinfer._arguments import ARGUMENTS, BUILTIN_POSTPROCESS, BY_NAME, FRAMEWORKS
 from crossinfer._version import check_client
-
-DEVICES = ("CPU", "GPU")
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -62,16 +58,6 @@ class Config:
         if self.models is not None:
             return dict(self.models)
         return {None: self.model_uri}
-
-
-def _as_dict(value: Any, argument: str) -> dict[str, Any]:
-    """A dict of plain values (Java Rows and nested Rows become dicts)."""
-    if value is None:
-        return {}
-    value = plain(value, argument)
-    if not isinstance(value, Mapping):
-        raise ConfigurationError(f"{argument} must be a dict (a Java Map), not {type(value).__name__}")
-    return value
 
 
 def parse(**kw: Any) -> Config:
