@@ -65,13 +65,6 @@ def test_padding_idx_one_is_the_pad_value(tmp_path):
         np.testing.assert_allclose(p.output, _alone(model, seqs[p.id]), rtol=1e-5, atol=1e-6)
 
 
-def test_a_pad_value_that_changes_the_output_is_refused(tmp_path):
-    torch.save(models.MeanEmbeddingNoPadIdx().state_dict(), tmp_path / "mean.pt")
-    with pytest.raises(ConfigurationError, match="changes .* output for it; set pad_value"):
-        _apply(framework="pytorch", model_uri=str(tmp_path / "mean.pt"),
-               model_class="tests.models:MeanEmbeddingNoPadIdx", feature_field="features")
-
-
 def test_final_softmax_is_not_softmaxed_twice(tmp_path):
     torch.manual_seed(4)
     model = models.save_module(models.SoftmaxMLP(), tmp_path / "sm.pt")

@@ -24,6 +24,8 @@ FRAMEWORKS = ("sklearn", "pytorch", "onnx", "custom")
 BUILTIN_POSTPROCESS = ("argmax", "regression", "raw")
 OUTPUT_KINDS = ("probabilities", "logits", "value", "named")
 INPUT_DTYPES = ("float32", "float64", "int64", "int32", "bool")
+MODEL_FILE_TYPES = {"sklearn": ("pickle", "joblib"),
+                    "pytorch": ("state_dict", "safetensors", "torchscript")}
 WIRE_TYPES = ("string", "int", "float", "bool", "list<string>", "list<int>",
               "map<string,string>", "map<string,any>")
 
@@ -32,6 +34,7 @@ MAX_COPIES = 64  # model copies per machine
 MAX_DURATION_SECS = 3600.0
 MAX_RANK = 8  # axes of one row's input
 MAX_PLAIN_DEPTH = 8  # nesting of model_params / inference_args
+MAX_OUTPUTS = 1000  # outputs of one model (output_index)
 _CALLABLE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
@@ -125,12 +128,15 @@ class Flag:
 
 @dataclasses.dataclass(frozen=True)
 class Names:
-    """A list of distinct non-empty strings (field names)."""
+    """A list of distinct non-empty strings (field names, or ``what``)."""
+
+    what: str = "field names"
+    example: str = "'id'"
 
     def check(self, name: str, value: Any) -> tuple[str, ...]:
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             raise ConfigurationError(
-                f"{name} must be a list of field names, e.g. {name}=['id']")
+                f"{name} must be a list of {self.what}, e.g. {name}=[{self.example}]")
         names = tuple(value)
         if not all(isinstance(n, str) and n for n in names):
             raise ConfigurationError(f"{name} must hold non-empty strings, got {list(names)!r}")
@@ -139,7 +145,7 @@ class Names:
         return names
 
     def describe(self) -> str:
-        return "list of distinct field names"
+        return f"list of distinct {self.what}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,6 +312,34 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("inference_args", "map<string,any>", Dict(),
              "plain values passed to the model call on every batch (Beam's `inference_args`)",
              "withInferenceArgs", ("pytorch", "onnx", "custom")),
+    Argument("labels", "list<string>", Names("class names", "'cat', 'dog'"),
+             "with `\"argmax\"`: the name of each class, in the order of the model's outputs; "
+             "adds `label_name: string` (added on its own for string classes: sklearn "
+             "`classes_`, an ONNX classifier's labels)", "withLabels"),
+    Argument("output_index", "int", Integer(0, MAX_OUTPUTS),
+             "a model that returns several outputs (a tuple, several ONNX outputs): the one "
+             "to use, by position; the others are then ignored at your request (or "
+             "`output=\"named\"` passes them all to a custom postprocess, a tuple's by "
+             "position `\"0\"`, `\"1\"`, …)", "withOutputIndex", ("pytorch", "onnx")),
+    Argument("env_vars", "map<string,string>", Dict(strings=True),
+             "environment variables set on each worker before the model loads (Beam's "
+             "`env_vars`); not set where the pipeline is built", "withEnvVars",
+             ("sklearn", "pytorch", "onnx")),
+    Argument("load_model_args", "map<string,any>", Dict(),
+             "pytorch state_dict: keyword arguments for `torch.load` (Beam's "
+             "`load_model_args`): `weights_only` (default `true`; `false` runs the file's "
+             "code, so the file must be trusted) and `mmap`", "withLoadModelArgs",
+             ("pytorch",)),
+    Argument("model_file_type", "string",
+             Text(tuple(t for types in MODEL_FILE_TYPES.values() for t in types)),
+             "the model file's format, stated instead of read off its name: sklearn "
+             "`\"pickle\"` or `\"joblib\"` (Beam's `ModelFileType`); pytorch "
+             "`\"state_dict\"`, `\"safetensors\"` (both with `model_class`) or "
+             "`\"torchscript\"`", "withModelFileType", ("sklearn", "pytorch")),
+    Argument("max_models_per_worker_hint", "int", Integer(1, MAX_COPIES),
+             "with `models`: at most this many models held in memory per worker at once "
+             "(Beam's `max_models_per_worker_hint`; others are loaded when their rows come)",
+             "withMaxModelsPerWorkerHint"),
     Argument("client_version", "string", Text(),
              "the crossinfer version of the client that built the request; the Java library "
              "sends its own, and expansion fails when it differs from the service's",

@@ -54,6 +54,15 @@ def length_buckets(lengths: Sequence[int]) -> list[list[int]]:
     return groups
 
 
+def equal_lengths(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices grouped by exactly equal length (shortest first): for a model whose output
+    changes under any padding, so no row is padded."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return [groups[n] for n in sorted(groups)]
+
+
 def padding_waste(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> tuple[int, int]:
     """(padded tokens, real tokens) for these groups: a measure for benchmarks."""
     padded = sum(max(lengths[i] for i in g) * len(g) for g in groups)

@@ -7,11 +7,12 @@ later, in ``_plan``. Each error names the argument and what to do.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Optional
 
+from crossinfer._arguments import (
+    ARGUMENTS, BUILTIN_POSTPROCESS, BY_NAME, FRAMEWORKS, MODEL_FILE_TYPES)
 from crossinfer._errors import ConfigurationError
-
-from crossinfer._arguments import ARGUMENTS, BUILTIN_POSTPROCESS, BY_NAME, FRAMEWORKS
 from crossinfer._version import check_client
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,12 @@ class Config:
     pad_value: Optional[float] = None
     output: Optional[str] = None
     inference_args: Optional[dict[str, Any]] = None
+    labels: Optional[tuple[str, ...]] = None
+    output_index: Optional[int] = None
+    env_vars: Optional[dict[str, str]] = None
+    load_model_args: Optional[dict[str, Any]] = None
+    model_file_type: Optional[str] = None
+    max_models_per_worker_hint: Optional[int] = None
     client_version: Optional[str] = None
 
     def kwargs(self) -> dict[str, Any]:
@@ -151,6 +158,7 @@ def parse(**kw: Any) -> Config:
             f"pad_value is for a variable-length input, but input_shape={list(v['input_shape'])} "
             "has no -1 axis")
 
+    _check_model_args(v, framework, postprocess, models)
     blocks = _blocks(v["blocks"], framework=framework, preprocess=preprocess,
                      postprocess=postprocess, models=models, min_batch=min_batch,
                      duration=duration)
@@ -165,7 +173,66 @@ def parse(**kw: Any) -> Config:
         large_model=v["large_model"], model_copies=copies, model_key_field=model_key_field,
         models=models, device=v["device"], blocks=blocks, input_shape=v["input_shape"],
         input_dtype=v["input_dtype"], pad_value=v["pad_value"], output=output,
-        inference_args=v["inference_args"], client_version=v["client_version"])
+        inference_args=v["inference_args"], labels=v["labels"],
+        output_index=v["output_index"], env_vars=v["env_vars"],
+        load_model_args=v["load_model_args"], model_file_type=v["model_file_type"],
+        max_models_per_worker_hint=v["max_models_per_worker_hint"],
+        client_version=v["client_version"])
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LOAD_MODEL_ARGS = {"weights_only": bool, "mmap": bool}
+
+
+def _check_model_args(v: dict[str, Any], framework: str, postprocess: str,
+                      models: Any) -> None:
+    """labels, output_index, env_vars, load_model_args, model_file_type and
+    max_models_per_worker_hint against the rest."""
+    if v["labels"] is not None:
+        if postprocess != "argmax":
+            raise ConfigurationError(
+                f"labels name the classes for postprocess='argmax' (label_name), not "
+                f"postprocess={postprocess!r}; drop labels, or use postprocess='argmax'")
+        if not v["labels"]:
+            raise ConfigurationError("labels must name at least one class")
+    if v["output_index"] is not None and v["output"] == "named":
+        raise ConfigurationError(
+            "output_index picks one of the model's outputs; output='named' passes them all to "
+            "the postprocess: give one of them")
+    for name in v["env_vars"] or {}:
+        if not _ENV_NAME.match(name):
+            raise ConfigurationError(
+                f"env_vars names {name!r}, which is not an environment variable name "
+                "(letters, digits and _, not starting with a digit)")
+    for key, value in (v["load_model_args"] or {}).items():
+        want = _LOAD_MODEL_ARGS.get(key)
+        if want is None or not isinstance(value, want):
+            raise ConfigurationError(
+                f"load_model_args[{key!r}]={value!r} is not supported; give weights_only "
+                "(true/false) or mmap (true/false)")
+    file_type = v["model_file_type"]
+    if file_type is not None and file_type not in MODEL_FILE_TYPES.get(framework, ()):
+        raise ConfigurationError(
+            f"model_file_type={file_type!r} is not a {framework} format; use one of "
+            f"{', '.join(MODEL_FILE_TYPES[framework])}")
+    if framework == "pytorch":
+        torchscript = file_type == "torchscript" or (
+            file_type is None and v["model_class"] is None)
+        if file_type is not None and torchscript != (v["model_class"] is None):
+            raise ConfigurationError(
+                f"model_file_type={file_type!r} " + (
+                    "takes no model_class (a TorchScript file holds its module); drop "
+                    "model_class" if torchscript else
+                    "needs model_class='package.module:Class' to load the weights into"))
+        if v["load_model_args"] and (torchscript or file_type == "safetensors"):
+            raise ConfigurationError(
+                "load_model_args are torch.load's arguments for a state_dict saved with "
+                "torch.save; this model is " + ("TorchScript" if torchscript else
+                                                "a safetensors file") + "; drop them")
+    if v["max_models_per_worker_hint"] is not None and models is None:
+        raise ConfigurationError(
+            "max_models_per_worker_hint limits how many of several models a worker holds; "
+            "give models and model_key_field, or drop it")
 
 
 def _blocks(blocks: Any, *, framework: str, preprocess: Optional[str], postprocess: str,

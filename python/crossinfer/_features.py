@@ -21,6 +21,7 @@ class InputSpec:
     pad_value: Optional[float] = None  # sequences are padded with this
     allow_nan: bool = True  # False: a row with NaN/inf is a failure before the model call
     describe: str = ""  # for messages: where the shape comes from
+    exact_lengths: bool = False  # padding changes the output: only equal lengths share a call
 
     @property
     def width(self) -> Optional[int]:

@@ -214,7 +214,8 @@ class RowHandler(ModelHandler):
         if not isinstance(xs, np.ndarray) and self._fw.spec.pad and self._fw.to_model:
             lengths = [x.shape[self._fw.spec.seq_axis or 0] for x in xs]
             if min(lengths) != max(lengths):
-                groups = _batching.length_buckets(lengths)
+                groups = (_batching.equal_lengths(lengths) if self._fw.spec.exact_lengths
+                          else _batching.length_buckets(lengths))
         if self._max_rows and any(len(xs if g is None else g) > self._max_rows for g in groups):
             groups = [g[s:s + self._max_rows]
                       for g in (list(range(len(xs))) if g is None else g for g in groups)

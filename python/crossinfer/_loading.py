@@ -37,13 +37,59 @@ def check_exists(uri: str, argument: str = "model_uri") -> None:
         raise _error(message, message)
 
 
-def load_once(load: Callable[[], Any], uri: str, framework: str) -> Any:
+def argument_for(config: Any, uri: str) -> str:
+    """The argument that names ``uri``: ``models['key']`` for one of several models."""
+    for key, value in (getattr(config, "models", None) or {}).items():
+        if value == uri:
+            return f"models[{key!r}]"
+    return "model_uri"
+
+
+# What a file's first bytes say it is, and the framework that loads it.
+_FORMATS = (
+    (b"\x80", "a Python pickle (framework='sklearn' for a pickled estimator)"),
+    (b"PK\x03\x04", "a zip archive, as torch.save and TorchScript write (framework='pytorch')"),
+)
+
+
+def sniff(uri: str) -> str:
+    """What the file looks like, for a message ('' when unknown)."""
+    try:
+        with FileSystems.open(uri) as f:
+            head = f.read(4096)
+    except Exception:  # pylint: disable=broad-except
+        return ""
+    for magic, what in _FORMATS:
+        if head.startswith(magic):
+            return what
+    if head[8:9] == b"{" and len(head) > 8:
+        return "a safetensors file (framework='pytorch' with model_class)"
+    if _looks_like_onnx(head):
+        return "an ONNX model (framework='onnx')"
+    return ""
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto starts with ir_version (field 1, varint) and names its producer or
+    graph early on."""
+    return head[:1] == b"\x08" and (b"pytorch" in head[:200] or b"onnx" in head[:400].lower()
+                                      or b"skl2onnx" in head[:400])
+
+
+def load_once(load: Callable[[], Any], uri: str, framework: str,
+              argument: str = "model_uri") -> Any:
     """Run Beam's own loader once; wrap any failure into ModelLoadError."""
-    check_exists(uri)
+    check_exists(uri, argument)
     try:
         return load()
     except Exception as e:  # pylint: disable=broad-except
+        kind = sniff(uri)
+        base = framework.split()[0].lower().replace("torchscript", "pytorch")
+        if kind and f"framework='{base}'" not in kind:
+            message = (f"{argument}={uri!r} did not load as a {framework} model: the file is "
+                       f"{kind}")
+            raise _error(message, message) from e
         raise _error(
-            f"model_uri={uri!r} did not load as a {framework} model: {type(e).__name__}: {e}",
-            f"model_uri={uri!r} did not load as a {framework} model ({type(e).__name__}); "
+            f"{argument}={uri!r} did not load as a {framework} model: {type(e).__name__}: {e}",
+            f"{argument}={uri!r} did not load as a {framework} model ({type(e).__name__}); "
             "check the file and the framework") from e

@@ -29,32 +29,69 @@ from crossinfer._callables import resolve
 from crossinfer._config import Config
 from crossinfer._errors import CallableNotAllowedError, ConfigurationError, ModelLoadError
 from crossinfer._handler import Framework
-from crossinfer._loading import check_exists, load_once
+from crossinfer._loading import argument_for, check_exists, load_once
 from crossinfer._signature import Signature
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _to_numpy(output: Any, n: Optional[int] = None) -> Any:
-    """The module's output as numpy: a tensor; the first of a tuple or list (as Beam does);
-    a dict -> one dict of arrays per row (output="named")."""
-    if isinstance(output, Mapping):
-        arrays = {str(k): v.detach().cpu().numpy() for k, v in output.items()}
+def _to_numpy(output: Any, named: bool = False, index: Optional[int] = None) -> Any:
+    """The module's output as numpy, one entry per row: a tensor; element ``index`` of a
+    tuple or list; a dict, or a tuple with ``named``, -> one dict of arrays per row (a
+    tuple's by position "0", "1", ...). The signature says which (checked at construction)."""
+    arrays = _arrays(output, named, index)
+    if isinstance(arrays, dict):
         rows = len(next(iter(arrays.values()))) if arrays else 0
         return [{k: v[i] for k, v in arrays.items()} for i in range(rows)]
+    return arrays
+
+
+def _arrays(output: Any, named: bool, index: Optional[int]) -> Any:
+    """A tensor -> an array; a dict or a tuple (named) -> a dict of arrays; index: one."""
+    if isinstance(output, Mapping):
+        return {str(k): v.detach().cpu().numpy() for k, v in output.items()}
     if isinstance(output, (tuple, list)):
-        output = output[0]
+        if index is not None:
+            return output[index].detach().cpu().numpy()
+        if named:
+            return {str(i): v.detach().cpu().numpy() for i, v in enumerate(output)}
     return output.detach().cpu().numpy()
 
 
-def _forward(device: str, model: Any, batch: torch.Tensor,
+def _forward(device: str, named: bool, index: Optional[int], model: Any, batch: torch.Tensor,
              inference_args: Optional[dict] = None) -> Any:
     """One stacked batch through the module; numpy out. ``device`` comes from the signature's
     build, never from the model (a shared model is a proxy that cannot be inspected)."""
     if device != "cpu":
         batch = batch.to(device)
     with torch.no_grad():
-        return _to_numpy(model(batch, **(inference_args or {})))
+        return _to_numpy(model(batch, **(inference_args or {})), named, index)
+
+
+def _check_outputs(config: Config, output: Any, what: str) -> None:
+    """Every output of the module is used, or the configuration says which one: never
+    silently the first of a tuple."""
+    index = config.output_index
+    if isinstance(output, (tuple, list)):
+        shapes = ", ".join(str(list(getattr(o, "shape", ["?"]))) for o in output[:8])
+        if not all(isinstance(o, torch.Tensor) for o in output):
+            raise ConfigurationError(
+                f"{what} returns a {type(output).__name__} holding "
+                f"{', '.join(type(o).__name__ for o in output[:8])}; crossinfer takes tensors: "
+                "wrap the module so forward returns tensors")
+        if index is not None and index >= len(output):
+            raise ConfigurationError(
+                f"output_index={index}, but {what} returns {len(output)} outputs ({shapes})")
+        if index is None and config.output != "named":
+            raise ConfigurationError(
+                f"{what} returns a {type(output).__name__} of {len(output)} outputs "
+                f"(shapes {shapes}); say which to use: output_index=0 (or another position), "
+                "or output='named' with a custom postprocess that gets them all, by position "
+                "'0', '1', ...")
+    elif index is not None:
+        kind = "a dict (use output='named')" if isinstance(output, Mapping) else "one tensor"
+        raise ConfigurationError(
+            f"output_index={index} picks one of several outputs, but {what} returns {kind}")
 
 
 def _to_tensor(batch: np.ndarray) -> torch.Tensor:
@@ -133,26 +170,35 @@ def _model_class(config: Config) -> Optional[type]:
     return model_class
 
 
-def _is_safetensors(uri: str) -> bool:
+def _is_safetensors(config: Config, uri: str) -> bool:
+    if config.model_file_type is not None:
+        return config.model_file_type == "safetensors"
     return uri.endswith(".safetensors")
+
+
+def _load_model_args(config: Config) -> dict[str, Any]:
+    """torch.load's arguments: weights only (no code) unless stated otherwise."""
+    return {"weights_only": True, **(config.load_model_args or {})}
 
 
 def _handler(config: Config, model_uri: str, model_class: Optional[type], device: str,
              **kwargs: Any) -> PytorchModelHandlerTensor:
+    kwargs["env_vars"] = dict(config.env_vars or {})
     try:
         if model_class is None:
             return _Handler(torch_script_model_path=model_uri, device=device, **kwargs)
         return _Handler(state_dict_path=model_uri, model_class=model_class,
                         model_params=config.model_params, device=device,
-                        safetensors=_is_safetensors(model_uri),
-                        load_model_args={"weights_only": True}, **kwargs)
+                        safetensors=_is_safetensors(config, model_uri),
+                        load_model_args=_load_model_args(config), **kwargs)
     except Exception as e:  # Beam checks the argument combination
         raise ConfigurationError(f"pytorch handler rejected the arguments: {e}") from e
 
 
 def loads_code(config: Config, model_uri: str) -> bool:
-    """TorchScript runs code when loaded; a state_dict is loaded as weights only."""
-    return config.model_class is None
+    """TorchScript runs code when loaded, and so does torch.load without weights_only; a
+    state_dict is otherwise loaded as weights only."""
+    return config.model_class is None or not _load_model_args(config)["weights_only"]
 
 
 def _holds_state_dict(uri: str) -> bool:
@@ -165,23 +211,62 @@ def _holds_state_dict(uri: str) -> bool:
     return isinstance(obj, Mapping)
 
 
+def _pickled_module(uri: str) -> bool:
+    """A torch.save(module) file: a pickle that names the module's class (weights_only
+    refuses it without running it)."""
+    try:
+        with FileSystems.open(uri) as f:
+            torch.load(io.BytesIO(f.read()), weights_only=True, map_location="cpu")
+    except Exception as e:  # pylint: disable=broad-except
+        return "Unsupported global" in str(e) or "GLOBAL" in str(e)
+    return False
+
+
 def _load(config: Config, model_uri: str, model_class: Optional[type]) -> torch.nn.Module:
-    if model_class is None and _is_safetensors(model_uri):
-        check_exists(model_uri)
-        raise ModelLoadError(_STATE_DICT_WITHOUT_CLASS.format(uri=model_uri))
+    argument = argument_for(config, model_uri)
+    if model_class is None and _is_safetensors(config, model_uri):
+        check_exists(model_uri, argument)
+        raise _public(_STATE_DICT_WITHOUT_CLASS.format(argument=argument, uri=model_uri))
     kind = "pytorch state_dict" if model_class is not None else "TorchScript"
     try:
         return load_once(_handler(config, model_uri, model_class, "CPU").load_model, model_uri,
-                         kind)
-    except ModelLoadError:
+                         kind, argument)
+    except ModelLoadError as e:
+        cause = e.__cause__
         if model_class is None and _holds_state_dict(model_uri):
-            raise ModelLoadError(_STATE_DICT_WITHOUT_CLASS.format(uri=model_uri)) from None
+            raise _public(_STATE_DICT_WITHOUT_CLASS.format(
+                argument=argument, uri=model_uri)) from None
+        if _pickled_module(model_uri):
+            raise _public(_PICKLED_MODULE.format(argument=argument, uri=model_uri)) from None
+        if model_class is not None and isinstance(cause, RuntimeError) and \
+                "state_dict" in str(cause):
+            detail = " ".join(str(cause).split())[:300]
+            raise _public(
+                f"{argument}={model_uri!r} holds weights that do not fit "
+                f"{config.model_class}(**model_params) with model_params="
+                f"{config.model_params!r}: {detail}; set model_params to the values the model "
+                "was built with (or model_class to the class it was saved from)",
+                f"{argument}={model_uri!r} holds weights that do not fit "
+                f"{config.model_class}(**model_params) with model_params="
+                f"{config.model_params!r}; set model_params to the values the model was built "
+                "with (or model_class to the class it was saved from)") from None
         raise
 
 
+def _public(full: str, public: Optional[str] = None) -> ModelLoadError:
+    error = ModelLoadError(full)
+    error.public = public or full
+    return error
+
+
 _STATE_DICT_WITHOUT_CLASS = (
-    "model_uri={uri!r} holds a state_dict (weights only), not TorchScript; give "
+    "{argument}={uri!r} holds a state_dict (weights only), not TorchScript; give "
     "model_class='package.module:Class' (and model_params) to load it into")
+_PICKLED_MODULE = (
+    "{argument}={uri!r} holds a whole pickled module (torch.save(model)), which runs code "
+    "when loaded; save model.state_dict() instead and give model_class='package.module:Class' "
+    "(and model_params), or export TorchScript (torch.jit.script(model).save(path)) and give "
+    "no model_class")
 
 
 def _required_inputs(model: torch.nn.Module) -> list[str]:
@@ -264,12 +349,14 @@ def _trace(model: torch.nn.Module, batch: np.ndarray, inference_args: Optional[d
 
 
 def _declared(config: Config, model: torch.nn.Module, what: str) -> _probe.Declared:
-    required = _required_inputs(model)
+    # Arguments given in inference_args are passed on every call: not inputs from the rows.
+    required = [n for n in _required_inputs(model) if n not in (config.inference_args or {})]
     if len(required) > 1:
         raise ConfigurationError(
             f"{what} takes {len(required)} inputs ({', '.join(required)}); crossinfer feeds one "
-            "array per row: wrap the module so forward takes one tensor, or use "
-            "framework='custom' with your own handler")
+            "array per row: give the others (the same on every call) in inference_args, wrap "
+            "the module so forward takes one tensor, or use framework='custom' with your own "
+            "handler")
     if config.input_shape is not None and config.input_dtype is not None:
         shape = tuple(3 if s == -1 else s for s in config.input_shape)
         tried = [(None, _probe.Declared(), np.stack(_probe.probe_rows(
@@ -319,10 +406,10 @@ def describe(config: Config, model_uri: str) -> Signature:
     def run_named(batch: np.ndarray) -> Any:
         with torch.no_grad():
             out = model(_to_tensor(batch), **(config.inference_args or {}))
-        if isinstance(out, Mapping):
-            return {str(k): v.detach().numpy() for k, v in out.items()}
-        return _to_numpy(out)
+        _check_outputs(config, out, what)
+        return _arrays(out, config.output == "named", config.output_index)
 
+    declared.output_index = config.output_index
     return _probe.complete(config, declared, run_named, what)
 
 
@@ -334,4 +421,5 @@ def build(config: Config, model_uri: str, signature: Signature) -> Framework:
                        model_copies=config.model_copies)
     return Framework(
         handler=handler, spec=signature.input_spec(), model_id=model_uri, to_model=_to_tensor,
-        limit_threads=_limit_threads, predict=functools.partial(_forward, device))
+        limit_threads=_limit_threads, predict=functools.partial(
+            _forward, device, signature.output == "named", signature.output_index))

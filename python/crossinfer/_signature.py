@@ -22,6 +22,9 @@ from crossinfer._features import InputSpec
 
 _MAX_CLASSES = 1_000_000
 _MAX_TEXT = 2000
+MAX_SAMPLE_VALUES = 256  # values of one output kept from the probe, for checking postprocess
+_SAMPLE_DTYPES = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8",
+                  "bool", "str")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +39,13 @@ class Signature:
     output: Optional[str] = None  # probabilities | logits | value | named; None: not known
     num_classes: Optional[int] = None  # output columns of a classifier
     labels: Optional[tuple[int, ...]] = None  # label of each output column, if not 0..n-1
+    label_names: Optional[tuple[str, ...]] = None  # class name of each output column
     output_names: Optional[tuple[str, ...]] = None  # output="named": the model's names
+    output_index: Optional[int] = None  # the model returns several outputs: the one used
+    exact_lengths: bool = False  # padding changes the output: group rows by exact length
+    output_shape: Optional[tuple[int, ...]] = None  # one row's output (not named), probed
+    # One probe row's output as plain data (see ``sample``), to check the postprocess with.
+    sample: Optional[dict[str, Any]] = None
     sources: tuple[tuple[str, str], ...] = ()  # (fact, where it came from)
 
     def source(self, fact: str) -> str:
@@ -45,7 +54,7 @@ class Signature:
     def input_spec(self) -> InputSpec:
         return InputSpec(shape=self.input_shape, dtype=self.input_dtype,
                          pad_value=self.pad_value, allow_nan=self.allow_nan,
-                         describe=self.source("input_shape"))
+                         describe=self.source("input_shape"), exact_lengths=self.exact_lengths)
 
     def explain(self) -> str:
         """One line per fact, for logs and messages."""
@@ -54,7 +63,7 @@ class Signature:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able plain data."""
         d = dataclasses.asdict(self)
-        for name in ("input_shape", "labels", "output_names"):
+        for name in _TUPLES:
             d[name] = None if d[name] is None else list(d[name])
         d["sources"] = [list(s) for s in self.sources]
         return d
@@ -88,13 +97,76 @@ class Signature:
             and opt(g("labels"), lambda v: int_list(v, lambda x: True, _MAX_CLASSES))
             and opt(g("output_names"), lambda v: isinstance(v, list) and len(v) <= 1000
                     and all(text(x) for x in v))
+            and opt(g("label_names"), lambda v: isinstance(v, list) and len(v) <= _MAX_CLASSES
+                    and all(text(x) for x in v))
+            and opt(g("output_index"), lambda v: type(v) is int and 0 <= v <= 1000)
+            and type(g("exact_lengths", False)) is bool
+            and opt(g("output_shape"), lambda v: int_list(v, lambda d: d >= 0, MAX_RANK))
+            and opt(g("sample"), _sample_ok)
             and isinstance(g("sources", []), list)
             and all(isinstance(s, list) and len(s) == 2 and all(text(x) for x in s)
                     for s in g("sources", []))
         )
         if not ok:
             raise ModelLoadError("the model inspection returned an unexpected answer")
-        tuples = {name: None if g(name) is None else tuple(g(name))
-                  for name in ("input_shape", "labels", "output_names")}
+        tuples = {name: None if g(name) is None else tuple(g(name)) for name in _TUPLES}
         return cls(**{**data, **tuples,
                       "sources": tuple(tuple(s) for s in g("sources", []))})
+
+
+_TUPLES = ("input_shape", "labels", "label_names", "output_names", "output_shape")
+
+
+def sample(output: Any) -> Optional[dict[str, Any]]:
+    """One row's model output as plain data: ``{"dtype", "shape", "values"}`` for an array,
+    ``{"named": {name: array}}`` for a dict of them; None when too large to keep."""
+    import numpy as np
+
+    if isinstance(output, Mapping):
+        arrays = {str(k): sample(v) for k, v in list(output.items())[:64]}
+        if len(output) > 64 or any(v is None for v in arrays.values()):
+            return None
+        return {"named": arrays}
+    arr = np.asarray(output)
+    kind = arr.dtype.kind
+    dtype = "str" if kind in "US" or (kind == "O" and all(
+        isinstance(x, str) for x in arr.ravel().tolist())) else arr.dtype.name
+    if dtype not in _SAMPLE_DTYPES or arr.size > MAX_SAMPLE_VALUES or arr.ndim > MAX_RANK:
+        return None
+    values = [str(x) for x in arr.ravel().tolist()] if dtype == "str" else arr.ravel().tolist()
+    if dtype == "str" and any(len(v) > _MAX_TEXT for v in values):
+        return None
+    return {"dtype": dtype, "shape": list(arr.shape), "values": values}
+
+
+def unsample(data: Mapping[str, Any]) -> Any:
+    """The inverse of ``sample``: numpy arrays (or a dict of them) as the model returned."""
+    import numpy as np
+
+    if "named" in data:
+        return {k: unsample(v) for k, v in data["named"].items()}
+    dtype = object if data["dtype"] == "str" else data["dtype"]
+    arr = np.asarray(data["values"], dtype=dtype).reshape(data["shape"])
+    return arr if arr.ndim else arr[()]
+
+
+def _sample_ok(v: Any, depth: int = 0) -> bool:
+    if not isinstance(v, Mapping) or depth > 1:
+        return False
+    if set(v) == {"named"}:
+        named = v["named"]
+        return isinstance(named, Mapping) and len(named) <= 64 and all(
+            isinstance(k, str) and len(k) <= _MAX_TEXT and _sample_ok(x, depth + 1)
+            for k, x in named.items())
+    if set(v) != {"dtype", "shape", "values"} or v["dtype"] not in _SAMPLE_DTYPES:
+        return False
+    shape, values = v["shape"], v["values"]
+    if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(
+            type(d) is int and 0 <= d <= MAX_SAMPLE_VALUES for d in shape)):
+        return False
+    if not isinstance(values, list) or len(values) > MAX_SAMPLE_VALUES or \
+            len(values) != math.prod(shape):
+        return False
+    if v["dtype"] == "str":
+        return all(isinstance(x, str) and len(x) <= _MAX_TEXT for x in values)
+    return all(type(x) in (int, float, bool) for x in values)

@@ -10,7 +10,7 @@ probabilities), ``predict`` for output "value" (a regressor, ``postprocess="regr
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
 import numpy as np
@@ -20,12 +20,24 @@ from crossinfer import _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
 from crossinfer._handler import Framework
-from crossinfer._loading import load_once
+from crossinfer._loading import argument_for, load_once
 from crossinfer._signature import Signature
 
 
 def _predict(model: Any, batch: np.ndarray, inference_args: Optional[dict] = None) -> Any:
-    return np.asarray(model.predict(batch, **(inference_args or {})))
+    out = model.predict(batch, **(inference_args or {}))
+    if isinstance(out, Mapping):  # output="named": one dict of arrays per row
+        arrays = {str(k): np.asarray(v) for k, v in out.items()}
+        return [{k: v[i] for k, v in arrays.items()} for i in range(len(batch))]
+    return np.asarray(out)
+
+
+def _predict_named(model: Any, batch: np.ndarray) -> Any:
+    """The probe's view of predict: a dict of arrays stays one."""
+    out = model.predict(batch)
+    if isinstance(out, Mapping):
+        return {str(k): np.asarray(v) for k, v in out.items()}
+    return np.asarray(out)
 
 
 def _predict_proba(model: Any, batch: np.ndarray, inference_args: Optional[dict] = None) -> Any:
@@ -46,7 +58,11 @@ def _limit_threads(threads: int) -> Iterator[None]:
         yield
 
 
-def _file_type(uri: str) -> ModelFileType:
+def _file_type(config: Config, uri: str) -> ModelFileType:
+    """model_file_type when stated, else the file's name: joblib for .joblib/.jl."""
+    if config.model_file_type is not None:
+        return ModelFileType.JOBLIB if config.model_file_type == "joblib" else \
+            ModelFileType.PICKLE
     return ModelFileType.JOBLIB if uri.endswith((".joblib", ".jl")) else ModelFileType.PICKLE
 
 
@@ -64,8 +80,8 @@ def _allow_nan(model: Any) -> bool:
 
 def describe(config: Config, model_uri: str) -> Signature:
     """Load the estimator once; read n_features_in_, classes_ and predict_proba; probe it."""
-    probe = SklearnModelHandlerNumpy(model_uri, _file_type(model_uri))
-    model = load_once(probe.load_model, model_uri, "sklearn")
+    probe = SklearnModelHandlerNumpy(model_uri, _file_type(config, model_uri))
+    model = load_once(probe.load_model, model_uri, "sklearn", argument_for(config, model_uri))
     name = type(model).__name__
     d = _probe.Declared(input_dtype="float64", allow_nan=_allow_nan(model))
     d.sources["input_dtype"] = "scikit-learn computes in float64"
@@ -77,10 +93,11 @@ def describe(config: Config, model_uri: str) -> Signature:
     else:
         d.sources["input_shape"] = f"{name} has no n_features_in_"
     has_proba = hasattr(model, "predict_proba")
-    if config.output in ("logits", "named"):
+    if config.output == "logits":
         raise ConfigurationError(
-            f"output={config.output!r} is not an output of a scikit-learn estimator; use "
-            "'probabilities' (predict_proba) or 'value' (predict)")
+            "output='logits' is not an output of a scikit-learn estimator; use "
+            "'probabilities' (predict_proba), 'value' (predict) or 'named' (a predict that "
+            "returns a dict of arrays)")
     if config.output == "probabilities" and not has_proba:
         raise ConfigurationError(f"output='probabilities', but {name} has no predict_proba")
     if config.output is None:
@@ -92,9 +109,12 @@ def describe(config: Config, model_uri: str) -> Signature:
     classes = getattr(model, "classes_", None)
     if classes is not None and np.asarray(classes).dtype.kind in "iu":
         d.labels = tuple(int(c) for c in classes)
+    elif classes is not None and np.asarray(classes).dtype.kind in "OUS":
+        d.label_names = tuple(str(c) for c in classes)
+        d.sources["labels"] = f"{name}.classes_"
     output = config.output or d.output
     run = (lambda b: _predict_proba(model, b)) if output == "probabilities" else (
-        lambda b: _predict(model, b))
+        lambda b: _predict_named(model, b))
     return _probe.complete(config, d, run, f"{name} ({model_uri})")
 
 
@@ -102,8 +122,9 @@ def build(config: Config, model_uri: str, signature: Signature) -> Framework:
     """Beam's handler for the estimator ``signature`` describes."""
     predict = _predict_proba if signature.output == "probabilities" else _predict
     handler = SklearnModelHandlerNumpy(
-        model_uri, _file_type(model_uri), inference_fn=predict,
-        large_model=config.large_model, model_copies=config.model_copies)
+        model_uri, _file_type(config, model_uri), inference_fn=predict,
+        large_model=config.large_model, model_copies=config.model_copies,
+        env_vars=dict(config.env_vars or {}))
     return Framework(
         predict=predict, handler=handler, spec=signature.input_spec(), model_id=model_uri,
         to_model=_identity, limit_threads=_limit_threads)

@@ -71,6 +71,12 @@ class Inference(beam.PTransform):
         pad_value: Optional[Union[int, float]] = None,
         output: Optional[str] = None,
         inference_args: Optional[Mapping[str, Any]] = None,
+        labels: Optional[Sequence[str]] = None,
+        output_index: Optional[int] = None,
+        env_vars: Optional[Mapping[str, str]] = None,
+        load_model_args: Optional[Mapping[str, Any]] = None,
+        model_file_type: Optional[str] = None,
+        max_models_per_worker_hint: Optional[int] = None,
         client_version: Optional[str] = None,
     ) -> None:
         super().__init__()
@@ -85,6 +91,9 @@ class Inference(beam.PTransform):
             model_copies=model_copies, model_key_field=model_key_field, models=models,
             device=device, blocks=blocks, input_shape=input_shape, input_dtype=input_dtype,
             pad_value=pad_value, output=output, inference_args=inference_args,
+            labels=labels, output_index=output_index, env_vars=env_vars,
+            load_model_args=load_model_args, model_file_type=model_file_type,
+            max_models_per_worker_hint=max_models_per_worker_hint,
             client_version=client_version)
 
     def default_label(self) -> str:
