@@ -354,8 +354,10 @@ class KeyedRowHandler(KeyedModelHandler):
     emits (key, Outcomes) pairs.
     """
 
-    def __init__(self, handlers: Mapping[str, RowHandler], batching: Mapping[str, Any]) -> None:
-        super().__init__([KeyModelMapping([key], mh) for key, mh in handlers.items()])
+    def __init__(self, handlers: Mapping[str, RowHandler], batching: Mapping[str, Any],
+                 max_models_per_worker_hint: Optional[int] = None) -> None:
+        super().__init__([KeyModelMapping([key], mh) for key, mh in handlers.items()],
+                         max_models_per_worker_hint=max_models_per_worker_hint)
         self._batching = dict(batching)
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:

@@ -17,11 +17,11 @@ from apache_beam.typehints import row_type
 from crossinfer import _inspect, _postprocess, _schemas
 from crossinfer._callables import resolve
 from crossinfer._config import Config
-from crossinfer._errors import ConfigurationError
+from crossinfer._errors import ConfigurationError, OutputError
 from crossinfer._blocks import Reader
 from crossinfer._features import Extractor, InputSpec
 from crossinfer._handler import Framework, KeyedRowHandler, RowHandler
-from crossinfer._signature import Signature
+from crossinfer._signature import Signature, unsample
 
 _LOG = logging.getLogger(__name__)
 
@@ -106,10 +106,62 @@ def _check_output(config: Config, uri: Optional[str], signature: Signature) -> N
             "returns a dict (output='named'); use a custom postprocess")
 
 
-def _result_fields(config: Config) -> list[tuple[str, Any]]:
+def _result_fields(config: Config, signatures: dict[str, Signature]) -> list[tuple[str, Any]]:
     if config.output_schema is None:
-        return _schemas.BUILTIN_FIELDS[config.postprocess]
+        fields = list(_schemas.BUILTIN_FIELDS[config.postprocess])
+        if config.postprocess == "argmax" and _label_names(signatures):
+            fields.insert(1, ("label_name", str))
+        return fields
     return [(name, _schemas.parse_type(t)) for name, t in config.output_schema.items()]
+
+
+def _label_names(signatures: dict[str, Signature]) -> bool:
+    """Whether predictions carry class names: all models have them, or none does."""
+    named = [m for m, s in signatures.items() if s.label_names is not None]
+    if named and len(named) != len(signatures):
+        unnamed = sorted(m for m in signatures if m not in named)
+        raise ConfigurationError(
+            f"model {named[0]!r} has class names but {unnamed[0]!r} has none, so label_name "
+            "cannot be filled for every row; give labels=[...] for all of them, or use "
+            "models of one kind")
+    return bool(named)
+
+
+def _synthetic_row(fields: dict[str, Any]) -> Any:
+    """An input row of the schema's types with empty values, as the probe's example."""
+    import apache_beam as beam
+
+    return beam.Row(**{name: _empty(t) for name, t in fields.items()})
+
+
+def _empty(t: Any) -> Any:
+    if _schemas.is_array_type(t):
+        return []
+    for kind, value in ((bool, False), (int, 0), (float, 0.0), (str, ""), (bytes, b"")):
+        if isinstance(t, type) and issubclass(t, kind):
+            return t(value) if kind is not bool else False
+    return None
+
+
+def _check_postprocess(config: Config, postprocess: Any, signatures: dict[str, Signature],
+                       fields: dict[str, Any]) -> None:
+    """A custom postprocess on the probe's output of each model must return output_schema's
+    fields, of its types: a mismatch fails here, not on every row of the job."""
+    example = _synthetic_row(fields)
+    for model_id, signature in signatures.items():
+        if signature.sample is None:
+            continue  # a custom handler's model, or an output too large to keep
+        try:
+            postprocess(unsample(signature.sample), model_id, example)
+        except OutputError as e:
+            raise ConfigurationError(
+                f"postprocess={config.postprocess!r} on model {model_id!r}'s output for a "
+                f"probe row: {e}; return a dict with exactly the output_schema fields "
+                f"{list(config.output_schema or {})}, of those types") from e
+        except Exception as e:  # pylint: disable=broad-except
+            # It may need a real input row (the example here is empty): checked per row.
+            _LOG.info("crossinfer: postprocess %s not checked on a probe row (%s: %s)",
+                      config.postprocess, type(e).__name__, e)
 
 
 def build(config: Config, element_type: Any) -> Plan:
@@ -120,10 +172,6 @@ def build(config: Config, element_type: Any) -> Plan:
         feature_field=config.feature_field, feature_fields=config.feature_fields,
         preprocess=resolve(config.preprocess, "preprocess") if config.preprocess else None)
 
-    result_fields = _result_fields(config)
-    prediction_type = _schemas.prediction_type(
-        [(name, fields[name]) for name in config.passthrough_fields],
-        [(name, Sequence[t]) for name, t in result_fields] if config.blocks else result_fields)
     if config.postprocess in _schemas.BUILTIN_FIELDS:
         post_fn = None
     else:
@@ -134,6 +182,10 @@ def build(config: Config, element_type: Any) -> Plan:
         _check_output(config, config.model_uris()[key], signature)
     frameworks = {key: fw for key, (_, fw) in described.items()}
     signatures = {fw.model_id: sig for sig, fw in described.values()}
+    result_fields = _result_fields(config, signatures)
+    prediction_type = _schemas.prediction_type(
+        [(name, fields[name]) for name in config.passthrough_fields],
+        [(name, Sequence[t]) for name, t in result_fields] if config.blocks else result_fields)
     if config.feature_fields is not None:
         for fw in frameworks.values():
             if fw.spec.width is not None and fw.spec.width != len(config.feature_fields):
@@ -155,16 +207,19 @@ def build(config: Config, element_type: Any) -> Plan:
         handler = RowHandler(frameworks[None], extract, batching)
     else:
         handler = KeyedRowHandler(
-            {key: RowHandler(fw, extract, {}) for key, fw in frameworks.items()}, batching)
+            {key: RowHandler(fw, extract, {}) for key, fw in frameworks.items()}, batching,
+            config.max_models_per_worker_hint)
 
     many: Optional[Callable[[Any, str], _postprocess.Columns]] = None
     if post_fn is not None:
         postprocess: Callable[[Any, str, Any], dict[str, Any]] = _postprocess.Custom(
             post_fn, config.postprocess, result_fields)
+        _check_postprocess(config, postprocess, signatures, fields)
     elif config.postprocess == "argmax":
         argmax = _postprocess.Argmax(
             softmax={m: s.output == "logits" for m, s in signatures.items()},
-            classes={m: s.labels for m, s in signatures.items()})
+            classes={m: s.labels for m, s in signatures.items()},
+            names={m: s.label_names for m, s in signatures.items()})
         postprocess, many = argmax, argmax.many
     else:
         postprocess = getattr(_postprocess, config.postprocess)

@@ -45,43 +45,56 @@ def _values_many(output: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
 
 
 class Argmax:
-    """label: the winning class; score: its probability (softmax over logits)."""
+    """label: the winning class; score: its probability (softmax over logits); label_name:
+    the class's name, for models whose classes have names."""
 
     def __init__(self, softmax: Mapping[str, bool],
-                 classes: Mapping[str, Optional[Sequence[int]]]) -> None:
+                 classes: Mapping[str, Optional[Sequence[int]]],
+                 names: Optional[Mapping[str, Optional[Sequence[str]]]] = None) -> None:
         self._softmax = dict(softmax)  # per model_id
         self._classes = dict(classes)
+        self._names = {m: list(n) for m, n in (names or {}).items() if n is not None}
 
     def __call__(self, inference: Any, model_id: str, row: Any) -> dict[str, Any]:
         out = _values(inference)
+        names = self._names.get(model_id)
         if self._softmax.get(model_id, True):
             if out.size == 1:  # one logit: a binary classifier
                 p1 = 1.0 / (1.0 + math.exp(-out[0]))
-                return {"label": int(p1 > 0.5), "score": max(p1, 1.0 - p1)}
+                label = int(p1 > 0.5)
+                result = {"label": label, "score": max(p1, 1.0 - p1)}
+                if names:
+                    result["label_name"] = names[label]
+                return result
             out = np.exp(out - out.max())
             out /= out.sum()
         i = int(out.argmax())
         classes = self._classes.get(model_id)
-        return {"label": int(classes[i]) if classes else i, "score": float(out[i])}
-
+        result = {"label": int(classes[i]) if classes else i, "score": float(out[i])}
+        if names:
+            result["label_name"] = names[i]
+        return result
 
     def many(self, output: np.ndarray, model_id: str) -> Columns:
         out, errors = _values_many(output)
         with np.errstate(all="ignore"):  # rows with errors are dropped, their values unused
             if self._softmax.get(model_id, True) and out.shape[1] == 1:
                 p1 = 1.0 / (1.0 + np.exp(-out[:, 0]))
-                label = (p1 > 0.5).astype(np.int64)
+                label = index = (p1 > 0.5).astype(np.int64)
                 score = np.maximum(p1, 1.0 - p1)
             else:
                 if self._softmax.get(model_id, True):
                     out = np.exp(out - out.max(axis=1, keepdims=True))
                     out /= out.sum(axis=1, keepdims=True)
-                label = out.argmax(axis=1) if out.shape[1] else np.zeros(len(out), np.int64)
-                score = out[np.arange(len(out)), label] if out.shape[1] else np.zeros(len(out))
+                index = out.argmax(axis=1) if out.shape[1] else np.zeros(len(out), np.int64)
+                score = out[np.arange(len(out)), index] if out.shape[1] else np.zeros(len(out))
                 classes = self._classes.get(model_id)
-                if classes:
-                    label = np.asarray(classes, dtype=np.int64)[label]
-        return {"label": label.tolist(), "score": score.tolist()}, errors
+                label = np.asarray(classes, dtype=np.int64)[index] if classes else index
+        columns = {"label": label.tolist(), "score": score.tolist()}
+        names = self._names.get(model_id)
+        if names:
+            columns["label_name"] = [names[i] for i in index.tolist()]
+        return columns, errors
 
 
 def regression(inference: Any, model_id: str, row: Any) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class Declared:
     output_names: Optional[tuple[str, ...]] = None
     label_names: Optional[tuple[str, ...]] = None  # class names (sklearn classes_, ONNX)
     output_index: Optional[int] = None  # several outputs: the one used
+    zipmap_keys: Optional[tuple[str, ...]] = None  # the output is a map per row: its keys
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -228,7 +229,7 @@ def complete(config: Config, declared: Declared, run: Optional[Run], what: str) 
         input_name=declared.input_name, input_dtype=dtype,
         input_shape=None if shape is None else tuple(shape), allow_nan=declared.allow_nan,
         labels=declared.labels, label_names=label_names, output_names=declared.output_names,
-        output_index=declared.output_index)
+        output_index=declared.output_index, zipmap_keys=declared.zipmap_keys)
 
     def done(output: Optional[str], pad: Any = pad_value) -> Signature:
         signature["pad_value"] = None if pad is None else (

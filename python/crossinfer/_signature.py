@@ -42,6 +42,7 @@ class Signature:
     label_names: Optional[tuple[str, ...]] = None  # class name of each output column
     output_names: Optional[tuple[str, ...]] = None  # output="named": the model's names
     output_index: Optional[int] = None  # the model returns several outputs: the one used
+    zipmap_keys: Optional[tuple[str, ...]] = None  # that output is a map per row: its keys
     exact_lengths: bool = False  # padding changes the output: group rows by exact length
     output_shape: Optional[tuple[int, ...]] = None  # one row's output (not named), probed
     # One probe row's output as plain data (see ``sample``), to check the postprocess with.
@@ -100,6 +101,8 @@ class Signature:
             and opt(g("label_names"), lambda v: isinstance(v, list) and len(v) <= _MAX_CLASSES
                     and all(text(x) for x in v))
             and opt(g("output_index"), lambda v: type(v) is int and 0 <= v <= 1000)
+            and opt(g("zipmap_keys"), lambda v: isinstance(v, list) and len(v) <= _MAX_CLASSES
+                    and all(text(x) for x in v))
             and type(g("exact_lengths", False)) is bool
             and opt(g("output_shape"), lambda v: int_list(v, lambda d: d >= 0, MAX_RANK))
             and opt(g("sample"), _sample_ok)
@@ -114,7 +117,8 @@ class Signature:
                       "sources": tuple(tuple(s) for s in g("sources", []))})
 
 
-_TUPLES = ("input_shape", "labels", "label_names", "output_names", "output_shape")
+_TUPLES = ("input_shape", "labels", "label_names", "output_names", "output_shape",
+           "zipmap_keys")
 
 
 def sample(output: Any) -> Optional[dict[str, Any]]:
