@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import gc
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, ContextManager, NamedTuple, Optional
@@ -32,6 +33,9 @@ __all__ = ["Framework", "Outcomes", "RowHandler", "KeyedRowHandler", "describe",
            "model_threads"]
 
 _PADDED = Metrics.counter("crossinfer", "padded_tokens")
+# What torch, onnxruntime and numpy say when an input's dtype is not the model's.
+_DTYPE_ERROR = re.compile(r"dtype|scalar type|expected .*(Float|Double|Long|Int)\b|"
+                          r"tensor\((float|double|int64|int32)\)")
 _REAL = Metrics.counter("crossinfer", "real_tokens")
 
 
@@ -276,7 +280,7 @@ class RowHandler(ModelHandler):
         except Exception as e:  # pylint: disable=broad-except
             idx = list(range(len(xs))) if positions is None else positions
             if len(idx) == 1:
-                failed.append((good[idx[0]], "inference", describe(e)))
+                failed.append((good[idx[0]], "inference", self._explain(describe(e))))
                 return
             # Split until only the rows that fail on their own are failures.
             half = len(idx) // 2
@@ -284,6 +288,14 @@ class RowHandler(ModelHandler):
                 self._run(part, xs, model, inference_args, pieces, failed, good, model_id)
             return
         pieces.append((positions, out))
+
+    def _explain(self, error: str) -> str:
+        """A dtype mismatch in a model the signature could not probe (a custom handler's)
+        names the argument that fixes it."""
+        if self._fw.spec.dtype is None and _DTYPE_ERROR.search(error):
+            return (f"{error} (the rows' values reach the model in their own dtype: set "
+                    "input_dtype to the one the model takes, e.g. 'float32')")
+        return error
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         # Beam's torch handler walks every scalar in Python; an estimate is enough.

@@ -181,6 +181,7 @@ def _check_padding(config: Config, declared: Declared, run: Run, rows: list[np.n
 def _non_numeric(config: Config, out: np.ndarray, output: Optional[str], what: str) -> None:
     """A model output of strings (a classifier's predict): only a custom postprocess reads it."""
     first = out.ravel()[0] if out.size else ""
+    first = first.item() if isinstance(first, np.generic) else first
     if config.postprocess not in ("argmax", "regression", "raw"):
         return
     if config.postprocess == "argmax" and output == "value":
@@ -190,7 +191,8 @@ def _non_numeric(config: Config, out: np.ndarray, output: Optional[str], what: s
         fix = ("use postprocess='argmax' (a string class comes as label_name) or a custom "
                "postprocess with output_schema")
     raise ConfigurationError(
-        f"{what} returns {type(first).__name__} values (e.g. {first!r}), not numbers, so "
+        f"{what} returns {'string' if isinstance(first, str) else type(first).__name__} values "
+        f"(e.g. {first!r}), not numbers, so "
         f"postprocess={config.postprocess!r}" + (f" with output={output!r}" if output else "")
         + f" cannot use them; {fix}")
 

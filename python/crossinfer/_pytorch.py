@@ -73,7 +73,7 @@ def _check_outputs(config: Config, output: Any, what: str) -> None:
     silently the first of a tuple."""
     index = config.output_index
     if isinstance(output, (tuple, list)):
-        shapes = ", ".join(str(list(getattr(o, "shape", ["?"]))) for o in output[:8])
+        shapes = ", ".join(str(list(getattr(o, "shape", ["?", "?"]))[1:]) for o in output[:8])
         if not all(isinstance(o, torch.Tensor) for o in output):
             raise ConfigurationError(
                 f"{what} returns a {type(output).__name__} holding "
@@ -85,7 +85,7 @@ def _check_outputs(config: Config, output: Any, what: str) -> None:
         if index is None and config.output != "named":
             raise ConfigurationError(
                 f"{what} returns a {type(output).__name__} of {len(output)} outputs "
-                f"(shapes {shapes}); say which to use: output_index=0 (or another position), "
+                f"(per row: {shapes}); say which to use: output_index=0 (or another position), "
                 "or output='named' with a custom postprocess that gets them all, by position "
                 "'0', '1', ...")
     elif index is not None:
