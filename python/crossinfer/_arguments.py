@@ -328,7 +328,7 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("load_model_args", "map<string,any>", Dict(),
              "pytorch state_dict: keyword arguments for `torch.load` (Beam's "
              "`load_model_args`): `weights_only` (default `true`; `false` runs the file's "
-             "code, so the file must be trusted) and `mmap`", "withLoadModelArgs",
+             "code, so the file must be trusted)", "withLoadModelArgs",
              ("pytorch",)),
     Argument("model_file_type", "string",
              Text(tuple(t for types in MODEL_FILE_TYPES.values() for t in types)),

@@ -181,7 +181,7 @@ def parse(**kw: Any) -> Config:
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_LOAD_MODEL_ARGS = {"weights_only": bool, "mmap": bool}
+_LOAD_MODEL_ARGS = {"weights_only": bool}
 
 
 def _check_model_args(v: dict[str, Any], framework: str, postprocess: str,
@@ -209,7 +209,7 @@ def _check_model_args(v: dict[str, Any], framework: str, postprocess: str,
         if want is None or not isinstance(value, want):
             raise ConfigurationError(
                 f"load_model_args[{key!r}]={value!r} is not supported; give weights_only "
-                "(true/false) or mmap (true/false)")
+                "(true/false)")
     file_type = v["model_file_type"]
     if file_type is not None and file_type not in MODEL_FILE_TYPES.get(framework, ()):
         raise ConfigurationError(

@@ -87,12 +87,9 @@ def _call(run: Run, batch: np.ndarray, what: str) -> Any:
         raise
     except Exception as e:  # pylint: disable=broad-except
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        missing = re.search(r"missing \d+ required (?:keyword-only |positional )?arguments?: "
-                            r"'(\w+)'", text)
-        if isinstance(e, TypeError) and missing:
-            fix = (f"the model needs the argument {missing.group(1)!r}, which crossinfer "
-                   f"does not pass: give it in inference_args "
-                   f"(e.g. inference_args={{'{missing.group(1)}': ...}})")
+        missing = missing_argument(e)
+        if missing:
+            fix = missing
         elif _dtype_error(text):
             fix = "set input_dtype to the dtype the model takes (e.g. 'float32')"
         else:
@@ -100,6 +97,18 @@ def _call(run: Run, batch: np.ndarray, what: str) -> Any:
         raise ConfigurationError(
             f"{what} fails on a probe batch of shape {list(batch.shape)} {batch.dtype}: "
             f"{type(e).__name__}: {text}; {fix}") from e
+
+
+def missing_argument(e: BaseException) -> str:
+    """For a model call that failed for want of an argument: what to do ('' otherwise)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    missing = re.search(r"missing \d+ required (?:keyword-only |positional )?arguments?: "
+                        r"'(\w+)'", text)
+    if not isinstance(e, TypeError) or not missing:
+        return ""
+    return (f"the model needs the argument {missing.group(1)!r}, which crossinfer does not "
+            f"pass: give it in inference_args (e.g. inference_args="
+            f"{{'{missing.group(1)}': ...}})")
 
 
 def _dtype_error(text: str) -> bool:

@@ -370,7 +370,10 @@ def _declared(config: Config, model: torch.nn.Module, what: str) -> _probe.Decla
     for m, d, batch in tried:
         try:
             out, first, final = _trace(model, batch, config.inference_args)
-        except Exception:  # pylint: disable=broad-except
+        except Exception as e:  # pylint: disable=broad-except
+            fix = _probe.missing_argument(e)
+            if fix:  # no input shape would do: the call lacks an argument
+                raise ConfigurationError(f"{what} cannot be called: {fix}") from e
             continue
         if m is not None and first is not None and first is not m:
             continue  # ran, but this layer is not where the input goes
