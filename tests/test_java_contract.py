@@ -110,6 +110,12 @@ HAND_MADE = [{"name": n, "type": t, "frameworks": _ALL, "doc": "…", "java": j}
     ("pad_value", "float", "withPadValue"),
     ("output", "string", "withOutput"),
     ("inference_args", "map<string,any>", "withInferenceArgs"),
+    ("labels", "list<string>", "withLabels"),
+    ("output_index", "int", "withOutputIndex"),
+    ("env_vars", "map<string,string>", "withEnvVars"),
+    ("load_model_args", "map<string,any>", "withLoadModelArgs"),
+    ("model_file_type", "string", "withModelFileType"),
+    ("max_models_per_worker_hint", "int", "withMaxModelsPerWorkerHint"),
     ("client_version", "string", "sklearn|pytorch|onnx|custom"),
 ]]
 

@@ -552,6 +552,85 @@ public final class CrossInference
   }
 
   /**
+   * The name of each class, in the order of the model's outputs; with the default {@code argmax}
+   * postprocess the predictions get a {@code label_name} string field (they get it without this for
+   * models whose classes are strings). Sends {@code labels}.
+   *
+   * @param labels one name per class
+   * @return a new transform with this setting
+   */
+  public CrossInference withLabels(List<String> labels) {
+    return with("labels", WireValues.names("withLabels", labels));
+  }
+
+  /**
+   * Same as {@link #withLabels(List)}.
+   *
+   * @param labels one name per class
+   * @return a new transform with this setting
+   */
+  public CrossInference withLabels(String... labels) {
+    return withLabels(Arrays.asList(notNull("withLabels", "labels", labels)));
+  }
+
+  /**
+   * For a model that returns several outputs (a tuple, several ONNX outputs): the position of the
+   * one to use. Sends {@code output_index}.
+   *
+   * @param index the output's position, from 0
+   * @return a new transform with this setting
+   */
+  public CrossInference withOutputIndex(int index) {
+    return with("output_index", (long) index);
+  }
+
+  /**
+   * Environment variables set on each worker before the model loads (Beam's {@code env_vars}).
+   * Sends {@code env_vars}.
+   *
+   * @param envVars variable name to value
+   * @return a new transform with this setting
+   */
+  public CrossInference withEnvVars(Map<String, String> envVars) {
+    return with("env_vars", WireValues.stringMap("withEnvVars", envVars));
+  }
+
+  /**
+   * Keyword arguments for {@code torch.load} when loading a PyTorch state_dict (Beam's {@code
+   * load_model_args}), for example {@code weights_only=false} for a trusted file. Sends {@code
+   * load_model_args}.
+   *
+   * @param loadModelArgs argument name to value
+   * @return a new transform with this setting
+   */
+  public CrossInference withLoadModelArgs(Map<String, ?> loadModelArgs) {
+    return withParams("withLoadModelArgs", "load_model_args", loadModelArgs);
+  }
+
+  /**
+   * The model file's format, stated instead of read off its name: {@code "pickle"} or {@code
+   * "joblib"} (scikit-learn), {@code "state_dict"}, {@code "safetensors"} or {@code "torchscript"}
+   * (PyTorch). Sends {@code model_file_type}.
+   *
+   * @param type the format
+   * @return a new transform with this setting
+   */
+  public CrossInference withModelFileType(String type) {
+    return with("model_file_type", notNull("withModelFileType", "type", type));
+  }
+
+  /**
+   * With {@link #withModels}: at most this many models held in memory per worker at once (Beam's
+   * {@code max_models_per_worker_hint}). Sends {@code max_models_per_worker_hint}.
+   *
+   * @param hint the number of models
+   * @return a new transform with this setting
+   */
+  public CrossInference withMaxModelsPerWorkerHint(int hint) {
+    return with("max_models_per_worker_hint", (long) hint);
+  }
+
+  /**
    * The running crossinfer expansion service that expands this transform, as {@code "host:port"},
    * for example {@code "localhost:8097"} after {@code crossinfer-expansion-service --port 8097}.
    * Without it, this library starts a service itself (see the class documentation).
