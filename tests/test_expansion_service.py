@@ -430,7 +430,7 @@ def test_one_log_line_per_expansion(service, model, tmp_path):
     for request in requests.values():
         service.expand(request)
     expected = {f"ok-{tag}": "ok", f"bad-{tag}": "ModelLoadError", f"evil-{tag}": "rejected"}
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # the log line follows the answer; a loaded machine is slow
     while True:
         lines = service.log().splitlines()
         mine = {name: [line for line in lines if f"transform='{name}'" in line]

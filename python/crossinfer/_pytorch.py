@@ -14,7 +14,6 @@ import contextlib
 import fnmatch
 import functools
 import inspect
-import io
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
@@ -24,7 +23,7 @@ import torch
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
-from crossinfer import _callables, _probe
+from crossinfer import _callables, _probe, _torch_files
 from crossinfer._callables import resolve
 from crossinfer._config import Config
 from crossinfer._errors import CallableNotAllowedError, ConfigurationError, ModelLoadError
@@ -201,72 +200,20 @@ def loads_code(config: Config, model_uri: str) -> bool:
     return config.model_class is None or not _load_model_args(config)["weights_only"]
 
 
-def _holds_state_dict(uri: str) -> bool:
-    """A file torch loads with weights_only=True into a dict (it runs no code)."""
-    try:
-        with FileSystems.open(uri) as f:
-            obj = torch.load(io.BytesIO(f.read()), weights_only=True, map_location="cpu")
-    except Exception:  # pylint: disable=broad-except
-        return False
-    return isinstance(obj, Mapping)
-
-
-def _pickled_module(uri: str) -> bool:
-    """A torch.save(module) file: a pickle that names the module's class (weights_only
-    refuses it without running it)."""
-    try:
-        with FileSystems.open(uri) as f:
-            torch.load(io.BytesIO(f.read()), weights_only=True, map_location="cpu")
-    except Exception as e:  # pylint: disable=broad-except
-        return "Unsupported global" in str(e) or "GLOBAL" in str(e)
-    return False
-
-
 def _load(config: Config, model_uri: str, model_class: Optional[type]) -> torch.nn.Module:
     argument = argument_for(config, model_uri)
     if model_class is None and _is_safetensors(config, model_uri):
         check_exists(model_uri, argument)
-        raise _public(_STATE_DICT_WITHOUT_CLASS.format(argument=argument, uri=model_uri))
+        raise _torch_files.state_dict_without_class(argument, model_uri)
     kind = "pytorch state_dict" if model_class is not None else "TorchScript"
     try:
         return load_once(_handler(config, model_uri, model_class, "CPU").load_model, model_uri,
                          kind, argument)
     except ModelLoadError as e:
-        cause = e.__cause__
-        if model_class is None and _holds_state_dict(model_uri):
-            raise _public(_STATE_DICT_WITHOUT_CLASS.format(
-                argument=argument, uri=model_uri)) from None
-        if _pickled_module(model_uri):
-            raise _public(_PICKLED_MODULE.format(argument=argument, uri=model_uri)) from None
-        if model_class is not None and isinstance(cause, RuntimeError) and \
-                "state_dict" in str(cause):
-            detail = " ".join(str(cause).split())[:300]
-            raise _public(
-                f"{argument}={model_uri!r} holds weights that do not fit "
-                f"{config.model_class}(**model_params) with model_params="
-                f"{config.model_params!r}: {detail}; set model_params to the values the model "
-                "was built with (or model_class to the class it was saved from)",
-                f"{argument}={model_uri!r} holds weights that do not fit "
-                f"{config.model_class}(**model_params) with model_params="
-                f"{config.model_params!r}; set model_params to the values the model was built "
-                "with (or model_class to the class it was saved from)") from None
-        raise
-
-
-def _public(full: str, public: Optional[str] = None) -> ModelLoadError:
-    error = ModelLoadError(full)
-    error.public = public or full
-    return error
-
-
-_STATE_DICT_WITHOUT_CLASS = (
-    "{argument}={uri!r} holds a state_dict (weights only), not TorchScript; give "
-    "model_class='package.module:Class' (and model_params) to load it into")
-_PICKLED_MODULE = (
-    "{argument}={uri!r} holds a whole pickled module (torch.save(model)), which runs code "
-    "when loaded; save model.state_dict() instead and give model_class='package.module:Class' "
-    "(and model_params), or export TorchScript (torch.jit.script(model).save(path)) and give "
-    "no model_class")
+        diagnosed = _torch_files.diagnose(config, model_uri, argument, e)
+        if diagnosed is e:
+            raise
+        raise diagnosed from None
 
 
 def _required_inputs(model: torch.nn.Module) -> list[str]:
