@@ -123,9 +123,12 @@ def test_env_vars_are_set_on_the_worker_before_the_model_runs(sklearn_model, mon
     assert not fails and len(preds) == 12
     proba = model.predict_proba(2 * x.astype(np.float64))
     assert {p.id: p.label for p in preds} == {i: int(proba[i].argmax()) for i in range(12)}
-    with pytest.raises(ConfigurationError, match="env_vars names '1BAD'"):
-        _apply(framework="sklearn", model_uri=str(path), feature_field="features",
-               env_vars={"1BAD": "x"})
+    for name, message in (("1BAD", "env_vars names '1BAD'"),
+                          ("LD_PRELOAD", "env_vars may not set 'LD_PRELOAD'"),
+                          ("PythonPath", "env_vars may not set 'PythonPath'")):
+        with pytest.raises(ConfigurationError, match=message):
+            _apply(framework="sklearn", model_uri=str(path), feature_field="features",
+                   env_vars={name: "x"})
 
 
 def test_model_file_type_reads_a_file_whatever_its_name(tmp_path, sklearn_model, mlp_model):

@@ -323,7 +323,8 @@ ARGUMENTS: tuple[Argument, ...] = (
              "position `\"0\"`, `\"1\"`, …)", "withOutputIndex", ("pytorch", "onnx")),
     Argument("env_vars", "map<string,string>", Dict(strings=True),
              "environment variables set on each worker before the model loads (Beam's "
-             "`env_vars`); not set where the pipeline is built", "withEnvVars",
+             "`env_vars`); not set where the pipeline is built; not `LD_*`, `PYTHON*`, `PATH` "
+             "and others that change which code runs", "withEnvVars",
              ("sklearn", "pytorch", "onnx")),
     Argument("load_model_args", "map<string,any>", Dict(),
              "pytorch state_dict: keyword arguments for `torch.load` (Beam's "

@@ -181,6 +181,10 @@ def parse(**kw: Any) -> Config:
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Variables that change what a worker process loads or runs (its own or its children's code):
+# a pipeline's settings must not reach them.
+_ENV_REFUSED = re.compile(r"^(LD_|DYLD_|PYTHON|BEAM_)|^(PATH|HOME|SHELL|IFS|ENV|BASH_ENV)$",
+                          re.IGNORECASE)
 _LOAD_MODEL_ARGS = {"weights_only": bool}
 
 
@@ -204,6 +208,11 @@ def _check_model_args(v: dict[str, Any], framework: str, postprocess: str,
             raise ConfigurationError(
                 f"env_vars names {name!r}, which is not an environment variable name "
                 "(letters, digits and _, not starting with a digit)")
+        if _ENV_REFUSED.match(name):
+            raise ConfigurationError(
+                f"env_vars may not set {name!r}: it changes which code the worker loads or "
+                "runs (LD_*, DYLD_*, PYTHON*, BEAM_*, PATH, HOME, SHELL, ENV, BASH_ENV, IFS); "
+                "configure the worker's environment instead")
     for key, value in (v["load_model_args"] or {}).items():
         want = _LOAD_MODEL_ARGS.get(key)
         if want is None or not isinstance(value, want):

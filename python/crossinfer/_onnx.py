@@ -141,6 +141,8 @@ def describe(config: Config, model_uri: str) -> Signature:
     keys = None
     index = config.output_index
     classifier = _classifier(outputs, graph) if config.output != "named" else None
+    if classifier is not None and _classes(graph) == (None, None, ""):
+        classifier = None  # a label beside scores, but no classifier node says the classes
     if index is not None and index >= len(outputs):
         raise ConfigurationError(
             f"output_index={index}, but {what} has {len(outputs)} outputs ({', '.join(names)})")
@@ -154,10 +156,6 @@ def describe(config: Config, model_uri: str) -> Signature:
             f"output {names[index]!r} holds the class scores of label output "
             f"{names[label_at]!r}")
         if outputs[index].type.startswith("seq(map("):
-            if d.label_names is None and d.labels is None:
-                raise ConfigurationError(
-                    f"{what}'s output {names[index]!r} is a map per row without class labels in "
-                    "the graph; set output='named' with a custom postprocess")
             keys = tuple(str(k) for k in (d.label_names or d.labels))
     elif len(outputs) > 1 and config.output != "named" and index is None:
         raise ConfigurationError(

@@ -128,8 +128,9 @@ def sample(output: Any) -> Optional[dict[str, Any]]:
 
     if isinstance(output, Mapping):
         arrays = {str(k): sample(v) for k, v in list(output.items())[:64]}
-        if len(output) > 64 or any(v is None for v in arrays.values()):
-            return None
+        if len(output) > 64 or any(v is None for v in arrays.values()) or sum(
+                len(v["values"]) for v in arrays.values()) > MAX_SAMPLE_VALUES:
+            return None  # kept small: it crosses from the inspecting process in one line
         return {"named": arrays}
     arr = np.asarray(output)
     kind = arr.dtype.kind
