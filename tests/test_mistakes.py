@@ -4,9 +4,7 @@ load_model_args, model_file_type, max_models_per_worker_hint)."""
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
 
 import apache_beam as beam
 import joblib
