@@ -18,9 +18,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
+from crossinfer import frameworks as _frameworks
 from crossinfer._errors import ConfigurationError
 
-FRAMEWORKS = ("sklearn", "pytorch", "onnx", "custom")
+FRAMEWORKS = _frameworks.NAMES  # the registry's, in its order
+_FACTORIES = "|".join(p.java for p in _frameworks.REGISTRY)  # Java factories, one per framework
 BUILTIN_POSTPROCESS = ("argmax", "regression", "raw")
 OUTPUT_KINDS = ("probabilities", "logits", "value", "named")
 INPUT_DTYPES = ("float32", "float64", "int64", "int32", "bool")
@@ -231,22 +233,21 @@ class Argument:
 
 ARGUMENTS: tuple[Argument, ...] = (
     Argument("framework", "string", Text(FRAMEWORKS),
-             "the model's library", "sklearn|pytorch|onnx|custom"),
+             "the model's library", _FACTORIES),
     Argument("model_uri", "string", Text(),
              "the model file: a local path or any URI Beam's FileSystems reads (`gs://…`). "
-             "sklearn: pickle (joblib for `.joblib`); pytorch: a state_dict (`torch.save` or "
-             "`.safetensors`) with `model_class`, or TorchScript without; onnx: `.onnx`; "
-             "custom: passed to the factory", "withModelUri"),
+             + "; ".join(f"{p.name}: {p.formats}" for p in _frameworks.REGISTRY),
+             "withModelUri"),
     Argument("model_class", "string", Text(callable_ok=True),
              "pytorch state_dict: `\"pkg.module:Class\"`, the `torch.nn.Module` to load it into",
-             "withModelClass", ("pytorch",)),
+             "withModelClass", _frameworks.taking("model_class")),
     Argument("model_params", "map<string,any>", Dict(),
              "keyword arguments for `model_class` (pytorch) or the handler factory (custom)",
-             "withModelParams", ("pytorch", "custom")),
+             "withModelParams", _frameworks.taking("model_params")),
     Argument("handler", "string", Text(callable_ok=True),
              "`\"pkg.module:factory\"`, called as `factory(**model_params, model_uri=...)`, "
              "returning a Beam `ModelHandler` that receives a list of model inputs",
-             "custom", ("custom",)),
+             "custom", _frameworks.taking("handler")),
     Argument("feature_field", "string", Text(),
              "one array field holding the model input (fixed or variable length)",
              "withFeatureField"),
@@ -284,11 +285,11 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("models", "map<string,string>", Dict(strings=True),
              "several models: key -> model_uri (Beam's KeyedModelHandler)", "withModels"),
     Argument("device", "string", Text(("CPU", "GPU"), upper=True),
-             "where the model runs", "withDevice", ("pytorch", "onnx", "custom"),
+             "where the model runs", "withDevice", _frameworks.taking("device"),
              default="CPU"),
     Argument("blocks", "bool", Flag(),
              "each input element holds many rows column by column (see below)", "withBlocks",
-             ("sklearn", "pytorch", "onnx"), default=False),
+             _frameworks.taking("blocks"), default=False),
     Argument("input_shape", "list<int>", Shape(),
              "one row's model input, stated instead of read off the model: `[32]` (fixed "
              "width), `[-1]` (a sequence), `[-1, 16]`", "withInputShape"),
@@ -298,18 +299,18 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("pad_value", "float", Number(),
              "the value sequences are padded with (e.g. the tokenizer's pad id); stated "
              "instead of read off the model (`Embedding.padding_idx`)", "withPadValue",
-             ("pytorch", "onnx", "custom")),
+             _frameworks.taking("pad_value")),
     Argument("output", "string", Text(OUTPUT_KINDS),
              "what the model returns per row: `\"probabilities\"`, `\"logits\"`, `\"value\"` "
              "(regression) or `\"named\"` (a dict of arrays, for a custom postprocess); read off "
              "the model where its metadata says, else needed by `argmax`", "withOutput"),
     Argument("inference_args", "map<string,any>", Dict(),
              "plain values passed to the model call on every batch (Beam's `inference_args`)",
-             "withInferenceArgs", ("pytorch", "onnx", "custom")),
+             "withInferenceArgs", _frameworks.taking("inference_args")),
     Argument("client_version", "string", Text(),
              "the crossinfer version of the client that built the request; the Java library "
              "sends its own, and expansion fails when it differs from the service's",
-             "sklearn|pytorch|onnx|custom"),
+             _FACTORIES),
 )
 
 BY_NAME: dict[str, Argument] = {a.name: a for a in ARGUMENTS}
