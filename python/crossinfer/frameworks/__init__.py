@@ -72,7 +72,7 @@ REGISTRY: tuple[Plugin, ...] = (
            takes=("device", "pad_value") + _STACKED),
     Plugin("tensorflow", "crossinfer.frameworks._tensorflow",
            "a SavedModel directory, or a Keras `.keras` / `.h5` file",
-           "a SavedModel or Keras file", "tensorflow", takes=("pad_value",) + _STACKED,
+           "a SavedModel or Keras file", "tensorflow", takes=("pad_value", "blocks"),
            extra="tensorflow", warm=False),
     Plugin("xgboost", "crossinfer.frameworks._xgboost",
            "XGBoost's JSON (`.json`) or UBJSON (`.ubj`) model", "", "xgboost",
