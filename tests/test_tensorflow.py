@@ -4,6 +4,7 @@ sequence axis, per-row failures, sharing, and the model repository treating both
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import apache_beam as beam
@@ -13,6 +14,7 @@ import pytest
 from crossinfer._errors import ModelLoadError
 from tests import models
 from tests.conftest import failure_ids, feature_rows, run
+from tests.test_java_e2e import job_server  # noqa: F401 - the fixture
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -127,3 +129,25 @@ def test_bad_file_fails_at_construction(tmp_path):
     with pytest.raises(ModelLoadError, match="did not load as a tensorflow model"):
         run(feature_rows(np.zeros((1, models.N_FEATURES), np.float32)), framework="tensorflow",
             model_uri=str(tmp_path / "junk.keras"), feature_field="features")
+
+
+@pytest.mark.java
+def test_from_java(job_server, classifier, tmp_path):
+    """CrossInference.tensorflow(uri) from a Java pipeline; the Keras file in a trusted root."""
+    from tests._java_frameworks import java_rows
+
+    path, model = classifier
+    data, trusted = tmp_path / "data", tmp_path / "trusted"
+    data.mkdir()
+    trusted.mkdir()
+    (trusted / "m.keras").write_bytes(path.read_bytes())
+    x, _ = models.dataset(n=50, seed=12)
+    preds, fails = java_rows(job_server, tmp_path, "tensorflow", trusted / "m.keras", x, data,
+                             trusted)
+    want = model.predict_on_batch(x)
+    assert sorted(p["id"] for p in preds) == list(range(50))
+    for p in preds:
+        assert p["label"] == int(want[p["id"]].argmax())
+        assert p["score"] == pytest.approx(float(want[p["id"]].max()), rel=1e-5)
+    assert [json.loads(f["element"])["id"] for f in fails] == [900]
+    assert "takes exactly 8" in fails[0]["error"]

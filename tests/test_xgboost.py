@@ -4,6 +4,7 @@ reading JSON/UBJSON as data."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import apache_beam as beam
@@ -13,6 +14,7 @@ import pytest
 from crossinfer._errors import ConfigurationError, ModelLoadError
 from tests import models
 from tests.conftest import failure_ids, feature_rows, run
+from tests.test_java_e2e import job_server  # noqa: F401 - the fixture
 
 xgboost = pytest.importorskip("xgboost")
 
@@ -133,3 +135,23 @@ def test_repository_reads_json_as_data(tmp_path):
             _inspect.admit(pickled)
     finally:
         _repository.set_repository(None)
+
+
+@pytest.mark.java
+def test_from_java(job_server, tmp_path):
+    """CrossInference.xgboost(uri) from a Java pipeline; the model under a data-only root."""
+    from tests._java_frameworks import java_rows
+
+    data, trusted = tmp_path / "data", tmp_path / "trusted"
+    data.mkdir()
+    trusted.mkdir()
+    booster = train(data / "m.ubj", "multi:softprob", num_class=3)
+    x, _ = models.dataset(n=50, seed=12)
+    preds, fails = java_rows(job_server, tmp_path, "xgboost", data / "m.ubj", x, data, trusted)
+    want = booster.predict(xgboost.DMatrix(x))
+    assert sorted(p["id"] for p in preds) == list(range(50))
+    for p in preds:
+        assert p["label"] == int(want[p["id"]].argmax())
+        assert p["score"] == pytest.approx(float(want[p["id"]].max()), rel=1e-6)
+    assert [json.loads(f["element"])["id"] for f in fails] == [900]
+    assert "takes exactly 8" in fails[0]["error"]
