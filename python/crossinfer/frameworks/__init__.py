@@ -100,3 +100,14 @@ def module(name: str) -> Any:
 def taking(argument: str) -> tuple[str, ...]:
     """The frameworks that honour the framework-specific ``argument``."""
     return tuple(p.name for p in REGISTRY if argument in p.takes)
+
+
+def markdown() -> str:
+    """The README's table of frameworks."""
+    lines = ["| `framework` | model files | runs code when loaded | Java | pip extra |",
+             "| --- | --- | --- | --- | --- |"]
+    for p in REGISTRY:
+        extra = f"`crossinfer[{p.extra}]`" if p.extra else "(installed with crossinfer)"
+        lines.append(f"| `{p.name}` | {p.formats} | {p.code_formats or 'no'} | "
+                     f"`CrossInference.{p.java}(…)` | {extra} |")
+    return "\n".join(lines) + "\n"
