@@ -151,3 +151,15 @@ def test_from_java(job_server, classifier, tmp_path):
         assert p["score"] == pytest.approx(float(want[p["id"]].max()), rel=1e-5)
     assert [json.loads(f["element"])["id"] for f in fails] == [900]
     assert "takes exactly 8" in fails[0]["error"]
+
+
+def test_keras_lambda_is_refused_by_safe_mode(tmp_path):
+    """A Keras file holding Python bytecode (a Lambda layer) does not load, even from a
+    trusted root: Keras's safe_mode is on."""
+    model = keras.Sequential([keras.Input((models.N_FEATURES,)),
+                              keras.layers.Lambda(lambda t: t * 2), keras.layers.Dense(2)])
+    model.save(str(tmp_path / "lambda.keras"))
+    with pytest.raises(ModelLoadError, match="did not load as a tensorflow model.*Lambda"):
+        run(feature_rows(np.zeros((1, models.N_FEATURES), np.float32)), framework="tensorflow",
+            model_uri=str(tmp_path / "lambda.keras"), feature_field="features",
+            postprocess="raw")
