@@ -183,7 +183,7 @@ def _warm_up() -> None:
     # imports when the first transform is applied (IPython, to see if it runs in a notebook):
     # imported now, they are part of what _registry.settle() makes permanent.
     # Frameworks whose import takes seconds (TensorFlow) are imported on first use only.
-    from crossinfer import frameworks
+    from crossinfer import _inspect, frameworks  # noqa: F401 - imported to be warm
 
     for plugin in frameworks.REGISTRY:
         if plugin.warm:
