@@ -327,9 +327,13 @@ def _child_main(config_json: str) -> int:
     _callables.set_allowlist(list(policy.allow))
     _repository.set_repository(_repository.Repository(
         policy.model_roots, policy.trusted_model_roots))
-    for framework in ("sklearn", "onnx", "pytorch", "custom"):
+    from crossinfer import frameworks
+
+    for plugin in frameworks.REGISTRY:
+        if not plugin.warm:  # imported by the first inspection that needs it
+            continue
         try:
-            _inspect.framework_module(framework)  # warm: imports cost seconds
+            plugin.load()  # warm: imports cost seconds
         except Exception:  # noqa: BLE001 - a missing framework fails when it is asked for
             pass
     if limits.memory_mb > 0:

@@ -182,11 +182,13 @@ def _warm_up() -> None:
     # The framework modules (checking a model URI needs its framework's), and what Beam
     # imports when the first transform is applied (IPython, to see if it runs in a notebook):
     # imported now, they are part of what _registry.settle() makes permanent.
-    from crossinfer import _inspect
+    # Frameworks whose import takes seconds (TensorFlow) are imported on first use only.
+    from crossinfer import _inspect, frameworks  # noqa: F401 - imported to be warm
 
-    for framework in ("sklearn", "onnx", "pytorch", "custom"):
-        with contextlib.suppress(Exception):
-            _inspect.framework_module(framework)
+    for plugin in frameworks.REGISTRY:
+        if plugin.warm:
+            with contextlib.suppress(Exception):
+                plugin.load()
     with contextlib.suppress(Exception):
         from apache_beam.utils import interactive_utils
 

@@ -6,9 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-echo "== Python packages (apache-beam[gcp]==2.77.0, torch, scikit-learn, onnxruntime, crossinfer)"
+echo "== Python packages (apache-beam[gcp]==2.77.0, torch, scikit-learn, onnxruntime, tensorflow, xgboost, crossinfer)"
+# The tensorflow and xgboost extras add about 1.4 GB and a minute; the tests of those
+# frameworks are skipped where they are not installed.
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-  -e ".[test,bench]"
+  -e ".[test,bench,tensorflow,xgboost]"
 
 if ! command -v gradle >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1 \
     || ! command -v mvn >/dev/null 2>&1; then

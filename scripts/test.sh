@@ -6,4 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "== pytest"
-exec "${PYTHON:-python3}" -m pytest -q -p no:cacheprovider tests "$@"
+PY=${PYTHON:-python3}
+# TensorFlow's tests run in a pytest process of their own: TensorFlow and torch's compiler
+# cannot share one process (both register LLVM's options), and the other tests train torch
+# models. Exit 5 is "no test selected" (e.g. a path given that holds none of them).
+rc=0
+"$PY" -m pytest -q -p no:cacheprovider -m tensorflow tests "$@" || rc=$?
+[ "$rc" = 0 ] || [ "$rc" = 5 ] || exit "$rc"
+exec "$PY" -m pytest -q -p no:cacheprovider -m "not tensorflow" tests "$@"

@@ -25,7 +25,7 @@ def sk(sklearn_model):
 
 
 @pytest.mark.parametrize("change, error, words", [
-    (dict(framework="tensorflow"), ConfigurationError, "framework='tensorflow' is not supported"),
+    (dict(framework="tensorrt"), ConfigurationError, "framework='tensorrt' is not supported"),
     (dict(model_uri="/nonexistent/model.pkl"), ModelLoadError, "does not exist"),
     (dict(model_uri=None), ConfigurationError, "needs model_uri"),
     (dict(feature_fields=["id"]), ConfigurationError, "exactly one input source"),

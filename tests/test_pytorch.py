@@ -141,7 +141,8 @@ def test_a_worker_process_keeps_its_thread_cap(mlp_model, monkeypatch):
     # the process's life, even after the context that set it is no longer referenced.
     import gc
 
-    from crossinfer import _handler, _pytorch
+    from crossinfer import _handler
+    from crossinfer.frameworks import _pytorch
     from crossinfer._config import parse
     from crossinfer._features import Extractor
 

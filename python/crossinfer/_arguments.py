@@ -18,9 +18,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
+from crossinfer import frameworks as _frameworks
 from crossinfer._errors import ConfigurationError
 
-FRAMEWORKS = ("sklearn", "pytorch", "onnx", "custom")
+FRAMEWORKS = _frameworks.NAMES  # the registry's, in its order
+_FACTORIES = "|".join(p.java for p in _frameworks.REGISTRY)  # Java factories, one per framework
 BUILTIN_POSTPROCESS = ("argmax", "regression", "raw")
 OUTPUT_KINDS = ("probabilities", "logits", "value", "named")
 INPUT_DTYPES = ("float32", "float64", "int64", "int32", "bool")
@@ -237,22 +239,21 @@ class Argument:
 
 ARGUMENTS: tuple[Argument, ...] = (
     Argument("framework", "string", Text(FRAMEWORKS),
-             "the model's library", "sklearn|pytorch|onnx|custom"),
+             "the model's library", _FACTORIES),
     Argument("model_uri", "string", Text(),
              "the model file: a local path or any URI Beam's FileSystems reads (`gs://…`). "
-             "sklearn: pickle (joblib for `.joblib`); pytorch: a state_dict (`torch.save` or "
-             "`.safetensors`) with `model_class`, or TorchScript without; onnx: `.onnx`; "
-             "custom: passed to the factory", "withModelUri"),
+             + "; ".join(f"{p.name}: {p.formats}" for p in _frameworks.REGISTRY),
+             "withModelUri"),
     Argument("model_class", "string", Text(callable_ok=True),
              "pytorch state_dict: `\"pkg.module:Class\"`, the `torch.nn.Module` to load it into",
-             "withModelClass", ("pytorch",)),
+             "withModelClass", _frameworks.taking("model_class")),
     Argument("model_params", "map<string,any>", Dict(),
              "keyword arguments for `model_class` (pytorch) or the handler factory (custom)",
-             "withModelParams", ("pytorch", "custom")),
+             "withModelParams", _frameworks.taking("model_params")),
     Argument("handler", "string", Text(callable_ok=True),
              "`\"pkg.module:factory\"`, called as `factory(**model_params, model_uri=...)`, "
              "returning a Beam `ModelHandler` that receives a list of model inputs",
-             "custom", ("custom",)),
+             "custom", _frameworks.taking("handler")),
     Argument("feature_field", "string", Text(),
              "one array field holding the model input (fixed or variable length)",
              "withFeatureField"),
@@ -290,11 +291,11 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("models", "map<string,string>", Dict(strings=True),
              "several models: key -> model_uri (Beam's KeyedModelHandler)", "withModels"),
     Argument("device", "string", Text(("CPU", "GPU"), upper=True),
-             "where the model runs", "withDevice", ("pytorch", "onnx", "custom"),
+             "where the model runs", "withDevice", _frameworks.taking("device"),
              default="CPU"),
     Argument("blocks", "bool", Flag(),
              "each input element holds many rows column by column (see below)", "withBlocks",
-             ("sklearn", "pytorch", "onnx"), default=False),
+             _frameworks.taking("blocks"), default=False),
     Argument("input_shape", "list<int>", Shape(),
              "one row's model input, stated instead of read off the model: `[32]` (fixed "
              "width), `[-1]` (a sequence), `[-1, 16]`", "withInputShape"),
@@ -304,14 +305,14 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("pad_value", "float", Number(),
              "the value sequences are padded with (e.g. the tokenizer's pad id); stated "
              "instead of read off the model (`Embedding.padding_idx`)", "withPadValue",
-             ("pytorch", "onnx", "custom")),
+             _frameworks.taking("pad_value")),
     Argument("output", "string", Text(OUTPUT_KINDS),
              "what the model returns per row: `\"probabilities\"`, `\"logits\"`, `\"value\"` "
              "(regression) or `\"named\"` (a dict of arrays, for a custom postprocess); read off "
              "the model where its metadata says, else needed by `argmax`", "withOutput"),
     Argument("inference_args", "map<string,any>", Dict(),
              "plain values passed to the model call on every batch (Beam's `inference_args`)",
-             "withInferenceArgs", ("pytorch", "onnx", "custom")),
+             "withInferenceArgs", _frameworks.taking("inference_args")),
     Argument("labels", "list<string>", Names("class names", "'cat', 'dog'"),
              "with `\"argmax\"`: the name of each class, in the order of the model's outputs; "
              "adds `label_name: string` (added on its own for string classes: sklearn "
@@ -320,23 +321,25 @@ ARGUMENTS: tuple[Argument, ...] = (
              "a model that returns several outputs (a tuple, several ONNX outputs): the one "
              "to use, by position; the others are then ignored at your request (or "
              "`output=\"named\"` passes them all to a custom postprocess, a tuple's by "
-             "position `\"0\"`, `\"1\"`, …)", "withOutputIndex", ("pytorch", "onnx")),
+             "position `\"0\"`, `\"1\"`, …)", "withOutputIndex",
+             _frameworks.taking("output_index")),
     Argument("env_vars", "map<string,string>", Dict(strings=True),
              "environment variables set on each worker before the model loads (Beam's "
              "`env_vars`); not set where the pipeline is built; not `LD_*`, `PYTHON*`, `PATH` "
              "and others that change which code runs", "withEnvVars",
-             ("sklearn", "pytorch", "onnx")),
+             _frameworks.taking("env_vars")),
     Argument("load_model_args", "map<string,any>", Dict(),
              "pytorch state_dict: keyword arguments for `torch.load` (Beam's "
              "`load_model_args`): `weights_only` (default `true`; `false` runs the file's "
              "code, so the file must be trusted)", "withLoadModelArgs",
-             ("pytorch",)),
+             _frameworks.taking("load_model_args")),
     Argument("model_file_type", "string",
              Text(tuple(t for types in MODEL_FILE_TYPES.values() for t in types)),
              "the model file's format, stated instead of read off its name: sklearn "
              "`\"pickle\"` or `\"joblib\"` (Beam's `ModelFileType`); pytorch "
              "`\"state_dict\"`, `\"safetensors\"` (both with `model_class`) or "
-             "`\"torchscript\"`", "withModelFileType", ("sklearn", "pytorch")),
+             "`\"torchscript\"`", "withModelFileType",
+             _frameworks.taking("model_file_type")),
     Argument("max_models_per_worker_hint", "int", Integer(1, MAX_COPIES),
              "with `models`: at most this many models held in memory per worker at once "
              "(Beam's `max_models_per_worker_hint`; others are loaded when their rows come)",
@@ -344,7 +347,7 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("client_version", "string", Text(),
              "the crossinfer version of the client that built the request; the Java library "
              "sends its own, and expansion fails when it differs from the service's",
-             "sklearn|pytorch|onnx|custom"),
+             _FACTORIES),
 )
 
 BY_NAME: dict[str, Argument] = {a.name: a for a in ARGUMENTS}

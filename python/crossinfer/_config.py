@@ -252,7 +252,8 @@ def _blocks(blocks: Any, *, framework: str, preprocess: Optional[str], postproce
     if not blocks:
         return False
     conflicts = [
-        (framework == "custom", "framework='custom' (use sklearn, pytorch or onnx)"),
+        (framework not in BY_NAME["blocks"].frameworks,
+         f"framework={framework!r} (use {' or '.join(BY_NAME['blocks'].frameworks)})"),
         (preprocess is not None, "preprocess (name the block's array in feature_field)"),
         (postprocess not in BUILTIN_POSTPROCESS,
          f"a custom postprocess (use one of {', '.join(BUILTIN_POSTPROCESS)})"),

@@ -9,11 +9,10 @@ only the plain-data ``Signature``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from crossinfer import _repository
+from crossinfer import _repository, frameworks
 from crossinfer._config import Config, parse
 from crossinfer._signature import Signature
 
@@ -22,12 +21,6 @@ Runner = Callable[[Mapping[str, Any], Optional[str]], Mapping[str, Any]]
 
 _runner: Optional[Runner] = None
 
-# What each framework's code-running files are, for the repository's refusal.
-_CODE_FORMATS = {
-    "sklearn": "a pickle/joblib file",
-    "pytorch": "a TorchScript file",
-    "custom": "a custom handler's file",
-}
 
 
 def set_runner(runner: Optional[Runner]) -> None:
@@ -38,7 +31,7 @@ def set_runner(runner: Optional[Runner]) -> None:
 
 def framework_module(framework: str) -> Any:
     """The module that owns everything about ``framework`` (loading, signature, predict)."""
-    return importlib.import_module(f"crossinfer._{framework}")
+    return frameworks.module(framework)
 
 
 def admit(config: Config) -> dict[Optional[str], Optional[str]]:
@@ -60,7 +53,7 @@ def admit(config: Config) -> dict[Optional[str], Optional[str]]:
         argument = "model_uri" if key is None else f"models[{key!r}]"
         admitted[key] = repository.admit(
             uri, code=bool(module.loads_code(config, uri)), argument=argument,
-            what=_CODE_FORMATS.get(config.framework, "a model file of this kind"))
+            what=frameworks.plugin(config.framework).code_formats or "a model file of this kind")
     return admitted
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.typehints import row_type
 
-from crossinfer import _inspect, _postprocess, _schemas
+from crossinfer import _inspect, _postprocess, _schemas, frameworks
 from crossinfer._callables import resolve
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError, OutputError
@@ -85,14 +85,15 @@ def _check_output(config: Config, uri: Optional[str], signature: Signature) -> N
     """The postprocess must fit what the model returns (framework-neutral)."""
     where = signature.source("output")
     where = f" ({where})" if where else ""
-    if config.framework == "custom" and signature.output is None:
+    plugin = frameworks.plugin(config.framework)
+    if plugin.opaque and signature.output is None:
         if config.postprocess == "argmax":
             raise ConfigurationError(
                 "postprocess='argmax' on a custom handler needs output='probabilities' or "
                 "'logits' (what its inferences are); or use postprocess='raw' or a custom one")
         return
     if config.postprocess == "argmax" and signature.output not in ("probabilities", "logits"):
-        if signature.output == "value" and config.framework == "sklearn":
+        if signature.output == "value" and plugin.output_from_model:
             fix = "use postprocess='regression' or 'raw'"
         else:
             fix = ("set output='logits' (or 'probabilities') if these are class scores, or use "

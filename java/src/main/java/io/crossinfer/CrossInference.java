@@ -192,6 +192,53 @@ public final class CrossInference
   }
 
   /**
+   * A TensorFlow model: a Keras file ({@code .keras}, {@code .h5}) or a SavedModel directory.
+   * Both run code when loaded: an expansion service loads them from a trusted model root only.
+   * Sends {@code framework="tensorflow"} and {@code model_uri}.
+   *
+   * @param modelUri where the model is, as seen by the Python side
+   * @return a transform for that model
+   */
+  public static CrossInference tensorflow(String modelUri) {
+    return of("tensorflow", modelUri);
+  }
+
+  /**
+   * An XGBoost model saved as JSON ({@code .json}) or UBJSON ({@code .ubj}). Sends {@code
+   * framework="xgboost"} and {@code model_uri}.
+   *
+   * @param modelUri where the model file is, as seen by the Python side
+   * @return a transform for that model
+   */
+  public static CrossInference xgboost(String modelUri) {
+    return of("xgboost", modelUri);
+  }
+
+  /**
+   * A model of any framework the Python side registers, by its name (the {@code framework}
+   * argument), for frameworks without a named factory here. Sends {@code framework} and {@code
+   * model_uri}.
+   *
+   * @param framework the framework's name, such as {@code "xgboost"}
+   * @param modelUri where the model file is, as seen by the Python side
+   * @return a transform for that model
+   */
+  public static CrossInference of(String framework, String modelUri) {
+    return of(framework).withModelUri(modelUri);
+  }
+
+  /**
+   * Models of any registered framework, named later with {@link #withModelUri} or {@link
+   * #withModels}. Sends {@code framework}.
+   *
+   * @param framework the framework's name, such as {@code "tensorflow"}
+   * @return a transform for that framework's models
+   */
+  public static CrossInference of(String framework) {
+    return forFramework(notNull("of", "framework", framework));
+  }
+
+  /**
    * A model served by your own Beam {@code ModelHandler}: {@code handlerFqn} names a Python
    * callable {@code "package.module:factory"} that returns it, called with the model parameters
    * ({@link #withModelParams}) and the model URI ({@link #withModelUri}, optional). The expansion

@@ -82,6 +82,23 @@ public class CrossInferenceTest {
   }
 
   @Test
+  public void frameworkFactoriesSendTheirFrameworkName() throws Exception {
+    Object[][] cases = {
+      {CrossInference.tensorflow("/m/clf.keras"), "tensorflow", "/m/clf.keras"},
+      {CrossInference.xgboost("/m/b.json"), "xgboost", "/m/b.json"},
+      {CrossInference.of("onnx", "/m/a.onnx"), "onnx", "/m/a.onnx"},
+    };
+    for (Object[] c : cases) {
+      Row kwargs = sentKwargs(((CrossInference) c[0]).withFeatureField("f"));
+      assertEquals(c[1], kwargs.getString("framework"));
+      assertEquals(c[2], kwargs.getString("model_uri"));
+    }
+    Row later = sentKwargs(CrossInference.of("xgboost").withModelUri("/m/c.ubj").withFeatureField("f"));
+    assertEquals("xgboost", later.getString("framework"));
+    assertEquals("/m/c.ubj", later.getString("model_uri"));
+  }
+
+  @Test
   public void sklearnSendsOnlyWhatWasSet() throws Exception {
     Row kwargs =
         sentKwargs(

@@ -86,7 +86,7 @@ public final class ClassifyRows {
     /**
      * @return the model framework
      */
-    @Description("Model framework: sklearn, pytorch or onnx")
+    @Description("Model framework: sklearn, pytorch, onnx, tensorflow or xgboost")
     @Default.String("sklearn")
     String getFramework();
 
@@ -343,21 +343,8 @@ public final class ClassifyRows {
    * @throws IOException if {@code --modelParamsJson} is not JSON
    */
   static CrossInference inference(Options options) throws IOException {
-    CrossInference inference;
-    switch (options.getFramework()) {
-      case "sklearn":
-        inference = CrossInference.sklearn();
-        break;
-      case "pytorch":
-        inference = CrossInference.pytorch();
-        break;
-      case "onnx":
-        inference = CrossInference.onnx();
-        break;
-      default:
-        throw new IllegalArgumentException(
-            "--framework=" + options.getFramework() + ": give sklearn, pytorch or onnx");
-    }
+    // Any framework the Python side registers; an unknown name fails at expansion, naming it.
+    CrossInference inference = CrossInference.of(options.getFramework());
     if (options.getModelKeyField() != null) {
       inference = inference.withModels(options.getModelKeyField(), models(options.getModels()));
     } else if (options.getModelUri() != null) {

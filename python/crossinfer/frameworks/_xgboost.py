@@ -1,0 +1,108 @@
+"""XGBoost: Beam's XGBoostModelHandlerNumpy with a Booster, fed one stacked array per batch.
+
+A model file is XGBoost's JSON or UBJSON: trees and parameters, no code, so it loads from any
+model root. The signature comes from the booster: ``num_features`` is the row width, the
+objective says what a prediction is: ``binary:logistic`` and ``multi:softprob`` are class
+probabilities (a binary model's one probability p becomes the two columns [1 - p, p]),
+``multi:softmax`` is read as its margins (logits; its ``predict`` gives only the label), any
+other objective is a value. Missing values (NaN) are XGBoost's "missing", so rows may hold
+NaN.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Optional
+
+import numpy as np
+import xgboost
+from apache_beam.ml.inference.xgboost_inference import XGBoostModelHandlerNumpy
+
+from crossinfer import _probe
+from crossinfer._config import Config
+from crossinfer._errors import ConfigurationError
+from crossinfer._handler import Framework, model_threads
+from crossinfer._loading import load_once
+from crossinfer._signature import Signature
+
+_PROBABILITIES = ("binary:logistic", "multi:softprob")
+_LOGITS = ("multi:softmax",)
+
+
+class _Handler(XGBoostModelHandlerNumpy):
+    """Beam's handler; the booster's thread count is the loading process's."""
+
+    def load_model(self) -> Any:
+        model = super().load_model()
+        model.set_param({"nthread": model_threads()})
+        return model
+
+
+def _predict(kind: str, model: Any, batch: np.ndarray,
+             inference_args: Optional[dict] = None) -> np.ndarray:
+    """One stacked batch through the booster (``inplace_predict``: no DMatrix copy)."""
+    args = dict(inference_args or {})
+    if kind == "logits":
+        args.setdefault("predict_type", "margin")
+    out = np.asarray(model.inplace_predict(batch, **args))
+    if kind == "probabilities" and out.ndim == 1:  # binary:logistic: p of class 1
+        return np.stack([1.0 - out, out], axis=1)
+    return out
+
+
+def _kind(objective: str, output: Optional[str]) -> str:
+    if output == "value" or objective not in _PROBABILITIES + _LOGITS:
+        return "value"
+    return "logits" if objective in _LOGITS else "probabilities"
+
+
+def loads_code(config: Config, model_uri: str) -> bool:
+    """JSON/UBJSON holds trees and parameters: XGBoost parses it, nothing runs."""
+    return False
+
+
+def _objective(booster: Any) -> str:
+    try:
+        return str(json.loads(booster.save_config())["learner"]["objective"]["name"])
+    except Exception:  # pylint: disable=broad-except
+        return ""
+
+
+def describe(config: Config, model_uri: str) -> Signature:
+    """Load the booster once; read num_features and the objective; probe it."""
+    probe = XGBoostModelHandlerNumpy(model_class=xgboost.Booster, model_state=model_uri)
+    booster = load_once(probe.load_model, model_uri, "xgboost")
+    what = f"the XGBoost model ({model_uri})"
+    objective = _objective(booster)
+    if config.output not in (None, "value", _kind(objective, None)):
+        raise ConfigurationError(
+            f"output={config.output!r} is not what {what} returns (objective "
+            f"{objective or 'unknown'!r}: {_kind(objective, None)}); leave output unset, or "
+            "set 'value' for the booster's own prediction")
+    d = _probe.Declared(input_dtype="float32", allow_nan=True)
+    d.sources["input_dtype"] = "XGBoost computes in float32"
+    d.sources["allow_nan"] = "XGBoost reads NaN as a missing value"
+    width = int(booster.num_features())
+    if width > 0:
+        d.input_shape = (width,)
+        d.sources["input_shape"] = f"Booster.num_features() = {width}"
+    kind = _kind(objective, config.output)
+    d.output = kind
+    d.sources["output"] = f"objective {objective or 'unknown'!r}"
+    if config.output == "value" and kind == "value" and objective in _PROBABILITIES + _LOGITS:
+        d.sources["output"] += " (output='value': the booster's predict)"
+    return _probe.complete(config, d, lambda b: _predict(kind, booster, b), what)
+
+
+def build(config: Config, model_uri: str, signature: Signature) -> Framework:
+    """Beam's handler for the booster ``signature`` describes."""
+    kind = signature.output if signature.output in ("probabilities", "logits") else "value"
+    handler = _Handler(model_class=xgboost.Booster, model_state=model_uri,
+                       large_model=config.large_model, model_copies=config.model_copies)
+    return Framework(handler=handler, spec=signature.input_spec(), model_id=model_uri,
+                     to_model=_identity, predict=functools.partial(_predict, kind))
+
+
+def _identity(batch: np.ndarray) -> np.ndarray:
+    return batch
