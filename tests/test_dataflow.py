@@ -5,82 +5,19 @@ And what CrossInference refuses while the pipeline is built, before anything is 
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-from apache_beam.portability import common_urns
-from apache_beam.portability.api import beam_runner_api_pb2
 
-from tests._dataflow_standin import DataflowApi, Gcs, compile_stager, stop_java
+from tests._dataflow_standin import (IMAGE, MODEL, check_submitted_job, compile_stager,
+                                     staged_pipeline, standins, submit)
 from tests._java import EXAMPLES_CLASSPATH, classpath, java_env, run_java
-from tests._service_helpers import write_sklearn_model
 
 pytestmark = pytest.mark.java
 
 CLASSIFY = "io.crossinfer.examples.ClassifyRows"
-IMAGE = "us-docker.pkg.dev/standin-project/repo/crossinfer-worker:test"
-MODEL = "gs://standin-models/sklearn/model.pkl"
-
-
-def submit(cp: str, main: str, args: list[str], api: DataflowApi, env: dict[str, str],
-           staged: Path, timeout: float = 420) -> tuple[dict[str, Any], str]:
-    """Runs ``main`` until the runner has created its job and polls it; returns the job's JSON
-    and the program's stderr."""
-    proc = subprocess.Popen(["java", "-cp", cp, main, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**env, "STANDIN_STAGED": str(staged)})
-    try:
-        # Submitted, and the runner now waits on the job (it asks for the job's state).
-        api.wait_for(lambda: bool(api.jobs) and any(p.endswith(api.jobs[0]["id"])
-                                                    for p in api.polls),
-                     timeout, alive=lambda: proc.poll() is None)
-    finally:
-        _, err = stop_java(proc)
-    assert api.jobs, err[-5000:]
-    return api.jobs[0], err
-
-
-def staged_pipeline(staged: Path) -> beam_runner_api_pb2.Pipeline:
-    [path] = [p for p in staged.iterdir() if p.name.startswith("pipeline")]
-    return beam_runner_api_pb2.Pipeline.FromString(path.read_bytes())
-
-
-def check_submitted_job(job: dict[str, Any], proto: beam_runner_api_pb2.Pipeline) -> None:
-    """Runner v2, the Python stages in a DOCKER environment with IMAGE, crossinfer's stages."""
-    experiments = job["environment"]["experiments"]
-    assert "use_runner_v2" in experiments and "beam_fn_api" in experiments, experiments
-    [pool] = job["environment"]["workerPools"]
-    images = {i["environmentId"]: i["containerImage"] for i in pool["sdkHarnessContainerImages"]}
-    docker = common_urns.environments.DOCKER.urn
-    envs = proto.components.environments
-    python = [k for k, e in envs.items() if e.urn == docker and
-              beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image == IMAGE]
-    assert len(python) == 1, {k: e.urn for k, e in envs.items()}
-    assert images[python[0]] == IMAGE, images
-    # Every transform that runs in a non-Docker environment would make Dataflow refuse the job.
-    used = {t.environment_id for t in proto.components.transforms.values() if t.environment_id}
-    assert all(envs[e].urn == docker for e in used), {e: envs[e].urn for e in used}
-    in_python = [t.unique_name for t in proto.components.transforms.values()
-                 if t.environment_id == python[0]]
-    for stage in ("Inference(sklearn)/RunInference", "Inference(sklearn)/Postprocess",
-                  "Inference(sklearn)/Failures"):
-        assert any(n.endswith(stage) for n in in_python), (stage, in_python)
-    java = [t.unique_name for t in proto.components.transforms.values()
-            if t.environment_id and t.environment_id != python[0]]
-    assert any(n.startswith("Read") for n in java) and not any("RunInference" in n for n in java)
-
-
-@pytest.fixture
-def standins(tmp_path):
-    api, gcs = DataflowApi(), Gcs()
-    model = write_sklearn_model(tmp_path / "model.pkl", n_features=4)
-    gcs.put(MODEL, model.read_bytes())
-    yield api, gcs
-    api.stop()
-    gcs.stop()
+__all__ = ["standins"]  # the fixture
 
 
 def test_example_submitted_to_dataflow(tmp_path, standins):
@@ -96,7 +33,7 @@ def test_example_submitted_to_dataflow(tmp_path, standins):
         f"--modelUri={MODEL}", "--trustedModelRoots=gs://standin-models/sklearn/",
     ], api, java_env(**gcs.env()), tmp_path / "staged")
     assert "Traceback" not in err
-    check_submitted_job(job, staged_pipeline(tmp_path / "staged"))
+    check_submitted_job(job, staged_pipeline(tmp_path / "staged"), java_stage="Read")
 
 
 def _construct(tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
