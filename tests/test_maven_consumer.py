@@ -153,3 +153,44 @@ def test_mixed_beam_versions_fail_at_construction_within_10s(tmp_path):
     assert re.search(r"2\.68\.0: [^;]*beam-sdks-java-core", err), err[-3000:]
     assert re.search(r"declare [^;]*beam-runners-portability-java[^;]* at 2\.68\.0", err)
     assert not (tmp_path / "out-predictions.jsonl").exists()
+
+
+def _readme_block(lang: str, marker: str) -> str:
+    blocks = re.findall(rf"```{lang}\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    [block] = [b for b in blocks if marker in b]
+    return re.sub(r"^   ", "", block, flags=re.M)
+
+
+def test_readme_maven_snippet_is_the_tested_project():
+    """README's Maven dependencies are the consumer project's (base + the portable profile)."""
+    readme = ET.fromstring(f"<project>{_readme_block('xml', 'beam.version')}</project>")
+    declared = {(d.findtext("groupId"), d.findtext("artifactId"), d.findtext("version"))
+                for d in readme.iter("dependency")}
+    pom = ET.parse(REPO / "tests" / "maven_consumer" / "pom.xml").getroot()
+    portable = [p for p in pom.iter(f"{POM}profile") if p.findtext(f"{POM}id") == "portable"][0]
+    tested = {(d.findtext(f"{POM}groupId"), d.findtext(f"{POM}artifactId"),
+               d.findtext(f"{POM}version").replace("${portable.runner.version}", "${beam.version}")
+               .replace("${crossinfer.version}", VERSION))
+              for d in [*pom.find(f"{POM}dependencies"), *portable.iter(f"{POM}dependency")]}
+    assert declared == tested
+    assert readme.findtext("properties/beam.version") == \
+        pom.findtext(f"{POM}properties/{POM}beam.version")
+
+
+def test_readme_gradle_snippet_resolves_one_beam_version(tmp_path):
+    """README's Gradle dependencies, resolved by Gradle (offline, from what the build fetched):
+    crossinfer, jamm, and Beam at the one version the snippet names."""
+    (tmp_path / "settings.gradle").write_text("rootProject.name = 'consumer'\n")
+    (tmp_path / "build.gradle").write_text(
+        "apply plugin: 'java'\n" + _readme_block("groovy", "beamVersion"))
+    done = subprocess.run(["gradle", "--offline", "-q", "--console=plain", "dependencies",
+                           "--configuration", "runtimeClasspath"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "FAILED" not in done.stdout, done.stdout + done.stderr
+    resolved = set(re.findall(r"--- ([\w.-]+:[\w.-]+):(?:[\w.]+ -> )?([\w.-]+)", done.stdout))
+    beam = {v for a, v in resolved if a.startswith("org.apache.beam:beam-")
+            and "vendor" not in a}
+    assert beam == {"2.65.0"}, resolved
+    assert ("io.crossinfer:crossinfer", VERSION) in resolved
+    assert ("com.github.jbellis:jamm", "0.4.0") in resolved
+    assert ("org.apache.beam:beam-runners-portability-java", "2.65.0") in resolved
