@@ -6,7 +6,7 @@ installed (and what scripts/setup.sh fetched):
   expansion service CrossInference starts itself;
 - on Beam 2.68.0 with the Dataflow runner, it builds, expands and submits the pipeline to a
   stand-in Dataflow API: crossinfer's POM brings no Beam version of its own;
-- with Beam 2.68.0 and a PortableRunner of 2.65.0, it fails at construction, within 10 s, naming
+- with Beam 2.68.0 and a PortableRunner of 2.65.0, it fails at construction, in seconds, naming
   both versions (not a NoClassDefFoundError inside the runner and a hang).
 """
 
@@ -130,7 +130,7 @@ def test_consumer_on_beam_2_68_submits_to_dataflow(tmp_path, standins):
     check_submitted_job(job, staged_pipeline(tmp_path / "staged"), java_stage="Create.Values")
 
 
-def test_mixed_beam_versions_fail_at_construction_within_10s(tmp_path):
+def test_mixed_beam_versions_fail_at_construction(tmp_path):
     # Beam 2.68 core and Python extension, and the PortableRunner of 2.65: issue 18's mix.
     project, cp = _build(tmp_path, "-Pportable", "-Dbeam.version=2.68.0",
                          "-Dportable.runner.version=2.65.0")
@@ -146,8 +146,13 @@ def test_mixed_beam_versions_fail_at_construction_within_10s(tmp_path):
         capture_output=True, text=True, timeout=120, env=java_env())
     elapsed = time.monotonic() - start
     assert done.returncode != 0
-    assert elapsed < 10, elapsed
     err = done.stderr
+    # At construction: CrossInference.apply refuses, before anything is expanded or run. That is
+    # what bounds the time (~4-10 s here, JVM start included, depending on the machine's load;
+    # the margin is for a loaded CI machine; the mix used to hang until killed).
+    assert "at io.crossinfer.CrossInference.expand" in err, err[-3000:]
+    assert "PortableRunner" not in err.split("IllegalStateException", 1)[-1], err[-3000:]
+    assert elapsed < 30, elapsed
     assert "the Beam Java jars on the classpath are of different versions" in err, err[-3000:]
     assert re.search(r"2\.65\.0: [^;]*beam-runners-portability-java", err), err[-3000:]
     assert re.search(r"2\.68\.0: [^;]*beam-sdks-java-core", err), err[-3000:]

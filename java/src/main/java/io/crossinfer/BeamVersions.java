@@ -70,7 +70,12 @@ final class BeamVersions {
     try {
       Enumeration<URL> dirs = loader.getResources(PREFIX);
       while (dirs.hasMoreElements()) {
-        URLConnection connection = dirs.nextElement().openConnection();
+        URL dir = dirs.nextElement();
+        // Beam's vendored libraries (grpc, guava) have their own versions and many entries.
+        if (dir.getPath().contains("/beam-vendor-")) {
+          continue;
+        }
+        URLConnection connection = dir.openConnection();
         if (connection instanceof JarURLConnection) {
           JarURLConnection jarConnection = (JarURLConnection) connection;
           jarConnection.setUseCaches(false);
