@@ -26,11 +26,17 @@ echo "== Java build (gradle build: library, examples, JUnit, classpath files for
 gradle -q --console=plain build
 echo "== Java artifact io.crossinfer:crossinfer into the local Maven repository"
 gradle -q --console=plain publishToMavenLocal
-# The Maven consumer test builds offline (mvn -o); fetch its plugins and dependencies once.
-echo "== Maven: what the consumer project (tests/maven_consumer) needs, fetched once"
+# The Maven consumer tests build offline (mvn -o); fetch their plugins and dependencies once, for
+# each Beam version and runner they use: Beam 2.65.0 with the PortableRunner, Beam 2.68.0 with the
+# Dataflow runner, and 2.68.0 with a 2.65.0 PortableRunner (the mixed-versions test).
+echo "== Maven: what the consumer projects (tests/maven_consumer) need, fetched once"
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -1)
-CONSUMER=$(mktemp -d)
-cp -r tests/maven_consumer/. "$CONSUMER"
-(cd "$CONSUMER" && mvn -q -B package dependency:build-classpath -Dcrossinfer.version="$VERSION" \
-  -Dmdep.outputFile=target/classpath.txt)
-rm -rf "$CONSUMER"
+for flags in "-Pportable" "-Pdataflow -Dbeam.version=2.68.0" \
+    "-Pportable -Dbeam.version=2.68.0 -Dportable.runner.version=2.65.0"; do
+  CONSUMER=$(mktemp -d)
+  cp -r tests/maven_consumer/. "$CONSUMER"
+  # shellcheck disable=SC2086  # $flags is several flags
+  (cd "$CONSUMER" && mvn -q -B package dependency:build-classpath $flags \
+    -Dcrossinfer.version="$VERSION" -Dmdep.outputFile=target/classpath.txt)
+  rm -rf "$CONSUMER"
+done

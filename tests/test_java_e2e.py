@@ -288,38 +288,3 @@ def test_a_service_of_another_version_refuses_the_java_library(tmp_path, sklearn
     assert done.returncode != 0
     assert "the client is crossinfer" in done.stderr, done.stderr[-3000:]
     assert "but the expansion service has crossinfer 9.9.9" in done.stderr
-
-
-def test_dataflow_pipeline_as_submitted(tmp_path, sklearn_model):
-    """ClassifyRows with the documented Dataflow command line, translated to the portable
-    pipeline the DataflowRunner submits (runner v2), not submitted: the Python stages run in the
-    named worker image, the Java ones in Beam's Java image, and the versions shown match."""
-    path, _ = sklearn_model
-    image = "us-docker.pkg.dev/my-project/repo/crossinfer-worker:test"
-    done = run_java(
-        classpath(EXAMPLES_TEST_CLASSPATH), "io.crossinfer.examples.DataflowTranslation",
-        "--runner=DataflowRunner", "--project=my-project", "--region=us-central1",
-        "--tempLocation=gs://bucket/tmp", "--gcpTempLocation=gs://bucket/tmp",
-        "--experiments=use_runner_v2", f"--pythonContainerImage={image}",
-        "--input=gs://bucket/in.jsonl", "--output=gs://bucket/out", f"--modelUri={path}",
-        f"--trustedModelRoots={path.parent}",
-        "--credentialFactoryClass=org.apache.beam.sdk.extensions.gcp.auth.NoopCredentialFactory",
-        "--pathValidatorClass=org.apache.beam.sdk.extensions.gcp.storage.NoopPathValidator",
-        timeout=300)
-    assert done.returncode == 0, done.stderr[-5000:]
-    translated = json.loads(done.stdout)
-    assert translated["runner"] == "org.apache.beam.runners.dataflow.DataflowRunner"
-    envs = translated["environments"].values()
-    python = [e for e in envs if any("RunInference" in t for t in e["transforms"])]
-    assert len(python) == 1 and python[0]["urn"] == "beam:env:docker:v1"
-    assert python[0]["image"] == image
-    assert all("RunInference" not in t and "Inference(" not in t
-               for e in envs if e is not python[0] for t in e["transforms"])
-    java = [e for e in envs if any(t.startswith("Read/") for t in e["transforms"])]
-    assert java and java[0]["image"].startswith("apache/beam_java")
-    shown = {d["key"]: d["value"] for d in translated["display_data"]
-             if d["transform"] == "Classify"}
-    version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M)[1]
-    assert shown["crossinferVersion"] == version
-    assert shown["model_uri"] == str(path) and shown["framework"] == "sklearn"
-    assert image in shown["expansionService"]

@@ -78,6 +78,12 @@ import org.checkerframework.checker.nullness.qual.Nullable;
  * Python job server) and no {@code --defaultEnvironmentType}, the Java stages run in this JVM
  * (LOOPBACK), and the LOOPBACK worker's address is picked when not given.
  *
+ * <p><b>Dataflow and other container runs.</b> On the DataflowRunner (or with {@code
+ * --defaultEnvironmentType=DOCKER}) {@code apply} fails unless {@link #withSdkContainerImage} names
+ * the Python stages' image (or {@link #withExpansionService} a service started with one) and every
+ * model is at a URI the workers can read ({@code gs://...}, not a local path). It also fails when
+ * the Beam Java jars on the classpath are of more than one version, naming them.
+ *
  * <p><b>Only what Python needs crosses.</b> Unless a Python preprocess or postprocess needs whole
  * rows, the input is narrowed to the feature, passthrough and model key fields before it crosses
  * to Python.
@@ -810,6 +816,9 @@ public final class CrossInference
     checkArgument(
         input.hasSchema(),
         "CrossInference needs rows with a schema: call setRowSchema(schema) on the input");
+    BeamVersions.checkOneVersion(CrossInference.class.getClassLoader());
+    ContainerRuns.check(
+        input.getPipeline().getOptions(), kwargs, expansionService == null, service.sdkContainerImage);
     LocalRuns.prepare(input.getPipeline().getOptions());
     String address = expansionServiceAddress();
     PCollection<Row> projected = project(input);

@@ -29,7 +29,9 @@ final class LocalRuns {
       Arrays.asList(
           new String[] {"org.github.jamm.MemoryMeter", "com.github.jbellis:jamm:0.4.0"},
           new String[] {
-            "org.apache.beam.fn.harness.FnHarness", "org.apache.beam:beam-sdks-java-harness"
+            "org.apache.beam.fn.harness.FnHarness",
+            "org.apache.beam:beam-runners-portability-java (at your Beam version; it brings "
+                + "beam-sdks-java-harness)"
           });
 
   private LocalRuns() {}
@@ -72,7 +74,7 @@ final class LocalRuns {
             String.format(
                 "CrossInference: --defaultEnvironmentType=LOOPBACK runs Beam's Java worker in "
                     + "this JVM, which needs %s on the runtime classpath (class %s is missing); "
-                    + "depend on io.crossinfer:crossinfer with its runtime dependencies, or add "
+                    + "depend on io.crossinfer:crossinfer with its runtime dependencies, and add "
                     + "%s",
                 needed[1], needed[0], needed[1]),
             e);

@@ -7,6 +7,8 @@ import java.util.List;
 import org.apache.beam.sdk.Pipeline;
 import org.apache.beam.sdk.PipelineResult;
 import org.apache.beam.sdk.io.TextIO;
+import org.apache.beam.sdk.options.Description;
+import org.apache.beam.sdk.options.PipelineOptions;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.transforms.Create;
@@ -18,17 +20,26 @@ import org.apache.beam.sdk.values.Row;
 /**
  * What a Java team writes: rows, one CrossInference apply, predictions and failures out.
  *
- * <pre>Predict MODEL.pkl OUT_PREFIX --runner=PortableRunner --jobEndpoint=localhost:8099</pre>
+ * <pre>Predict MODEL.pkl OUT_PREFIX --runner=PortableRunner --jobEndpoint=localhost:8099
+ * Predict gs://BUCKET/MODEL.pkl gs://BUCKET/OUT --runner=DataflowRunner --pythonImage=IMAGE ...</pre>
  */
 public final class Predict {
   private Predict() {}
 
+  /** The image of the Python stages, for Dataflow. */
+  public interface Options extends PipelineOptions {
+    @Description("Beam's Python SDK image with crossinfer installed (Dataflow)")
+    String getPythonImage();
+
+    void setPythonImage(String image);
+  }
+
   public static void main(String[] args) {
     String model = args[0];
     String out = args[1];
-    Pipeline p =
-        Pipeline.create(
-            PipelineOptionsFactory.fromArgs(Arrays.copyOfRange(args, 2, args.length)).create());
+    Options options =
+        PipelineOptionsFactory.fromArgs(Arrays.copyOfRange(args, 2, args.length)).as(Options.class);
+    Pipeline p = Pipeline.create(options);
     Schema schema =
         Schema.builder()
             .addInt64Field("id")
@@ -44,15 +55,17 @@ public final class Predict {
     }
     rows.add(Row.withSchema(schema).addValues(99L, null).build());
 
+    // A pickle this project trained itself: its directory is a trusted root.
+    CrossInference inference =
+        CrossInference.sklearn(model)
+            .withTrustedModelRoots(model.substring(0, model.lastIndexOf('/') + 1))
+            .withFeatureField("features")
+            .withPassthroughFields("id");
+    if (options.getPythonImage() != null) {
+      inference = inference.withSdkContainerImage(options.getPythonImage());
+    }
     WithFailures.Result<PCollection<Row>, Row> result =
-        p.apply(Create.of(rows).withRowSchema(schema))
-            .apply(
-                CrossInference.sklearn(model)
-                    // A pickle this project trained itself: its directory is a trusted root.
-                    .withTrustedModelRoots(
-                        java.nio.file.Paths.get(model).toAbsolutePath().getParent().toString())
-                    .withFeatureField("features")
-                    .withPassthroughFields("id"));
+        p.apply(Create.of(rows).withRowSchema(schema)).apply(inference);
     result.output().apply("P", ToJson.of())
         .apply("WP", TextIO.write().to(out + "-predictions.jsonl").withoutSharding());
     result.failures().apply("F", ToJson.of())
