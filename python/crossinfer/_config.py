@@ -46,6 +46,8 @@ class Config:
     output: Optional[str] = None
     inference_args: Optional[dict[str, Any]] = None
     client_version: Optional[str] = None
+    model_updates: Optional[str] = None
+    model_update_interval_secs: Optional[float] = None
 
     def kwargs(self) -> dict[str, Any]:
         """Plain keyword arguments that ``parse`` turns back into this Config."""
@@ -165,6 +167,7 @@ def parse(**kw: Any) -> Config:
             f"pad_value is for a variable-length input, but input_shape={list(v['input_shape'])} "
             "has no -1 axis")
 
+    _check_updates(v["model_updates"], v["model_update_interval_secs"], models)
     blocks = _blocks(v["blocks"], framework=framework, preprocess=preprocess,
                      postprocess=postprocess, models=models, min_batch=min_batch,
                      duration=duration)
@@ -179,7 +182,23 @@ def parse(**kw: Any) -> Config:
         large_model=v["large_model"], model_copies=copies, model_key_field=model_key_field,
         models=models, device=v["device"], blocks=blocks, input_shape=v["input_shape"],
         input_dtype=v["input_dtype"], pad_value=v["pad_value"], output=output,
-        inference_args=v["inference_args"], client_version=v["client_version"])
+        inference_args=v["inference_args"], client_version=v["client_version"],
+        model_updates=v["model_updates"],
+        model_update_interval_secs=None if v["model_update_interval_secs"] is None
+        else float(v["model_update_interval_secs"]))
+
+
+def _check_updates(pattern: Optional[str], interval: Any, models: Any) -> None:
+    """model_updates: what it cannot be combined with (its files are checked in _updates)."""
+    if interval is not None and pattern is None:
+        raise ConfigurationError(
+            "model_update_interval_secs is how often model_updates is polled; give "
+            "model_updates (a file pattern) too, or drop it")
+    if pattern is not None and models is not None:
+        raise ConfigurationError(
+            "model_updates cannot be combined with models / model_key_field: updates swap "
+            "the one model of a transform; apply one Inference per model, each with its own "
+            "model_updates")
 
 
 def _blocks(blocks: Any, *, framework: str, preprocess: Optional[str], postprocess: str,

@@ -36,6 +36,16 @@ def set_runner(runner: Optional[Runner]) -> None:
     _runner = runner
 
 
+def get_runner() -> Optional[Runner]:
+    """The runner model files are opened through, or ``None`` (this process)."""
+    return _runner
+
+
+def code_format(framework: str) -> str:
+    """What a framework's code-running files are, for a repository refusal."""
+    return _CODE_FORMATS.get(framework, "a model file of this kind")
+
+
 def framework_module(framework: str) -> Any:
     """The module that owns everything about ``framework`` (loading, signature, predict)."""
     return importlib.import_module(f"crossinfer._{framework}")
@@ -60,7 +70,7 @@ def admit(config: Config) -> dict[Optional[str], Optional[str]]:
         argument = "model_uri" if key is None else f"models[{key!r}]"
         admitted[key] = repository.admit(
             uri, code=bool(module.loads_code(config, uri)), argument=argument,
-            what=_CODE_FORMATS.get(config.framework, "a model file of this kind"))
+            what=code_format(config.framework))
     return admitted
 
 

@@ -51,34 +51,38 @@ class Argmax:
                  classes: Mapping[str, Optional[Sequence[int]]]) -> None:
         self._softmax = dict(softmax)  # per model_id
         self._classes = dict(classes)
+        # A model update has a new model_id and the same signature as the only model.
+        only = len(self._softmax) == 1
+        self._default_softmax = next(iter(self._softmax.values())) if only else True
+        self._default_classes = next(iter(self._classes.values()), None) if only else None
 
     def __call__(self, inference: Any, model_id: str, row: Any) -> dict[str, Any]:
         out = _values(inference)
-        if self._softmax.get(model_id, True):
+        if self._softmax.get(model_id, self._default_softmax):
             if out.size == 1:  # one logit: a binary classifier
                 p1 = 1.0 / (1.0 + math.exp(-out[0]))
                 return {"label": int(p1 > 0.5), "score": max(p1, 1.0 - p1)}
             out = np.exp(out - out.max())
             out /= out.sum()
         i = int(out.argmax())
-        classes = self._classes.get(model_id)
+        classes = self._classes.get(model_id, self._default_classes)
         return {"label": int(classes[i]) if classes else i, "score": float(out[i])}
 
 
     def many(self, output: np.ndarray, model_id: str) -> Columns:
         out, errors = _values_many(output)
         with np.errstate(all="ignore"):  # rows with errors are dropped, their values unused
-            if self._softmax.get(model_id, True) and out.shape[1] == 1:
+            if self._softmax.get(model_id, self._default_softmax) and out.shape[1] == 1:
                 p1 = 1.0 / (1.0 + np.exp(-out[:, 0]))
                 label = (p1 > 0.5).astype(np.int64)
                 score = np.maximum(p1, 1.0 - p1)
             else:
-                if self._softmax.get(model_id, True):
+                if self._softmax.get(model_id, self._default_softmax):
                     out = np.exp(out - out.max(axis=1, keepdims=True))
                     out /= out.sum(axis=1, keepdims=True)
                 label = out.argmax(axis=1) if out.shape[1] else np.zeros(len(out), np.int64)
                 score = out[np.arange(len(out)), label] if out.shape[1] else np.zeros(len(out))
-                classes = self._classes.get(model_id)
+                classes = self._classes.get(model_id, self._default_classes)
                 if classes:
                     label = np.asarray(classes, dtype=np.int64)[label]
         return {"label": label.tolist(), "score": score.tolist()}, errors
