@@ -110,6 +110,8 @@ HAND_MADE = [{"name": n, "type": t, "frameworks": _ALL, "doc": "…", "java": j}
     ("pad_value", "float", "withPadValue"),
     ("output", "string", "withOutput"),
     ("inference_args", "map<string,any>", "withInferenceArgs"),
+    ("model_updates", "string", "withModelUpdates"),
+    ("model_update_interval_secs", "float", "withModelUpdates"),
     ("client_version", "string", "sklearn|pytorch|onnx|custom"),
 ]]
 

@@ -45,9 +45,9 @@ class Config:
     pad_value: Optional[float] = None
     output: Optional[str] = None
     inference_args: Optional[dict[str, Any]] = None
-    client_version: Optional[str] = None
     model_updates: Optional[str] = None
     model_update_interval_secs: Optional[float] = None
+    client_version: Optional[str] = None
 
     def kwargs(self) -> dict[str, Any]:
         """Plain keyword arguments that ``parse`` turns back into this Config."""

@@ -71,9 +71,9 @@ class Inference(beam.PTransform):
         pad_value: Optional[Union[int, float]] = None,
         output: Optional[str] = None,
         inference_args: Optional[Mapping[str, Any]] = None,
-        client_version: Optional[str] = None,
         model_updates: Optional[Union[str, beam.PCollection]] = None,
         model_update_interval_secs: Optional[Union[int, float]] = None,
+        client_version: Optional[str] = None,
     ) -> None:
         super().__init__()
         # A PCollection of ModelMetadata is not a plain value: kept aside, checked in expand.
