@@ -170,7 +170,8 @@ def _wait(what: str, ok: Any, limit: float = 180.0, detail: Any = lambda: "") ->
         time.sleep(0.25)
 
 
-def test_models_change_mid_stream_on_prism(tmp_path: Path) -> None:
+@pytest.mark.parametrize("large_model", [False, True], ids=["one-per-process", "large_model"])
+def test_models_change_mid_stream_on_prism(tmp_path: Path, large_model: bool) -> None:
     repo = tmp_path / "models"
     repo.mkdir()
     models.train_sklearn(repo / "a.pkl", seed=0)
@@ -192,7 +193,8 @@ def test_models_change_mid_stream_on_prism(tmp_path: Path) -> None:
             | beam.WindowInto(beam.window.FixedWindows(2)))
     out = rows | crossinfer.Inference(
         "sklearn", str(repo / "a.pkl"), feature_field="features", passthrough_fields=["id"],
-        model_updates=str(repo / "*.pkl"), model_update_interval_secs=1)
+        model_updates=str(repo / "*.pkl"), model_update_interval_secs=1,
+        large_model=large_model)
     _ = out["predictions"] | "Record" >> beam.ParDo(_Sink(str(sink)))
     _ = out["failures"] | "RecordFailures" >> beam.Map(
         lambda f: failures.open("a").write(f"{f}\n") and None)
