@@ -116,6 +116,33 @@ def test_newest_accepted_file_wins_and_refusals_are_skipped(tmp_path: Path) -> N
     assert list(fn.process(2)) == [ModelMetadata(str(tmp_path / "b.pkl"), "b")]
 
 
+def test_an_accepted_onnx_model_is_the_one_that_predicts(tmp_path: Path) -> None:
+    """What RunInference does with an accepted update, on crossinfer's handler: the path is
+    set, the model loaded from it, and model_id names it (Beam's ONNX handler alone would
+    keep loading the first file)."""
+    import torch
+
+    example = torch.zeros(1, models.N_FEATURES)
+    first, second = models.train_mlp(tmp_path / "a.pt", seed=0), \
+        models.train_mlp(tmp_path / "b.pt", seed=1)
+    models.export_onnx(first, tmp_path / "a.onnx", example)
+    models.export_onnx(second, tmp_path / "b.onnx", example)
+    config = _config.parse(framework="onnx", model_uri=str(tmp_path / "a.onnx"),
+                           feature_field="features", output="logits")
+    plan = _plan.build(config, models.FeatureRow)
+    checks = _updates.checks_for(config, plan.signature)
+    assert _updates.check_model(checks, str(tmp_path / "b.onnx")).input_name == "x"
+    rows = [_row(i) for i in range(16)]
+    x = torch.tensor([r.features for r in rows], dtype=torch.float32)
+
+    plan.handler.update_model_path(str(tmp_path / "b.onnx"))
+    outcome, = plan.handler.run_inference(rows, plan.handler.load_model())
+    assert outcome.model_id == str(tmp_path / "b.onnx")
+    np.testing.assert_allclose(outcome.output, second(x).detach().numpy(), rtol=1e-4,
+                               atol=1e-5)
+    assert not np.allclose(outcome.output, first(x).detach().numpy(), atol=1e-3)
+
+
 def test_bad_combinations_fail_at_construction(tmp_path: Path) -> None:
     models.train_sklearn(tmp_path / "a.pkl")
     base = dict(feature_field="features")
