@@ -90,6 +90,11 @@ def test_roots_travel_with_the_checks(tmp_path: Path) -> None:
     _repository.set_repository(_repository.Repository(trusted_roots=[str(inside)]))
     try:
         checks = _checks(inside / "a.pkl")
+        _updates.check_pattern(str(inside / "*.pkl"))
+        for pattern in (str(outside / "*.pkl"), str(inside / ".." / "elsewhere" / "*.pkl"),
+                        "models/*.pkl"):
+            with pytest.raises(ModelLoadError, match="model_updates="):
+                _updates.check_pattern(pattern)
     finally:
         _repository.set_repository(None)
     assert checks.trusted_roots == (os.path.realpath(inside) + "/",)
@@ -114,6 +119,18 @@ def test_newest_accepted_file_wins_and_refusals_are_skipped(tmp_path: Path) -> N
     (tmp_path / "c.pkl").write_bytes(b"garbage")
     os.utime(tmp_path / "c.pkl", (time.time() + 5, time.time() + 5))  # the newest file
     assert list(fn.process(2)) == [ModelMetadata(str(tmp_path / "b.pkl"), "b")]
+
+
+def test_a_callers_model_metadata_is_checked_the_same_way(tmp_path: Path) -> None:
+    models.train_sklearn(tmp_path / "a.pkl")
+    models.train_sklearn(tmp_path / "b.pkl", seed=1)
+    _publish(tmp_path / "c.pkl", _train_narrow)
+    fn = _updates.CheckUpdates(_checks(tmp_path / "a.pkl"))
+    good = ModelMetadata(str(tmp_path / "b.pkl"), "b")
+    assert list(fn.process(good)) == [good]
+    assert list(fn.process(ModelMetadata("", ""))) == [ModelMetadata("", "")]
+    assert list(fn.process(ModelMetadata(str(tmp_path / "c.pkl"), "c"))) == []
+    assert list(fn.process("not metadata")) == []
 
 
 def test_an_accepted_onnx_model_is_the_one_that_predicts(tmp_path: Path) -> None:

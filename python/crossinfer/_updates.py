@@ -35,7 +35,7 @@ from apache_beam.transforms import window
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from crossinfer import _callables, _inspect, _repository
-from crossinfer._config import Config
+from crossinfer._config import Config, parse
 from crossinfer._errors import ConfigurationError, ModelLoadError
 from crossinfer._signature import Signature
 
@@ -141,7 +141,7 @@ def check_model(checks: Checks, path: str) -> Signature:
     """The signature of the model at ``path`` if it may replace the running one, else raise."""
     kwargs = dict(checks.kwargs, model_uri=path)
     if checks.roots or checks.trusted_roots:
-        config = _inspect_config(kwargs)
+        config = parse(**kwargs)
         module = _inspect.framework_module(config.framework)
         repository = _repository.Repository(checks.roots, checks.trusted_roots)
         kwargs["model_uri"] = repository.admit(
@@ -158,11 +158,6 @@ def check_model(checks: Checks, path: str) -> Signature:
         raise ModelLoadError(
             "its signature differs from the running model's: " + "; ".join(differ))
     return signature
-
-
-def _inspect_config(kwargs: dict[str, Any]) -> Config:
-    from crossinfer._config import parse
-    return parse(**kwargs)
 
 
 _VERDICTS: dict[tuple[str, float, int], bool] = {}  # (path, mtime, size) -> accepted
