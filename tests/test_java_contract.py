@@ -116,6 +116,8 @@ HAND_MADE = [{"name": n, "type": t, "frameworks": _ALL, "doc": "…", "java": j}
     ("load_model_args", "map<string,any>", "withLoadModelArgs"),
     ("model_file_type", "string", "withModelFileType"),
     ("max_models_per_worker_hint", "int", "withMaxModelsPerWorkerHint"),
+    ("model_updates", "string", "withModelUpdates"),
+    ("model_update_interval_secs", "float", "withModelUpdates"),
     ("client_version", "string", "sklearn|pytorch|onnx|custom"),
 ]]
 

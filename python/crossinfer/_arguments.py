@@ -344,6 +344,17 @@ ARGUMENTS: tuple[Argument, ...] = (
              "with `models`: at most this many models held in memory per worker at once "
              "(Beam's `max_models_per_worker_hint`; others are loaded when their rows come)",
              "withMaxModelsPerWorkerHint"),
+    Argument("model_updates", "string", Text(),
+             "swap the model while the job runs: a file pattern (`/models/*.onnx`, "
+             "`gs://b/m/*.pkl`) polled every `model_update_interval_secs`; the newest file "
+             "written since the job started that passes the first model's checks and has its "
+             "signature replaces it, from the next window on (windowed input; see Model "
+             "updates). Python also takes a PCollection of Beam's `ModelMetadata`",
+             "withModelUpdates", _frameworks.taking("model_updates")),
+    Argument("model_update_interval_secs", "float", Number(positive=True, high=86400.0),
+             "how often `model_updates` is polled, and the length of the update windows "
+             "(default 10)",
+             "withModelUpdates", _frameworks.taking("model_updates")),
     Argument("client_version", "string", Text(),
              "the crossinfer version of the client that built the request; the Java library "
              "sends its own, and expansion fails when it differs from the service's",

@@ -48,6 +48,8 @@ class Config:
     load_model_args: Optional[dict[str, Any]] = None
     model_file_type: Optional[str] = None
     max_models_per_worker_hint: Optional[int] = None
+    model_updates: Optional[str] = None
+    model_update_interval_secs: Optional[float] = None
     client_version: Optional[str] = None
 
     def kwargs(self) -> dict[str, Any]:
@@ -159,6 +161,7 @@ def parse(**kw: Any) -> Config:
             "has no -1 axis")
 
     _check_model_args(v, framework, postprocess, models)
+    _check_updates(v["model_updates"], v["model_update_interval_secs"], models)
     blocks = _blocks(v["blocks"], framework=framework, preprocess=preprocess,
                      postprocess=postprocess, models=models, min_batch=min_batch,
                      duration=duration)
@@ -177,7 +180,9 @@ def parse(**kw: Any) -> Config:
         output_index=v["output_index"], env_vars=v["env_vars"],
         load_model_args=v["load_model_args"], model_file_type=v["model_file_type"],
         max_models_per_worker_hint=v["max_models_per_worker_hint"],
-        client_version=v["client_version"])
+        client_version=v["client_version"], model_updates=v["model_updates"],
+        model_update_interval_secs=None if v["model_update_interval_secs"] is None
+        else float(v["model_update_interval_secs"]))
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -242,6 +247,19 @@ def _check_model_args(v: dict[str, Any], framework: str, postprocess: str,
         raise ConfigurationError(
             "max_models_per_worker_hint limits how many of several models a worker holds; "
             "give models and model_key_field, or drop it")
+
+
+def _check_updates(pattern: Optional[str], interval: Any, models: Any) -> None:
+    """model_updates: what it cannot be combined with (its files are checked in _updates)."""
+    if interval is not None and pattern is None:
+        raise ConfigurationError(
+            "model_update_interval_secs is how often model_updates is polled; give "
+            "model_updates (a file pattern) too, or drop it")
+    if pattern is not None and models is not None:
+        raise ConfigurationError(
+            "model_updates cannot be combined with models / model_key_field: updates swap "
+            "the one model of a transform; apply one Inference per model, each with its own "
+            "model_updates")
 
 
 def _blocks(blocks: Any, *, framework: str, preprocess: Optional[str], postprocess: str,

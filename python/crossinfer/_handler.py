@@ -154,6 +154,7 @@ class RowHandler(ModelHandler):
         # caps then hold only during each model call, and the GC is frozen per bundle only.
         self._owner_pid = os.getpid()
         self._in_worker = False
+        self._model_id = framework.model_id  # a model update (update_model_path) changes it
         self._post_fns = list(framework.handler.get_postprocess_fns())
         self._pre_fns = list(framework.handler.get_preprocess_fns())
 
@@ -195,7 +196,7 @@ class RowHandler(ModelHandler):
             block, good, xs, bad = self._reader(element, self._fw.spec)
         except Exception as e:  # pylint: disable=broad-except
             # The block cannot be split into rows: the block is one failure.
-            return Outcomes([element], self._fw.model_id, [], None,
+            return Outcomes([element], self._model_id, [], None,
                             [(0, "preprocess", describe(e))])
         return self._score(block, good, xs, bad, model, inference_args)
 
@@ -203,7 +204,7 @@ class RowHandler(ModelHandler):
                model: Any, inference_args: Optional[dict[str, Any]]) -> Outcomes:
         failed = [(i, "preprocess", error) for i, error in bad]
         pieces: list[tuple[Optional[Sequence[int]], Any]] = []  # (positions in xs, outputs)
-        model_id = [self._fw.model_id]
+        model_id = [self._model_id]
         for group in self._groups(xs):
             self._run(group, xs, model, inference_args, pieces, failed, good, model_id)
         scored, output = _assemble(good, pieces)
@@ -314,7 +315,11 @@ class RowHandler(ModelHandler):
         self._inner.validate_inference_args(inference_args)
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
+        # RunInference calls this with a checked update's path before it loads that model,
+        # and again after: predictions then name the model that made them.
         self._inner.update_model_path(model_path)
+        if model_path:
+            self._model_id = model_path
 
     def share_model_across_processes(self) -> bool:
         return self._inner.share_model_across_processes()

@@ -29,6 +29,16 @@ def set_runner(runner: Optional[Runner]) -> None:
     _runner = runner
 
 
+def get_runner() -> Optional[Runner]:
+    """The runner model files are opened through, or ``None`` (this process)."""
+    return _runner
+
+
+def code_format(framework: str) -> str:
+    """What a framework's code-running files are, for a repository refusal."""
+    return frameworks.plugin(framework).code_formats or "a model file of this kind"
+
+
 def framework_module(framework: str) -> Any:
     """The module that owns everything about ``framework`` (loading, signature, predict)."""
     return frameworks.module(framework)
@@ -53,7 +63,7 @@ def admit(config: Config) -> dict[Optional[str], Optional[str]]:
         argument = "model_uri" if key is None else f"models[{key!r}]"
         admitted[key] = repository.admit(
             uri, code=bool(module.loads_code(config, uri)), argument=argument,
-            what=frameworks.plugin(config.framework).code_formats or "a model file of this kind")
+            what=code_format(config.framework))
     return admitted
 
 

@@ -37,6 +37,7 @@ class Plan:
     passthrough: tuple[str, ...]
     prediction_type: row_type.RowTypeConstraint
     inference_args: Optional[dict[str, Any]] = None  # passed to the model on every call
+    signature: Optional[Signature] = None  # the only model's (None: several models)
 
 
 def _check_input(config: Config, fields: dict[str, Any]) -> None:
@@ -234,4 +235,5 @@ def build(config: Config, element_type: Any) -> Plan:
         postprocess_many=many,
         passthrough=config.passthrough_fields,
         prediction_type=prediction_type,
-        inference_args=config.inference_args)
+        inference_args=config.inference_args,
+        signature=described[None][0] if None in described else None)

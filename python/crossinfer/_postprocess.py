@@ -54,11 +54,16 @@ class Argmax:
         self._softmax = dict(softmax)  # per model_id
         self._classes = dict(classes)
         self._names = {m: list(n) for m, n in (names or {}).items() if n is not None}
+        # A model update has a new model_id and the same signature as the only model.
+        only = len(self._softmax) == 1
+        self._default_softmax = next(iter(self._softmax.values())) if only else True
+        self._default_classes = next(iter(self._classes.values()), None) if only else None
+        self._default_names = next(iter(self._names.values()), None) if only else None
 
     def __call__(self, inference: Any, model_id: str, row: Any) -> dict[str, Any]:
         out = _values(inference)
-        names = self._names.get(model_id)
-        if self._softmax.get(model_id, True):
+        names = self._names.get(model_id, self._default_names)
+        if self._softmax.get(model_id, self._default_softmax):
             if out.size == 1:  # one logit: a binary classifier
                 p1 = 1.0 / (1.0 + math.exp(-out[0]))
                 label = int(p1 > 0.5)
@@ -69,7 +74,7 @@ class Argmax:
             out = np.exp(out - out.max())
             out /= out.sum()
         i = int(out.argmax())
-        classes = self._classes.get(model_id)
+        classes = self._classes.get(model_id, self._default_classes)
         result = {"label": int(classes[i]) if classes else i, "score": float(out[i])}
         if names:
             result["label_name"] = names[i]
@@ -78,20 +83,20 @@ class Argmax:
     def many(self, output: np.ndarray, model_id: str) -> Columns:
         out, errors = _values_many(output)
         with np.errstate(all="ignore"):  # rows with errors are dropped, their values unused
-            if self._softmax.get(model_id, True) and out.shape[1] == 1:
+            if self._softmax.get(model_id, self._default_softmax) and out.shape[1] == 1:
                 p1 = 1.0 / (1.0 + np.exp(-out[:, 0]))
                 label = index = (p1 > 0.5).astype(np.int64)
                 score = np.maximum(p1, 1.0 - p1)
             else:
-                if self._softmax.get(model_id, True):
+                if self._softmax.get(model_id, self._default_softmax):
                     out = np.exp(out - out.max(axis=1, keepdims=True))
                     out /= out.sum(axis=1, keepdims=True)
                 index = out.argmax(axis=1) if out.shape[1] else np.zeros(len(out), np.int64)
                 score = out[np.arange(len(out)), index] if out.shape[1] else np.zeros(len(out))
-                classes = self._classes.get(model_id)
+                classes = self._classes.get(model_id, self._default_classes)
                 label = np.asarray(classes, dtype=np.int64)[index] if classes else index
         columns = {"label": label.tolist(), "score": score.tolist()}
-        names = self._names.get(model_id)
+        names = self._names.get(model_id, self._default_names)
         if names:
             columns["label_name"] = [names[i] for i in index.tolist()]
         return columns, errors

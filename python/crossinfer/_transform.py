@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
-from crossinfer import _config, _plan
+from crossinfer import _config, _plan, _updates
 from crossinfer._emit import FAILURES, Postprocess, failure
 from crossinfer._errors import InputError, describe
 from crossinfer._schemas import Failure
@@ -77,9 +77,15 @@ class Inference(beam.PTransform):
         load_model_args: Optional[Mapping[str, Any]] = None,
         model_file_type: Optional[str] = None,
         max_models_per_worker_hint: Optional[int] = None,
+        model_updates: Optional[Union[str, beam.PCollection]] = None,
+        model_update_interval_secs: Optional[Union[int, float]] = None,
         client_version: Optional[str] = None,
     ) -> None:
         super().__init__()
+        # A PCollection of ModelMetadata is not a plain value: kept aside, checked in expand.
+        self._updates = model_updates if isinstance(model_updates, beam.PCollection) else None
+        if self._updates is not None:
+            model_updates = None
         # Stored as given; checked in one place, expand(), like scikit-learn's fit().
         self._kwargs = dict(
             framework=framework, model_uri=model_uri, model_class=model_class,
@@ -94,13 +100,15 @@ class Inference(beam.PTransform):
             labels=labels, output_index=output_index, env_vars=env_vars,
             load_model_args=load_model_args, model_file_type=model_file_type,
             max_models_per_worker_hint=max_models_per_worker_hint,
-            client_version=client_version)
+            client_version=client_version, model_updates=model_updates,
+            model_update_interval_secs=model_update_interval_secs)
 
     def default_label(self) -> str:
         return f"Inference({self._kwargs['framework']})"
 
     def expand(self, pcoll: beam.PCollection) -> dict[str, beam.PCollection]:
-        plan = _plan.build(_config.parse(**self._kwargs), pcoll.element_type)
+        config = _config.parse(**self._kwargs)
+        plan = _plan.build(config, pcoll.element_type)
         failed: list[beam.PCollection] = []
         rows = pcoll
         if plan.key_field is not None:
@@ -110,8 +118,11 @@ class Inference(beam.PTransform):
             failed.append(keyed[FAILURES])
         # Rows go to RunInference as they are: the handler reads a whole batch's features at
         # once, and emits one Outcomes per batch.
+        updates = _updates.side_input(pcoll, config, plan.signature, self._updates)
+        if updates is not None and config.model_updates is not None:
+            rows = _updates.hold_until_window_end(rows)
         scored = rows | "RunInference" >> RunInference(
-            plan.handler, inference_args=plan.inference_args)
+            plan.handler, inference_args=plan.inference_args, model_metadata_pcoll=updates)
         post = scored | "Postprocess" >> beam.ParDo(Postprocess(plan)).with_outputs(
             FAILURES, main=PREDICTIONS)
         predictions = post[PREDICTIONS]

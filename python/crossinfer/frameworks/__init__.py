@@ -63,14 +63,17 @@ _STACKED = ("blocks", "inference_args")  # frameworks fed one stacked array per 
 REGISTRY: tuple[Plugin, ...] = (
     Plugin("sklearn", "crossinfer.frameworks._sklearn",
            "a pickle, or joblib for `.joblib`", "a pickle/joblib file", "sklearn",
-           takes=("blocks", "env_vars", "model_file_type"), output_from_model=True),
+           takes=("blocks", "env_vars", "model_file_type", "model_updates"),
+           output_from_model=True),
     Plugin("pytorch", "crossinfer.frameworks._pytorch",
            "a state_dict (`torch.save` or `.safetensors`) with `model_class`, or TorchScript "
            "without", "a TorchScript file", "pytorch",
            takes=("model_class", "model_params", "device", "pad_value", "output_index",
-                  "env_vars", "load_model_args", "model_file_type") + _STACKED),
+                  "env_vars", "load_model_args", "model_file_type", "model_updates")
+           + _STACKED),
     Plugin("onnx", "crossinfer.frameworks._onnx", "`.onnx`", "", "onnx",
-           takes=("device", "pad_value", "output_index", "env_vars") + _STACKED),
+           takes=("device", "pad_value", "output_index", "env_vars", "model_updates")
+           + _STACKED),
     Plugin("tensorflow", "crossinfer.frameworks._tensorflow",
            "a SavedModel directory, or a Keras `.keras` / `.h5` file",
            "a SavedModel or Keras file", "tensorflow", takes=("pad_value", "blocks"),

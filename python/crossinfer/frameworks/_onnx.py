@@ -53,6 +53,10 @@ class _OnnxHandler(OnnxModelHandlerNumpy):
     """Beam's handler; its SessionOptions are made at load time (they do not pickle), with
     the thread count of the process that loads it."""
 
+    def update_model_path(self, model_path: Optional[str] = None) -> None:
+        # Beam's ONNX handler ignores model updates (no override); it loads _model_uri.
+        self._model_uri = model_path or self._model_uri
+
     def load_model(self) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = model_threads()

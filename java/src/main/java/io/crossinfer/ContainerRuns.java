@@ -50,6 +50,10 @@ final class ContainerRuns {
         uris.add(new WorkerUri("withModels", String.valueOf(uri)));
       }
     }
+    Object updates = kwargs.get("model_updates");
+    if (updates instanceof String) {
+      uris.add(new WorkerUri("withModelUpdates", (String) updates));
+    }
     return Collections.unmodifiableList(uris);
   }
 

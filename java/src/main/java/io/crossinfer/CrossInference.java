@@ -30,6 +30,7 @@ import org.apache.beam.sdk.values.POutput;
 import org.apache.beam.sdk.values.Row;
 import org.apache.beam.sdk.values.TupleTag;
 import org.checkerframework.checker.nullness.qual.Nullable;
+import org.joda.time.Duration;
 
 /**
  * Runs ML inference on a {@code PCollection<Row>} with the Python transform {@code
@@ -478,6 +479,33 @@ public final class CrossInference
    */
   public CrossInference withModelCopies(int copies) {
     return with("model_copies", (long) copies);
+  }
+
+  /**
+   * Swaps the model while the job runs: every {@code interval} the service's workers look for the
+   * newest file matching {@code filePattern} (a local pattern such as {@code "/models/*.onnx"} or
+   * {@code "gs://bucket/models/*.pkl"}) written since the job started. A new file is checked like
+   * the first model (the service's model roots, isolated inspection) and must have the running
+   * model's inputs and outputs; it then scores every window that ends after it was found, and
+   * {@code model_id} on each prediction names the file. A refused file is logged and counted
+   * (Beam counter {@code crossinfer/model_updates_refused}) and the running model keeps serving.
+   * The input must be windowed (for example {@code Window.into(FixedWindows.of(...))}); each
+   * window's rows are scored when it closes. Give each new model a new file name. Sends {@code
+   * model_updates} and {@code model_update_interval_secs}.
+   *
+   * @param filePattern the files to watch, under the service's model roots
+   * @param interval how often to look, at least one millisecond
+   * @return a new transform with this setting
+   */
+  public CrossInference withModelUpdates(String filePattern, Duration interval) {
+    notNull("withModelUpdates", "filePattern", filePattern);
+    notNull("withModelUpdates", "interval", interval);
+    checkArgument(
+        interval.getMillis() > 0,
+        "withModelUpdates: interval must be positive, got %s",
+        interval);
+    return with("model_updates", filePattern)
+        .with("model_update_interval_secs", interval.getMillis() / 1000.0);
   }
 
   /**

@@ -91,6 +91,8 @@ public final class ContractDump {
       return 0.5;
     } else if (type == boolean.class) {
       return true;
+    } else if (type == org.joda.time.Duration.class) {
+      return org.joda.time.Duration.millis(1500);
     } else if (type == int[].class) {
       return new int[] {4};
     } else if (type == String[].class) {

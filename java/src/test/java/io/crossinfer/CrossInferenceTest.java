@@ -204,6 +204,21 @@ public class CrossInferenceTest {
   }
 
   @Test
+  public void modelUpdatesSendThePatternAndTheIntervalInSeconds() throws Exception {
+    Row kwargs =
+        sentKwargs(
+            CrossInference.sklearn("/models/m-1.pkl")
+                .withFeatureField("features")
+                .withModelUpdates("/models/m-*.pkl", org.joda.time.Duration.millis(2500)));
+    assertEquals("/models/m-*.pkl", kwargs.getString("model_updates"));
+    assertEquals(FieldType.DOUBLE, typeOf(kwargs, "model_update_interval_secs"));
+    assertEquals(2.5, kwargs.getDouble("model_update_interval_secs"), 0.0);
+    assertThrows(
+        IllegalArgumentException.class,
+        () -> CrossInference.sklearn("m.pkl").withModelUpdates("/m/*.pkl", org.joda.time.Duration.ZERO));
+  }
+
+  @Test
   public void customSendsHandlerAndAnOptionalModelUri() throws Exception {
     Row kwargs =
         sentKwargs(
