@@ -51,6 +51,13 @@ public class ContainerRunsTest {
     kwargs.clear();
     kwargs.put("model_uri", "/m.pkl");
     assertEquals("withModelUri", ContainerRuns.urisWorkersRead(kwargs).get(0).method);
+    kwargs.put("model_updates", "/models/m-*.pkl");
+    assertEquals(
+        "withModelUpdates /models/m-*.pkl",
+        ContainerRuns.urisWorkersRead(kwargs).stream()
+            .map(u -> u.method + " " + u.uri)
+            .collect(Collectors.toList())
+            .get(1));
   }
 
   @Test
