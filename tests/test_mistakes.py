@@ -157,7 +157,8 @@ def test_load_model_args_reach_torch_load(mlp_model):
               feature_field="features", passthrough_fields=["id"])
     preds, fails = run(feature_rows(x), load_model_args={"weights_only": False}, **kw)
     assert not fails and len(preds) == 8
-    from crossinfer import _config, _pytorch
+    from crossinfer import _config
+    from crossinfer.frameworks import _pytorch
 
     config = _config.parse(**kw, load_model_args={"weights_only": False})
     assert _pytorch.loads_code(config, str(mlp_model[0]))  # a trusted file, then
