@@ -10,7 +10,7 @@ import time
 from apache_beam.portability.api import beam_expansion_api_pb2
 from apache_beam.runners.portability.expansion_service import ExpansionServiceServicer
 
-from expansion_service import _guard, _registry
+from expansion_service import _guard, _limits, _registry
 
 _LOGGER = logging.getLogger("expansion_service")
 
@@ -56,13 +56,13 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
             inspected = _guard.inspect(request, self._janitor.schema_id)
         except _guard.Rejected as e:
             response = beam_expansion_api_pb2.ExpansionResponse(
-                error=f"Rejected by the crossinfer expansion service: {e}")
+                error=_limits.clip(f"Rejected by the crossinfer expansion service: {e}"))
             outcome = "rejected"
         except Exception as e:  # noqa: BLE001 - a bug in inspection must fail closed
             _LOGGER.exception("request inspection failed")
             response = beam_expansion_api_pb2.ExpansionResponse(
                 error=("Rejected by the crossinfer expansion service: the request could not be "
-                       f"inspected ({type(e).__name__}: {e})"))
+                       f"inspected ({type(e).__name__}: {_limits.clip(str(e), 500)})"))
             outcome = "rejected"
         else:
             constructor = inspected.constructor
@@ -72,11 +72,12 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
             response = super().Expand(inspected.request, context)
             if response.error:
                 response.error, outcome = explain(response.error)
+                response.error = _limits.clip(response.error)
             else:
                 outcome = "ok"
         _LOGGER.info(
-            "expansion transform=%r constructor=%r outcome=%s ms=%d",
-            request.transform.unique_name, constructor, outcome,
+            "expansion transform=%s constructor=%s outcome=%s ms=%d",
+            _limits.shown(request.transform.unique_name), _limits.shown(constructor), outcome,
             round((time.perf_counter() - started) * 1000))
         return response
 
@@ -105,7 +106,7 @@ def explain(error: str) -> tuple[str, str]:
         return headline, short
     # Anything else is logged whole; the client gets the first line only, never the traceback
     # (it names the service's files and code).
-    _LOGGER.warning("expansion failed:\n%s", error)
+    _LOGGER.warning("expansion failed:\n%s", _limits.clip(error, 8000))
     first = headline.splitlines()[0] if headline else short
     if len(first) > 500:
         first = first[:497] + "..."
