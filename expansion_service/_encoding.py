@@ -119,7 +119,7 @@ def _value(reader: _Reader, field_type: schema_pb2.FieldType, where: str, *,
             reader.varint(where)
         elif atomic in _PREFIXED:
             length = reader.varint(f"{where}: the length")
-            if length > _limits.MAX_STRING:
+            if 0 <= length <= reader.left() and length > _limits.MAX_STRING:
                 raise _limits.TooLarge(f"{_limits.shown(where)} is {length} long; at most "
                                        f"{_limits.MAX_STRING}")
             reader.take(length, where)

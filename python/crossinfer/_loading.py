@@ -42,6 +42,8 @@ def load_once(load: Callable[[], Any], uri: str, framework: str) -> Any:
     check_exists(uri)
     try:
         return load()
+    except ModelLoadError:
+        raise  # crossinfer's own (the repository's, external data's): already says what
     except Exception as e:  # pylint: disable=broad-except
         raise _error(
             f"model_uri={uri!r} did not load as a {framework} model: {type(e).__name__}: {e}",

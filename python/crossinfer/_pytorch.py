@@ -21,10 +21,9 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
-from crossinfer import _callables, _probe
+from crossinfer import _callables, _probe, _repository
 from crossinfer._callables import resolve
 from crossinfer._config import Config
 from crossinfer._errors import CallableNotAllowedError, ConfigurationError, ModelLoadError
@@ -93,8 +92,7 @@ class _Handler(PytorchModelHandlerTensor):
             from safetensors.torch import load as load_safetensors
 
             path, model_class, params = self._st_args
-            with FileSystems.open(path) as f:
-                state = load_safetensors(f.read())
+            state = load_safetensors(_repository.read(path))
             model = model_class(**params)
             model.load_state_dict(state)
             model.to(self._crossinfer_device)
@@ -138,13 +136,14 @@ def _is_safetensors(uri: str) -> bool:
 
 
 def _handler(config: Config, model_uri: str, model_class: Optional[type], device: str,
-             **kwargs: Any) -> PytorchModelHandlerTensor:
+             named: Optional[str] = None, **kwargs: Any) -> PytorchModelHandlerTensor:
+    """``named``: the model's name when ``model_uri`` is a descriptor's path (its suffix)."""
     try:
         if model_class is None:
             return _Handler(torch_script_model_path=model_uri, device=device, **kwargs)
         return _Handler(state_dict_path=model_uri, model_class=model_class,
                         model_params=config.model_params, device=device,
-                        safetensors=_is_safetensors(model_uri),
+                        safetensors=_is_safetensors(named or model_uri),
                         load_model_args={"weights_only": True}, **kwargs)
     except Exception as e:  # Beam checks the argument combination
         raise ConfigurationError(f"pytorch handler rejected the arguments: {e}") from e
@@ -158,8 +157,8 @@ def loads_code(config: Config, model_uri: str) -> bool:
 def _holds_state_dict(uri: str) -> bool:
     """A file torch loads with weights_only=True into a dict (it runs no code)."""
     try:
-        with FileSystems.open(uri) as f:
-            obj = torch.load(io.BytesIO(f.read()), weights_only=True, map_location="cpu")
+        obj = torch.load(io.BytesIO(_repository.read(uri)), weights_only=True,
+                         map_location="cpu")
     except Exception:  # pylint: disable=broad-except
         return False
     return isinstance(obj, Mapping)
@@ -171,8 +170,10 @@ def _load(config: Config, model_uri: str, model_class: Optional[type]) -> torch.
         raise ModelLoadError(_STATE_DICT_WITHOUT_CLASS.format(uri=model_uri))
     kind = "pytorch state_dict" if model_class is not None else "TorchScript"
     try:
-        return load_once(_handler(config, model_uri, model_class, "CPU").load_model, model_uri,
-                         kind)
+        # The file the repository checked, by descriptor (its name may change meanwhile).
+        with _repository.opened(model_uri) as path:
+            return load_once(_handler(config, path, model_class, "CPU", named=model_uri
+                                      ).load_model, model_uri, kind)
     except ModelLoadError:
         if model_class is None and _holds_state_dict(model_uri):
             raise ModelLoadError(_STATE_DICT_WITHOUT_CLASS.format(uri=model_uri)) from None
