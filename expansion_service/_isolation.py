@@ -2,18 +2,27 @@
 
 Opening a model file can run code (pickle, joblib, TorchScript), loop forever, or allocate
 without bound (an ONNX graph that constant-folds into gigabytes). The service therefore never
-opens one itself: a small warm pool of child processes does (``python -m
-expansion_service._isolation``), each under an address-space limit (RLIMIT_AS) and a CPU limit
-(RLIMIT_CPU), with a wall-clock deadline after which the parent kills it. Parent and child speak
-one JSON line each way over pipes: kwargs and model key in, ``Signature.to_dict()`` or an error
-out. Nothing is unpickled in the parent. A child that overruns, crashes or answers nonsense is
-killed and replaced; the request gets a ModelLoadError and the service keeps serving. So does
-a request whose model hit the memory limit, however the library reported the refused allocation.
+opens one itself: a child process does (``python -m expansion_service._isolation``), started
+ahead (its imports take seconds) and used for **one** inspection, then killed with everything
+it started (its own session, ``_sandbox``): nothing a model does in one outlives it or reaches
+a later request. Each child runs under hard limits (RLIMIT_AS, RLIMIT_CPU: hard fixed), with
+a wall-clock deadline, an empty working directory, only its pipes and the model roots'
+descriptors open, and the fences of ``_sandbox``. Parent and child speak one JSON line each way
+over pipes: kwargs and model key in, ``Signature.to_dict()`` or an error out; nothing is
+unpickled in the parent, and what the child prints comes back over its own pipe into the
+service log, one cut line at a time, marked as the inspector's.
+
+Fair service: answers are cached by the model file's identity and content (one model named 64
+times is inspected once, and requests for a model being inspected wait for that one
+inspection), and inspections in flight are capped per client connection and in total; a
+request past a cap is refused at once (``Busy``, RESOURCE_EXHAUSTED to the client).
 """
 
 from __future__ import annotations
 
 import base64
+import collections
+import hashlib
 import json
 import logging
 import os
@@ -23,9 +32,10 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -33,7 +43,9 @@ _LOGGER = logging.getLogger("expansion_service")
 
 _MAX_ANSWER = 64 * 1024  # bytes of one answer line; a signature is a few hundred
 _WAIT_FOR_CHILD = 120.0  # seconds a request waits for a free inspector
-_RECYCLE_AFTER = 200  # requests per child, so state a model leaves behind does not pile up
+_PER_CLIENT = 2  # inspections in flight for one client connection
+_CACHED = 512  # answers kept, by model content and arguments
+_LINE = 200  # characters of one line an inspector prints, in the service log
 _HIT_MEMORY_LIMIT = "hit the memory limit"
 
 # How the libraries report an allocation the address-space limit refused: onnxruntime ("Failed
@@ -55,11 +67,33 @@ class Limits:
 
 @dataclass(frozen=True)
 class Policy:
-    """What the child enforces itself, the same as the service: callables and model roots."""
+    """What the child enforces itself, the same as the service: callables and model roots
+    (``held``: the service's open root descriptors, inherited), and what it cannot see."""
 
     allow: tuple[str, ...]
     model_roots: tuple[str, ...]
     trusted_model_roots: tuple[str, ...]
+    held: tuple = ()  # Repository.held() of the service
+    hidden: tuple[str, ...] = ()  # directories covered in the child (the worker pool's)
+    network: bool = False  # gs:// roots need it; local ones do not
+
+
+class Busy(Exception):
+    """Too many inspections in flight (for this client, or in all): retry later."""
+
+
+_client = threading.local()
+
+
+def set_client(peer: Optional[str]) -> None:
+    """The client the current thread's expansion serves (its connection), for the caps."""
+    _client.peer = peer
+    _client.refused = False
+
+
+def refused_busy() -> bool:
+    """Whether the current thread's expansion was refused by a cap."""
+    return bool(getattr(_client, "refused", False))
 
 
 # --- parent side ---------------------------------------------------------------------------
@@ -69,11 +103,18 @@ class _Overrun(Exception):
 
 
 class _Child:
-    def __init__(self, policy: Policy, limits: Limits) -> None:
+    def __init__(self, policy: Policy, limits: Limits, workdir: str) -> None:
+        from expansion_service import _sandbox
+
         config = json.dumps({"policy": asdict(policy), "limits": asdict(limits)})
+        fds = tuple(held[3] for held in policy.held if held[3] >= 0)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "expansion_service._isolation", config],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            close_fds=True, pass_fds=fds, cwd=workdir,
+            preexec_fn=lambda: _sandbox.preexec(policy.hidden, policy.network))
+        threading.Thread(target=_relay, args=(self.proc.stderr, self.proc.pid), daemon=True,
+                         name="inspector-output").start()
         self.uses = 0
 
     def read_line(self, deadline: float) -> bytes:
@@ -109,6 +150,9 @@ class _Child:
         return answer
 
     def kill(self) -> None:
+        from expansion_service import _sandbox
+
+        _sandbox.kill_group(self.proc.pid)  # the child, and what it started in its session
         if self.proc.poll() is None:
             self.proc.kill()
         try:
@@ -122,15 +166,43 @@ class _Child:
                 pass
 
 
-class InspectorPool:
-    """``_inspect`` runner: inspects each model in a warm child process, under ``limits``."""
+def _relay(stream, pid: int) -> None:
+    # What an inspector prints is data: cut, marked, logged here (it never holds the
+    # service's stderr, so it cannot write lines that look like the service's own).
+    log = logging.getLogger("expansion_service.inspector")
+    for raw in iter(lambda: stream.readline(4096), b""):
+        text = raw.decode("utf-8", "replace").rstrip("\n")
+        text = "".join(c if c.isprintable() else "?" for c in text)
+        log.info("inspector %d said: %s", pid, text[:_LINE] + ("..." if len(text) > _LINE else ""))
+    stream.close()
 
-    def __init__(self, policy: Policy, limits: Limits, size: int = 2) -> None:
+
+class InspectorPool:
+    """``_inspect`` runner: each inspection in a fresh child process under ``limits``.
+
+    ``size`` children are kept started and idle; each serves one inspection and is killed.
+    At most ``size + 2`` inspections run at once, ``_PER_CLIENT`` for one client.
+    """
+
+    def __init__(self, policy: Policy, limits: Limits, size: int = 2,
+                 digest: Optional[Any] = None) -> None:
+        from expansion_service import _sandbox
+
         self.policy, self.limits, self.size = policy, limits, size
+        self.total = size + 2
+        self._digest = digest  # uri -> a content digest (or None: not cacheable)
         self._idle: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._children: set[_Child] = set()
         self._closed = False
+        self._in_flight: collections.Counter = collections.Counter()
+        self._running = 0
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._pending: dict[str, threading.Event] = {}
+        self.workdir = tempfile.mkdtemp(prefix="crossinfer-inspect-")
+        os.chmod(self.workdir, 0o500)  # empty, and stays so
+        self.subreaper = _sandbox.become_subreaper()
+        self.fences: dict[str, bool] = {}
         for _ in range(size):
             self._replace()
 
@@ -142,11 +214,11 @@ class InspectorPool:
         with self._lock:
             if self._closed:
                 return
-            child = _Child(self.policy, self.limits)
+            child = _Child(self.policy, self.limits, self.workdir)
             self._children.add(child)
         try:
             ready = json.loads(child.read_line(time.monotonic() + 300))
-            if ready != {"ready": True}:
+            if not isinstance(ready, dict) or ready.get("ready") is not True:
                 raise _Overrun("no ready line")
         except (_Overrun, ValueError):
             _LOGGER.error("a model inspector process failed to start; retrying in 5 s")
@@ -154,61 +226,106 @@ class InspectorPool:
             time.sleep(5)
             self._replace()
             return
+        if not self.fences and isinstance(ready.get("fences"), dict):
+            self.fences = ready["fences"]
+            _LOGGER.info("model inspectors run with: %s; subreaper: %s", ", ".join(
+                f"{k} {'yes' if v else 'NO'}" for k, v in self.fences.items()), self.subreaper)
         self._idle.put(child)
 
     def _discard(self, child: _Child) -> None:
+        from expansion_service import _sandbox
+
         with self._lock:
             self._children.discard(child)
+            known = {c.proc.pid for c in self._children}
         child.kill()
+        if self.subreaper:
+            for pid in _sandbox.sweep(known):
+                _LOGGER.warning("killed process %d that an inspector left behind", pid)
 
     def __call__(self, kwargs: Mapping[str, Any], key: Optional[str]) -> Mapping[str, Any]:
-        from crossinfer._errors import ConfigurationError, ModelLoadError
-
         what = "model_uri" if key is None else f"models[{key!r}]"
+        cache_key = self._cache_key(kwargs, key)
+        while cache_key is not None:
+            with self._lock:
+                if cache_key in self._cache:
+                    self._cache.move_to_end(cache_key)
+                    return _outcome(self._cache[cache_key], what)
+                waiting = self._pending.get(cache_key)
+                if waiting is None:
+                    self._pending[cache_key] = threading.Event()
+                    break
+            # The same model is being inspected for someone: its answer is this one too.
+            waiting.wait(self.limits.timeout + _WAIT_FOR_CHILD)
+            if not waiting.is_set():
+                break
         try:
-            # Generous: right after start (or a kill) a child needs seconds to import its
-            # libraries; the inspection's own deadline starts once one is free.
+            answer = self._run(kwargs, key, what)
+            if cache_key is not None:
+                with self._lock:
+                    self._cache[cache_key] = answer
+                    while len(self._cache) > _CACHED:
+                        self._cache.popitem(last=False)
+            return _outcome(answer, what)
+        finally:
+            if cache_key is not None:
+                with self._lock:
+                    event = self._pending.pop(cache_key, None)
+                if event is not None:
+                    event.set()
+
+    def _cache_key(self, kwargs: Mapping[str, Any], key: Optional[str]) -> Optional[str]:
+        uri = (kwargs.get("models") or {}).get(key) if key is not None else kwargs.get(
+            "model_uri")
+        digest = self._digest(uri) if self._digest is not None and uri else None
+        if digest is None:
+            return None
+        rest = {k: v for k, v in kwargs.items() if k not in ("model_uri", "models")}
+        return digest + json.dumps(_plain(rest), sort_keys=True, default=str)
+
+    def _run(self, kwargs: Mapping[str, Any], key: Optional[str], what: str) -> dict:
+        peer = getattr(_client, "peer", None) or "?"
+        with self._lock:
+            if self._running >= self.total or self._in_flight[peer] >= _PER_CLIENT:
+                _client.refused = True
+                raise Busy(f"{what}: the service is inspecting as many models as it takes at "
+                           "once (for this client or in all); retry later")
+            self._running += 1
+            self._in_flight[peer] += 1
+        try:
+            return self._inspect(kwargs, key, what)
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._in_flight[peer] -= 1
+                if not self._in_flight[peer]:
+                    del self._in_flight[peer]
+
+    def _inspect(self, kwargs: Mapping[str, Any], key: Optional[str], what: str) -> dict:
+        try:
+            # Generous: right after start a child needs seconds to import its libraries; the
+            # inspection's own deadline starts once one is ready.
             child = self._idle.get(timeout=max(self.limits.timeout, _WAIT_FOR_CHILD))
         except queue.Empty:
-            raise ModelLoadError(
-                f"{what}: the service is busy inspecting other models; try again") from None
+            return {"error": {"type": "ModelLoadError", "message":
+                              f"{what}: the service is busy inspecting other models; try again"}}
+        self._replace()  # every child serves one inspection: start the next one now
         deadline = time.monotonic() + self.limits.timeout
         try:
-            answer = child.ask({"kwargs": _plain(kwargs), "key": key}, deadline)
+            return child.ask({"kwargs": _plain(kwargs), "key": key}, deadline)
         except _Overrun as e:
-            self._discard(child)
-            self._replace()
             reason = str(e)
             if reason == "timeout":
                 detail = f"did not finish within {self.limits.timeout:g} s"
             else:
+                child.proc.poll()
                 code = child.proc.returncode
                 detail = _death(code) if reason == "exited" else f"gave {reason}"
-            _LOGGER.warning("model inspection of %s (%s) %s; inspector killed and replaced",
-                            what, kwargs.get("framework"), detail)
-            raise ModelLoadError(self._stopped(what, detail)) from None
-        child.uses += 1
-        if child.uses >= _RECYCLE_AFTER:
+            _LOGGER.warning("model inspection of %s (%s) %s; inspector killed", what,
+                            str(kwargs.get("framework"))[:40], detail)
+            return {"error": {"type": "Stopped", "message": self._stopped(what, detail)}}
+        finally:
             self._discard(child)
-            self._replace()
-        else:
-            self._idle.put(child)
-        if "signature" in answer:
-            return answer["signature"]
-        error = answer.get("error")
-        if not isinstance(error, dict) or not isinstance(error.get("message"), str):
-            raise ModelLoadError(f"{what}: the model inspection returned an unexpected answer")
-        message = error["message"][:2000]
-        if error.get("type") == "MemoryLimit":
-            _LOGGER.warning("model inspection of %s (%s) %s", what, kwargs.get("framework"),
-                            _HIT_MEMORY_LIMIT)
-            raise ModelLoadError(self._stopped(what, _HIT_MEMORY_LIMIT))
-        if error.get("type") == "CallableNotAllowedError":
-            from crossinfer._errors import CallableNotAllowedError
-            raise CallableNotAllowedError(message)
-        if error.get("type") == "ConfigurationError":
-            raise ConfigurationError(message)
-        raise ModelLoadError(message)
 
     def _stopped(self, what: str, detail: str) -> str:
         return (f"{what}: opening the model {detail}, so it was stopped (limits: "
@@ -216,14 +333,73 @@ class InspectorPool:
                 f"{self.limits.memory_mb} MiB of memory)")
 
     def close(self) -> None:
-        """Kill every child (on shutdown)."""
+        """Kill every child and what it started (on shutdown)."""
+        from expansion_service import _sandbox
+
         with self._lock:
             self._closed = True
             children = list(self._children)
             self._children.clear()
         for child in children:
+            _sandbox.kill_group(child.proc.pid)
             if child.proc.poll() is None:
                 child.proc.kill()
+        if self.subreaper:
+            _sandbox.sweep(set())
+
+
+def _outcome(answer: dict, what: str) -> Mapping[str, Any]:
+    """The signature in ``answer``, or the error it reports, raised."""
+    from crossinfer._errors import CallableNotAllowedError, ConfigurationError, ModelLoadError
+
+    if "signature" in answer:
+        return answer["signature"]
+    error = answer.get("error")
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        raise ModelLoadError(f"{what}: the model inspection returned an unexpected answer")
+    message = error["message"][:2000]
+    if error.get("type") == "MemoryLimit":
+        raise ModelLoadError(f"{what}: opening the model {_HIT_MEMORY_LIMIT}, so it was stopped")
+    if error.get("type") == "CallableNotAllowedError":
+        raise CallableNotAllowedError(message)
+    if error.get("type") == "ConfigurationError":
+        raise ConfigurationError(message)
+    raise ModelLoadError(message)
+
+
+def content_digest(repository: Any) -> Any:
+    """uri -> sha256 of the local model file's bytes, read by descriptor through
+    ``repository`` (digests kept by the file's identity, so an unchanged file is read once)."""
+    known: collections.OrderedDict = collections.OrderedDict()
+    lock = threading.Lock()
+
+    def digest(uri: str) -> Optional[str]:
+        try:
+            fd = repository.open(uri)
+        except Exception:  # noqa: BLE001 - refused: the inspection says why, uncached
+            return None
+        if fd is None:
+            return None
+        try:
+            info = os.fstat(fd)
+            identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
+                        info.st_ctime_ns)
+            with lock:
+                if identity in known:
+                    return known[identity]
+            h = hashlib.sha256()
+            while chunk := os.read(fd, 1 << 20):
+                h.update(chunk)
+            value = f"{identity[0]}:{identity[1]}:{h.hexdigest()}:"
+            with lock:
+                known[identity] = value
+                while len(known) > _CACHED:
+                    known.popitem(last=False)
+            return value
+        finally:
+            os.close(fd)
+
+    return digest
 
 
 def _death(code: Optional[int]) -> str:
@@ -308,6 +484,8 @@ def _refused_allocation(error: BaseException) -> Optional[str]:
 def _child_main(config_json: str) -> int:
     import resource
 
+    from expansion_service import _sandbox
+
     _die_with_parent()
     # The protocol gets private descriptors; whatever a model prints goes to the service log,
     # and nothing a model does can read the parent's requests.
@@ -318,15 +496,19 @@ def _child_main(config_json: str) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     config = json.loads(config_json)
-    policy, limits = Policy(**{k: tuple(v) for k, v in config["policy"].items()}), Limits(
+    policy, limits = Policy(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in config["policy"].items()}), Limits(
         **config["limits"])
 
     from crossinfer import _callables, _inspect, _repository
     from crossinfer._errors import ConfigurationError, CrossinferError, ModelLoadError
 
     _callables.set_allowlist(list(policy.allow))
-    _repository.set_repository(_repository.Repository(
-        policy.model_roots, policy.trusted_model_roots))
+    # The service's roots, through the descriptors it opened at start-up (never re-opened
+    # by name here: a renamed and re-created root is not the one the operator named).
+    _repository.set_repository(_repository.Repository(held=[tuple(h) for h in policy.held])
+                               if policy.held else _repository.Repository(
+                                   policy.model_roots, policy.trusted_model_roots))
     for framework in ("sklearn", "onnx", "pytorch", "custom"):
         try:
             _inspect.framework_module(framework)  # warm: imports cost seconds
@@ -335,15 +517,18 @@ def _child_main(config_json: str) -> int:
     if limits.memory_mb > 0:
         cap = _vm_size() + limits.memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    answers.write(b'{"ready": true}\n')
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    answers.write(json.dumps({"ready": True, "fences": _sandbox.fences()}).encode() + b"\n")
     answers.flush()
     log = logging.getLogger("expansion_service.inspector")
     for line in requests:
-        # CPU: this inspection's budget on top of what the child has used so far.
+        # CPU: this inspection's budget on top of what the imports used; hard = soft, so
+        # code in the model cannot raise it.
         used = resource.getrusage(resource.RUSAGE_SELF)
         spent = int(used.ru_utime + used.ru_stime) + 1
+        # (One second above the soft limit: SIGXCPU first, so the parent can say which limit.)
         resource.setrlimit(resource.RLIMIT_CPU,
-                           (spent + limits.cpu_seconds, resource.RLIM_INFINITY))
+                           (spent + limits.cpu_seconds, spent + limits.cpu_seconds + 1))
         try:
             request = json.loads(line)
             answer = {"signature": _inspect.describe_kwargs(
@@ -378,6 +563,7 @@ def _child_main(config_json: str) -> int:
             answer = {"error": {"type": kind, "message": message}}
         answers.write(json.dumps(answer).encode() + b"\n")
         answers.flush()
+        break  # one inspection per process
     return 0
 
 

@@ -10,7 +10,7 @@ import time
 from apache_beam.portability.api import beam_expansion_api_pb2
 from apache_beam.runners.portability.expansion_service import ExpansionServiceServicer
 
-from expansion_service import _guard, _limits, _registry
+from expansion_service import _guard, _isolation, _limits, _registry
 
 _LOGGER = logging.getLogger("expansion_service")
 
@@ -43,11 +43,20 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
 
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
             return beam_expansion_api_pb2.ExpansionResponse(error=message)
+        # The inspection caps count per client connection.
+        _isolation.set_client(context.peer() if context is not None else None)
         try:
             with self._janitor.expansion():
-                return self._expand(request, context)
+                response = self._expand(request, context)
         finally:
             self._slots.release()
+        if _isolation.refused_busy() and context is not None:
+            import grpc
+
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "the expansion service is inspecting as many models as it takes at "
+                          "once (for this client or in all); retry later")
+        return response
 
     def _expand(self, request, context):
         started = time.perf_counter()
@@ -70,7 +79,9 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
                 _LOGGER.debug("ignored client pipeline options %s and output coder requests %s",
                               inspected.dropped_options, inspected.dropped_output_coders)
             response = super().Expand(inspected.request, context)
-            if response.error:
+            if response.error and _isolation.refused_busy():
+                response.error, outcome = "busy", "busy"
+            elif response.error:
                 response.error, outcome = explain(response.error)
                 response.error = _limits.clip(response.error)
             else:
