@@ -37,7 +37,7 @@ class _Reader:
         # The decoded-value limits, applied to the counts on the wire before anything is
         # walked: a 1 MB list of a million booleans is refused by its count, not its length.
         if n > _limits.MAX_ITEMS:
-            raise _limits.TooLarge(f"{_limits.shown(where)} has {n} entries; at most "
+            raise _limits.TooLarge(f"{_limits.shown(where)} has {n} items; at most "
                                    f"{_limits.MAX_ITEMS}")
         self.values += n
         if self.values > _limits.MAX_VALUES:

@@ -250,7 +250,7 @@ class InspectorPool:
             with self._lock:
                 if cache_key in self._cache:
                     self._cache.move_to_end(cache_key)
-                    return _outcome(self._cache[cache_key], what)
+                    return _outcome(self._cache[cache_key], what, self._stopped)
                 waiting = self._pending.get(cache_key)
                 if waiting is None:
                     self._pending[cache_key] = threading.Event()
@@ -266,7 +266,7 @@ class InspectorPool:
                     self._cache[cache_key] = answer
                     while len(self._cache) > _CACHED:
                         self._cache.popitem(last=False)
-            return _outcome(answer, what)
+            return _outcome(answer, what, self._stopped)
         finally:
             if cache_key is not None:
                 with self._lock:
@@ -310,9 +310,13 @@ class InspectorPool:
             return {"error": {"type": "ModelLoadError", "message":
                               f"{what}: the service is busy inspecting other models; try again"}}
         self._replace()  # every child serves one inspection: start the next one now
-        deadline = time.monotonic() + self.limits.timeout
+        started = time.monotonic()
+        deadline = started + self.limits.timeout
         try:
-            return child.ask({"kwargs": _plain(kwargs), "key": key}, deadline)
+            answer = child.ask({"kwargs": _plain(kwargs), "key": key}, deadline)
+            _LOGGER.info("inspected %s in process %d: %d ms", what[:100], child.proc.pid,
+                         round((time.monotonic() - started) * 1000))
+            return answer
         except _Overrun as e:
             reason = str(e)
             if reason == "timeout":
@@ -348,7 +352,7 @@ class InspectorPool:
             _sandbox.sweep(set())
 
 
-def _outcome(answer: dict, what: str) -> Mapping[str, Any]:
+def _outcome(answer: dict, what: str, stopped: Any) -> Mapping[str, Any]:
     """The signature in ``answer``, or the error it reports, raised."""
     from crossinfer._errors import CallableNotAllowedError, ConfigurationError, ModelLoadError
 
@@ -359,7 +363,7 @@ def _outcome(answer: dict, what: str) -> Mapping[str, Any]:
         raise ModelLoadError(f"{what}: the model inspection returned an unexpected answer")
     message = error["message"][:2000]
     if error.get("type") == "MemoryLimit":
-        raise ModelLoadError(f"{what}: opening the model {_HIT_MEMORY_LIMIT}, so it was stopped")
+        raise ModelLoadError(stopped(what, _HIT_MEMORY_LIMIT))
     if error.get("type") == "CallableNotAllowedError":
         raise CallableNotAllowedError(message)
     if error.get("type") == "ConfigurationError":
@@ -481,6 +485,15 @@ def _refused_allocation(error: BaseException) -> Optional[str]:
     return found
 
 
+def _chain_text(error: BaseException) -> str:
+    texts, seen, cause = [], set(), error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        texts.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    return " | ".join(texts)
+
+
 def _child_main(config_json: str) -> int:
     import resource
 
@@ -539,6 +552,12 @@ def _child_main(config_json: str) -> int:
         except Exception as e:  # noqa: BLE001 - every failure becomes an answer
             log.warning("model inspection failed: %s: %s", type(e).__name__, e)
             refused = _refused_allocation(e)
+            if refused == "library":
+                # The service cuts each line of ours: say first what was refused.
+                found = _ALLOCATION_FAILED.search(_chain_text(e))
+                if found:
+                    text = _chain_text(e)
+                    log.warning("allocation refused: %s", text[found.start():found.start() + 120])
             if refused == "python":
                 # As above, wrapped in another error: whatever state running out of memory
                 # left, this process is not asked again.

@@ -35,6 +35,7 @@ _WORKER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _MAX_STARTING = 16  # workers connecting at once
 _MAX_WORKERS = 64  # live in-process workers
 _PROBE_SECS = 2.0
+_CONNECT_SECS = 0.25
 _READY_SECS = 5.0  # for the control endpoint's gRPC handshake (Beam's harness waits 60 s)
 
 
@@ -163,9 +164,15 @@ class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
             return self._refuse(f"worker {request.worker_id!r} already exists")
         if len(self._worker_threads) >= _MAX_WORKERS:
             return self._refuse(f"{_MAX_WORKERS} workers are running already")
+        try:
+            # Loopback: a closed port refuses at once; a full backlog costs _CONNECT_SECS.
+            socket.create_connection(endpoint, timeout=_CONNECT_SECS).close()
+        except OSError:
+            return self._refuse(f"nothing accepts connections at "
+                                f"{request.control_endpoint.url[:100]}")
         if not self._starting.acquire(blocking=False):
             return self._refuse("too many workers are starting at once; retry")
-        # The endpoint is dialled off the request thread: a silent one costs a starting slot
+        # The gRPC handshake happens off the request thread: a silent one costs a starting slot
         # for _PROBE_SECS, never another caller's StartWorker.
         threading.Thread(target=self._start, args=(request, endpoint), daemon=True,
                          name=f"start_worker_{request.worker_id}").start()

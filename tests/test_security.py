@@ -1191,19 +1191,31 @@ def _nested_payload_request(depth: int) -> bytes:
 # --- last: SIGTERM in the middle of an expansion ------------------------------------------------
 
 def test_sigterm_during_an_expansion(service, channel, place):
-    loop = place / "roots" / "trusted" / "loop.pt"
-    if not loop.exists():
-        _looping_torchscript(loop)
-    request = expansion_request(inference(framework="pytorch", model_uri=str(loop)))
-    thread = threading.Thread(target=lambda: pytest.raises(Exception, expand, channel,
-                                                           request, 60), daemon=True)
+    from tests._security_helpers import alive, code_pickle, wait_until
+
+    # A model that says when its inspection is under way, then spins: no sleep guesses when.
+    begun = place / "outside" / "sigterm-begun"
+    spin = code_pickle(place / "roots" / "trusted" / "spin.pkl",
+                       f"open({str(begun)!r}, 'w').close()\nwhile True:\n    pass\n")
+    request = expansion_request(inference(model_uri=str(spin)))
+    outcome = []
+
+    def call() -> None:
+        try:
+            outcome.append(bool(expand(channel, request, 60).error))
+        except grpc.RpcError:
+            outcome.append(True)  # the RPC died with the service: expected
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    assert wait_until(begun.exists, 60.0), "the inspection never started"
     children = subprocess.run(["pgrep", "-P", str(service.proc.pid)], capture_output=True,
                               text=True).stdout.split()
-    thread.start()
-    time.sleep(1.5)  # the inspector is in the loop now
+    assert children
     code, seconds = service.stop(signal.SIGTERM)
     print(f"\nSIGTERM during an expansion: exit code {code} in {seconds:.2f} s")
     assert code == 0 and seconds < 2.0
-    time.sleep(1.5)
-    left = [c for c in children if os.path.exists(f"/proc/{c}")]
-    assert not left, f"inspector processes outlived the service: {left}"
+    thread.join(10)
+    assert outcome == [True], "the expansion in flight must fail, and the test must see it"
+    assert wait_until(lambda: not any(alive(int(c)) for c in children), 5.0), \
+        f"inspector processes outlived the service: {children}"

@@ -187,9 +187,9 @@ class Repository:
             raise ModelLoadError(f"{argument}={_shown(uri)}: external data is read only for "
                                  "local model files")
         bad = ModelLoadError(
-            f"{argument}={_shown(uri)}: external data location {_shown(location)} must be a "
-            "plain relative name in the model's own directory (no absolute path, '..', '.', "
-            "empty segment, link or control character)")
+            f"{argument}={_shown(uri)}: the model names external data that is not a plain "
+            "relative name in its own directory (an absolute path, '..', '.', an empty segment "
+            "or a control character); external data must sit beside the model")
         if (not isinstance(location, str) or not location or len(location) > _MAX_URI
                 or location.startswith("/") or _unprintable(location)
                 or any(p in ("", ".", "..") for p in location.split("/"))):
