@@ -26,10 +26,10 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -102,66 +102,126 @@ class _Overrun(Exception):
     pass
 
 
-class _Child:
+class _Zygote:
+    """The one sandboxed process that forks inspectors (``_inspector``)."""
+
     def __init__(self, policy: Policy, limits: Limits, workdir: str) -> None:
         from expansion_service import _sandbox
 
         config = json.dumps({"policy": asdict(policy), "limits": asdict(limits)})
-        fds = tuple(held[3] for held in policy.held if held[3] >= 0)
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = tuple(held[3] for held in policy.held if held[3] >= 0) + (theirs.fileno(),)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "expansion_service._isolation", config],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "expansion_service._inspector", config,
+             str(theirs.fileno())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             close_fds=True, pass_fds=fds, cwd=workdir,
             preexec_fn=lambda: _sandbox.preexec(policy.hidden, policy.network))
+        theirs.close()
         threading.Thread(target=_relay, args=(self.proc.stderr, self.proc.pid), daemon=True,
-                         name="inspector-output").start()
-        self.uses = 0
+                         name="zygote-output").start()
+        self.lock = threading.Lock()
 
-    def read_line(self, deadline: float) -> bytes:
-        fd = self.proc.stdout.fileno()
-        line = b""
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Overrun("timeout")
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise _Overrun("exited")
-            line += chunk
-            if len(line) > _MAX_ANSWER:
-                raise _Overrun("answer too long")
-        return line
+    def ready(self, deadline: float) -> dict:
+        line = _read_line(self.proc.stdout.fileno(), deadline)
+        answer = json.loads(line)
+        if not isinstance(answer, dict) or answer.get("ready") is not True:
+            raise _Overrun("no ready line")
+        return answer
+
+    def fork(self) -> "_Child":
+        pipes = [os.pipe() for _ in range(4)]  # requests, answers, output, status
+        request_r, request_w = pipes[0]
+        answer_r, answer_w = pipes[1]
+        output_r, output_w = pipes[2]
+        status_r, status_w = pipes[3]
+        try:
+            with self.lock:
+                socket.send_fds(self.control, [b"fork"],
+                                [request_r, answer_w, output_w, status_w])
+                self.control.settimeout(30)
+                pid = int(self.control.recv(32).split(b"\n")[0])
+        except (OSError, ValueError) as e:
+            for fd in (request_w, answer_r, output_r, status_r):
+                os.close(fd)
+            raise _Overrun("exited") from e
+        finally:
+            for fd in (request_r, answer_w, output_w, status_w):
+                os.close(fd)
+        return _Child(pid, request_w, answer_r, output_r, status_r)
+
+    def kill(self) -> None:
+        from expansion_service import _sandbox
+
+        _sandbox.kill_group(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.control.close()
+
+
+def _read_line(fd: int, deadline: float) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Overrun("timeout")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise _Overrun("exited")
+        line += chunk
+        if len(line) > _MAX_ANSWER:
+            raise _Overrun("answer too long")
+    return line
+
+
+class _Child:
+    """One forked inspector: its pipes, and its exit status once the zygote reaped it."""
+
+    def __init__(self, pid: int, request_w: int, answer_r: int, output_r: int,
+                 status_r: int) -> None:
+        self.pid = pid
+        self.stdin = os.fdopen(request_w, "wb")
+        self.answer_fd = answer_r
+        self.status_fd = status_r
+        self.returncode: Optional[int] = None
+        threading.Thread(target=_relay, args=(os.fdopen(output_r, "rb"), pid), daemon=True,
+                         name="inspector-output").start()
 
     def ask(self, request: dict, deadline: float) -> dict:
         try:
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self.proc.stdin.flush()
+            self.stdin.write(json.dumps(request).encode() + b"\n")
+            self.stdin.flush()
         except OSError as e:
             raise _Overrun("exited") from e
         try:
-            answer = json.loads(self.read_line(deadline))
+            answer = json.loads(_read_line(self.answer_fd, deadline))
         except ValueError as e:
             raise _Overrun("a malformed answer") from e
         if not isinstance(answer, dict):
             raise _Overrun("a malformed answer")
         return answer
 
+    def exit_code(self, wait: float = 2.0) -> Optional[int]:
+        """The exit code (negative: the signal), as the zygote reports it."""
+        if self.returncode is None:
+            try:
+                self.returncode = int(_read_line(self.status_fd, time.monotonic() + wait))
+            except (_Overrun, ValueError):
+                pass
+        return self.returncode
+
     def kill(self) -> None:
         from expansion_service import _sandbox
 
-        _sandbox.kill_group(self.proc.pid)  # the child, and what it started in its session
-        if self.proc.poll() is None:
-            self.proc.kill()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        for stream in (self.proc.stdin, self.proc.stdout):
+        _sandbox.kill_group(self.pid)  # the inspector, and what it started in its session
+        self.exit_code()
+        for close in (self.stdin.close, lambda: os.close(self.answer_fd),
+                      lambda: os.close(self.status_fd)):
             try:
-                stream.close()
+                close()
             except OSError:
                 pass
 
@@ -178,9 +238,8 @@ def _relay(stream, pid: int) -> None:
 
 
 class InspectorPool:
-    """``_inspect`` runner: each inspection in a fresh child process under ``limits``.
+    """``_inspect`` runner: each inspection in a fresh process, forked for it by the zygote.
 
-    ``size`` children are kept started and idle; each serves one inspection and is killed.
     At most ``size + 2`` inspections run at once, ``_PER_CLIENT`` for one client.
     """
 
@@ -191,7 +250,6 @@ class InspectorPool:
         self.policy, self.limits, self.size = policy, limits, size
         self.total = size + 2
         self._digest = digest  # uri -> a content digest (or None: not cacheable)
-        self._idle: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._children: set[_Child] = set()
         self._closed = False
@@ -203,26 +261,26 @@ class InspectorPool:
         os.chmod(self.workdir, 0o500)  # empty, and stays so
         self.subreaper = _sandbox.become_subreaper()
         self.fences: dict[str, bool] = {}
-        for _ in range(size):
-            self._replace()
+        self._zygote: Optional[_Zygote] = None
+        self._zygote_ready = threading.Event()
+        self._replace()
 
     def _replace(self) -> None:
-        # Start a child in the background; it joins the idle queue once it is warm.
-        threading.Thread(target=self._start_one, name="inspector-start", daemon=True).start()
+        # (Re)start the zygote in the background; it is ready once its imports are done.
+        self._zygote_ready.clear()
+        threading.Thread(target=self._start_zygote, name="zygote-start", daemon=True).start()
 
-    def _start_one(self) -> None:
+    def _start_zygote(self) -> None:
         with self._lock:
             if self._closed:
                 return
-            child = _Child(self.policy, self.limits, self.workdir)
-            self._children.add(child)
+            zygote = _Zygote(self.policy, self.limits, self.workdir)
+            self._zygote = zygote
         try:
-            ready = json.loads(child.read_line(time.monotonic() + 300))
-            if not isinstance(ready, dict) or ready.get("ready") is not True:
-                raise _Overrun("no ready line")
+            ready = zygote.ready(time.monotonic() + 600)
         except (_Overrun, ValueError):
-            _LOGGER.error("a model inspector process failed to start; retrying in 5 s")
-            self._discard(child)
+            _LOGGER.error("the model inspectors' zygote failed to start; retrying in 5 s")
+            zygote.kill()
             time.sleep(5)
             self._replace()
             return
@@ -230,14 +288,31 @@ class InspectorPool:
             self.fences = ready["fences"]
             _LOGGER.info("model inspectors run with: %s; subreaper: %s", ", ".join(
                 f"{k} {'yes' if v else 'NO'}" for k, v in self.fences.items()), self.subreaper)
-        self._idle.put(child)
+        self._zygote_ready.set()
+
+    def _fork(self) -> Optional[_Child]:
+        if not self._zygote_ready.wait(max(self.limits.timeout, _WAIT_FOR_CHILD)):
+            return None
+        zygote = self._zygote
+        try:
+            child = zygote.fork()
+        except _Overrun:
+            _LOGGER.error("the model inspectors' zygote stopped answering; restarting it")
+            with self._lock:
+                if self._zygote is zygote:
+                    zygote.kill()
+                    self._replace()
+            return None
+        with self._lock:
+            self._children.add(child)
+        return child
 
     def _discard(self, child: _Child) -> None:
         from expansion_service import _sandbox
 
         with self._lock:
             self._children.discard(child)
-            known = {c.proc.pid for c in self._children}
+            known = {self._zygote.proc.pid} if self._zygote is not None else set()
         child.kill()
         if self.subreaper:
             for pid in _sandbox.sweep(known):
@@ -302,19 +377,17 @@ class InspectorPool:
                     del self._in_flight[peer]
 
     def _inspect(self, kwargs: Mapping[str, Any], key: Optional[str], what: str) -> dict:
-        try:
-            # Generous: right after start a child needs seconds to import its libraries; the
-            # inspection's own deadline starts once one is ready.
-            child = self._idle.get(timeout=max(self.limits.timeout, _WAIT_FOR_CHILD))
-        except queue.Empty:
+        # Right after start the zygote needs seconds to import its libraries; the inspection's
+        # own deadline starts once the inspector is forked.
+        child = self._fork()
+        if child is None:
             return {"error": {"type": "ModelLoadError", "message":
-                              f"{what}: the service is busy inspecting other models; try again"}}
-        self._replace()  # every child serves one inspection: start the next one now
+                              f"{what}: the model inspectors are not available; try again"}}
         started = time.monotonic()
         deadline = started + self.limits.timeout
         try:
             answer = child.ask({"kwargs": _plain(kwargs), "key": key}, deadline)
-            _LOGGER.info("inspected %s in process %d: %d ms", what[:100], child.proc.pid,
+            _LOGGER.info("inspected %s in process %d: %d ms", what[:100], child.pid,
                          round((time.monotonic() - started) * 1000))
             return answer
         except _Overrun as e:
@@ -322,8 +395,7 @@ class InspectorPool:
             if reason == "timeout":
                 detail = f"did not finish within {self.limits.timeout:g} s"
             else:
-                child.proc.poll()
-                code = child.proc.returncode
+                code = child.exit_code(wait=5.0)
                 detail = _death(code) if reason == "exited" else f"gave {reason}"
             _LOGGER.warning("model inspection of %s (%s) %s; inspector killed", what,
                             str(kwargs.get("framework"))[:40], detail)
@@ -344,10 +416,11 @@ class InspectorPool:
             self._closed = True
             children = list(self._children)
             self._children.clear()
+            zygote = self._zygote
         for child in children:
-            _sandbox.kill_group(child.proc.pid)
-            if child.proc.poll() is None:
-                child.proc.kill()
+            _sandbox.kill_group(child.pid)
+        if zygote is not None:
+            zygote.kill()
         if self.subreaper:
             _sandbox.sweep(set())
 
@@ -440,153 +513,3 @@ def _unplain(value: Any) -> Any:
     if isinstance(value, list):
         return [_unplain(v) for v in value]
     return value
-
-
-# --- child side ----------------------------------------------------------------------------
-
-def _die_with_parent() -> None:
-    # Exit as soon as the service is gone, however it went, even while a model hangs. (Not
-    # PR_SET_PDEATHSIG: it fires when the parent *thread* that started the child exits.)
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _vm_size() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _refused_allocation(error: BaseException) -> Optional[str]:
-    """``"python"`` if ``error`` came of a MemoryError, ``"library"`` if of an allocation a
-    library reports refused, else None. The library's error arrives wrapped: crossinfer
-    reports a model that does not load, or fails its probe batch, as its own error."""
-    seen: set[int] = set()
-    found = None
-    cause: Optional[BaseException] = error
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, MemoryError):
-            return "python"
-        if _ALLOCATION_FAILED.search(str(cause)):
-            found = "library"
-        cause = cause.__cause__ or cause.__context__
-    return found
-
-
-def _chain_text(error: BaseException) -> str:
-    texts, seen, cause = [], set(), error
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        texts.append(str(cause))
-        cause = cause.__cause__ or cause.__context__
-    return " | ".join(texts)
-
-
-def _child_main(config_json: str) -> int:
-    import resource
-
-    from expansion_service import _sandbox
-
-    _die_with_parent()
-    # The protocol gets private descriptors; whatever a model prints goes to the service log,
-    # and nothing a model does can read the parent's requests.
-    answers = os.fdopen(os.dup(1), "wb")
-    requests = os.fdopen(os.dup(0), "rb")
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    config = json.loads(config_json)
-    policy, limits = Policy(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in config["policy"].items()}), Limits(
-        **config["limits"])
-
-    from crossinfer import _callables, _inspect, _repository
-    from crossinfer._errors import ConfigurationError, CrossinferError, ModelLoadError
-
-    _callables.set_allowlist(list(policy.allow))
-    # The service's roots, through the descriptors it opened at start-up (never re-opened
-    # by name here: a renamed and re-created root is not the one the operator named).
-    _repository.set_repository(_repository.Repository(held=[tuple(h) for h in policy.held])
-                               if policy.held else _repository.Repository(
-                                   policy.model_roots, policy.trusted_model_roots))
-    for framework in ("sklearn", "onnx", "pytorch", "custom"):
-        try:
-            _inspect.framework_module(framework)  # warm: imports cost seconds
-        except Exception:  # noqa: BLE001 - a missing framework fails when it is asked for
-            pass
-    if limits.memory_mb > 0:
-        cap = _vm_size() + limits.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    answers.write(json.dumps({"ready": True, "fences": _sandbox.fences()}).encode() + b"\n")
-    answers.flush()
-    log = logging.getLogger("expansion_service.inspector")
-    for line in requests:
-        # CPU: this inspection's budget on top of what the imports used; hard = soft, so
-        # code in the model cannot raise it.
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        spent = int(used.ru_utime + used.ru_stime) + 1
-        # (One second above the soft limit: SIGXCPU first, so the parent can say which limit.)
-        resource.setrlimit(resource.RLIMIT_CPU,
-                           (spent + limits.cpu_seconds, spent + limits.cpu_seconds + 1))
-        try:
-            request = json.loads(line)
-            answer = {"signature": _inspect.describe_kwargs(
-                _unplain(request["kwargs"]), request["key"])}
-        except MemoryError:
-            os.write(2, b"model inspection hit the memory limit\n")
-            os._exit(3)
-        except Exception as e:  # noqa: BLE001 - every failure becomes an answer
-            log.warning("model inspection failed: %s: %s", type(e).__name__, e)
-            refused = _refused_allocation(e)
-            if refused == "library":
-                # The service cuts each line of ours: say first what was refused.
-                found = _ALLOCATION_FAILED.search(_chain_text(e))
-                if found:
-                    text = _chain_text(e)
-                    log.warning("allocation refused: %s", text[found.start():found.start() + 120])
-            if refused == "python":
-                # As above, wrapped in another error: whatever state running out of memory
-                # left, this process is not asked again.
-                os.write(2, b"model inspection hit the memory limit\n")
-                os._exit(3)
-            if refused == "library":
-                # One allocation was refused whole (an onnxruntime or torch buffer): answered,
-                # the child goes on.
-                kind, message = "MemoryLimit", ""
-            elif isinstance(e, ModelLoadError):
-                kind, message = "ModelLoadError", getattr(e, "public", None) or str(e)
-            elif isinstance(e, ConfigurationError):
-                kind, message = type(e).__name__, str(e)
-                if kind not in ("CallableNotAllowedError", "ConfigurationError"):
-                    kind = "ConfigurationError"
-            elif isinstance(e, CrossinferError):
-                kind, message = "ModelLoadError", str(e)
-            else:
-                kind, message = "ModelLoadError", (
-                    f"the model could not be inspected ({type(e).__name__}); the service "
-                    "log has the details")
-            answer = {"error": {"type": kind, "message": message}}
-        answers.write(json.dumps(answer).encode() + b"\n")
-        answers.flush()
-        break  # one inspection per process
-    return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    raise SystemExit(_child_main(sys.argv[1]))

@@ -98,6 +98,8 @@ def test_code_in_an_inspector_stays_there(channel, service, place):
         pool=pool, port=service.port, **{k: str(v) for k, v in files.items()}))
     response = expand(channel, request(model_uri=str(model)))
     assert response.error == "", response.error
+    # The grandchild writes its pid on its own time; the others were written before the answer.
+    assert wait_until(lambda: all(f.exists() and f.read_text() for f in files.values()), 10.0)
     out = json.loads(files["result"].read_text())
     print(f"\ninspector escape attempts: {out}")
     escaped, stayed = (int(files[k].read_text()) for k in ("escaped", "stayed"))
@@ -151,7 +153,8 @@ def test_sigterm_kills_what_inspectors_started(place):
         thread = threading.Thread(target=lambda: errors.append(
             _expect_failure(ch, request(model_uri=str(slow)))), daemon=True)
         thread.start()
-        assert wait_until(lambda: files["result"].exists(), 60.0)
+        assert wait_until(lambda: all(f.exists() and f.read_text() for f in files.values()),
+                          90.0)
         escaped, stayed = (int(files[k].read_text()) for k in ("escaped", "stayed"))
         code, seconds = svc.stop(signal.SIGTERM)
         thread.join(10)
