@@ -363,6 +363,8 @@ class InspectorPool:
         with self._lock:
             if self._running >= self.total or self._in_flight[peer] >= _PER_CLIENT:
                 _client.refused = True
+                _LOGGER.warning("inspection refused: %d in flight, %d for this client",
+                                self._running, self._in_flight[peer])
                 raise Busy(f"{what}: the service is inspecting as many models as it takes at "
                            "once (for this client or in all); retry later")
             self._running += 1

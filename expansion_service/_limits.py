@@ -49,10 +49,14 @@ _QUOTED = re.compile("|".join(
     q + r"(?:[^" + q + r"\\\n]|\\.){%d,}" % MAX_SHOWN + q for q in ("'", '"')))
 
 
+_LONG_WORD = re.compile(r"\S{%d,}" % (MAX_SHOWN + 1))
+
+
 def clip(text: str, most: int = 2000) -> str:
     """``text`` with every quoted value over MAX_SHOWN characters cut, and ``most`` in all: a
     message may quote what a client sent (a 60,000-character version string, three times)."""
     text = _QUOTED.sub(lambda m: m.group(0)[:MAX_SHOWN - 4] + "...'", text)
+    text = _LONG_WORD.sub(lambda m: m.group(0)[:MAX_SHOWN - 3] + "...", text)
     return text if len(text) <= most else text[:most - 3] + "..."
 # Numbers that make the service (its in-process worker pool) spend memory or time.
 NUMBER_CAPS: dict[str, tuple[float, float]] = {

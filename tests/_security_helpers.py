@@ -29,6 +29,15 @@ def make_place(path: Path) -> Path:
     return path
 
 
+def client(service):
+    """A channel with its own connection, as another client process would have (grpc shares
+    one connection between the channels of a process to the same address by default)."""
+    import grpc
+
+    return grpc.insecure_channel(f"127.0.0.1:{service.port}",
+                                 options=[("grpc.use_local_subchannel_pool", 1)])
+
+
 def expand(channel, request, timeout: float = 60):
     from apache_beam.portability.api import beam_expansion_api_pb2_grpc
 

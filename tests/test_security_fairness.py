@@ -21,7 +21,7 @@ from apache_beam.portability.api import (
     beam_fn_api_pb2, beam_fn_api_pb2_grpc, beam_runner_api_pb2, endpoints_pb2)
 
 from tests._security_helpers import (
-    code_pickle, expand, healthy, log_size, looping_onnx, make_place, p95, refused, request,
+    client, code_pickle, expand, healthy, log_size, looping_onnx, make_place, p95, refused, request,
     start, wait_until)
 from tests._service_helpers import expansion_request, fqn_payload, write_sklearn_model
 
@@ -60,7 +60,7 @@ def _legit_waits(service, place, attack, n: int = 12) -> list:
     time.sleep(2)  # the attack is under way
     waits = []
     try:
-        with service.channel() as ch:
+        with client(service) as ch:
             for i in range(n):
                 started = time.monotonic()
                 response = expand(ch, request(model_uri=str(place / "roots/trusted/other.pkl"),
@@ -91,7 +91,7 @@ def test_many_clients_with_64_key_maps_do_not_starve_others(service, place):
     models = {f"k{i}": str(place / "roots/trusted/model.pkl") for i in range(64)}
 
     def attack(stop, i):
-        with service.channel() as ch:
+        with client(service) as ch:
             while not stop.is_set():
                 expand(ch, request(model_uri=None, models=models, model_key_field="id"))
 
@@ -108,7 +108,7 @@ def test_looping_and_slow_models_do_not_starve_others(service, place):
     busy = []
 
     def attack(stop, i):
-        with service.channel() as ch:
+        with client(service) as ch:
             while not stop.is_set():
                 req = (request(framework="onnx", model_uri=str(loop), postprocess="regression")
                        if i < 4 else request(model_uri=str(slow[i % 2])) if i < 6 else None)
@@ -131,7 +131,7 @@ def test_looping_and_slow_models_do_not_starve_others(service, place):
 def test_per_client_cap_answers_resource_exhausted(service, place):
     slow = [code_pickle(place / "roots" / "trusted" / f"cap{i}.pkl", "import time\n"
                         f"time.sleep(6)  # {i}") for i in range(3)]
-    with service.channel() as ch:
+    with client(service) as ch:
         with concurrent.futures.ThreadPoolExecutor(3) as ex:
             futures = [ex.submit(expand, ch, request(model_uri=str(m)), 60) for m in slow]
             codes = []
