@@ -88,7 +88,8 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
                 outcome = "ok"
         _LOGGER.info(
             "expansion transform=%s constructor=%s outcome=%s ms=%d",
-            _limits.shown(request.transform.unique_name), _limits.shown(constructor), outcome,
+            _limits.shown(repr(request.transform.unique_name)), _limits.shown(repr(constructor)),
+            outcome,
             round((time.perf_counter() - started) * 1000))
         return response
 

@@ -6,9 +6,13 @@ the (pickled) functions it is sent there. Served on the service's TCP port, any 
 have it run their code as the service's user. So it is served on a Unix-domain socket in a
 directory only the service's user can enter (mode 0700), and the expanded transforms' EXTERNAL
 environment names that socket: the job server, running as the same user, reaches it; other
-users cannot. ``StartWorker`` also dials only loopback control endpoints that accept a
-connection, and starts workers off the RPC thread, a few at a time, so requests naming dead or
-silent endpoints cannot exhaust threads (Beam's harness waits 60 s for its control channel).
+users cannot, and model inspectors (which run code from trusted pickles) do not see the
+directory at all (``_sandbox``). ``StartWorker`` dials only loopback control endpoints that
+accept a connection, and does the gRPC handshake (short deadline) and the worker's start off
+the RPC thread, a few at a time, so requests naming dead or silent endpoints cannot exhaust
+threads or hold up other callers (Beam's harness waits 60 s for its control channel). Each
+directory records its owner's pid; directories of services that are gone (killed with
+SIGKILL) are removed when the next service starts.
 """
 
 from __future__ import annotations

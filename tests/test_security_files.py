@@ -173,11 +173,14 @@ def test_swap_between_check_and_open(channel, service, place):
 
     def swap() -> None:
         # rename(2) is atomic: the name is always either the real file or the link.
+        # Both steps equally quick (a hard link of the real file, a new symlink).
         while not stop.is_set():
-            shutil.copy(real, data / "tmp.onnx")
+            os.link(data / "copy.onnx", data / "tmp.onnx")
             os.replace(data / "tmp.onnx", model)
+            time.sleep(0.0005)
             os.symlink(outside, data / "tmp-link.onnx")
             os.replace(data / "tmp-link.onnx", model)
+            time.sleep(0.0005)
 
     swapper = threading.Thread(target=swap, daemon=True)
     swapper.start()
