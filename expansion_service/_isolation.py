@@ -46,6 +46,8 @@ _WAIT_FOR_CHILD = 120.0  # seconds a request waits for a free inspector
 _PER_CLIENT = 2  # inspections in flight for one client connection
 _CACHED = 512  # answers kept, by model content and arguments
 _LINE = 200  # characters of one line an inspector prints, in the service log
+_PENALTY = 1.0  # seconds before a cached answer that a limit was hit is given again
+_LIMIT_HIT = ("Stopped", "MemoryLimit")
 _HIT_MEMORY_LIMIT = "hit the memory limit"
 
 # How the libraries report an allocation the address-space limit refused: onnxruntime ("Failed
@@ -323,9 +325,17 @@ class InspectorPool:
         cache_key = self._cache_key(kwargs, key)
         while cache_key is not None:
             with self._lock:
-                if cache_key in self._cache:
+                cached = self._cache.get(cache_key)
+                if cached is not None:
                     self._cache.move_to_end(cache_key)
-                    return _outcome(self._cache[cache_key], what, self._stopped)
+            if cached is not None:
+                if cached.get("error", {}).get("type") in _LIMIT_HIT:
+                    # A model that hit a limit is an attack or a mistake: asking again costs
+                    # the asker a pause (off the GIL), so a client that repeats it in a loop
+                    # cannot crowd out other clients' expansions.
+                    time.sleep(_PENALTY)
+                return _outcome(cached, what, self._stopped)
+            with self._lock:
                 waiting = self._pending.get(cache_key)
                 if waiting is None:
                     self._pending[cache_key] = threading.Event()
