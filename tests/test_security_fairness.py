@@ -21,8 +21,8 @@ from apache_beam.portability.api import (
     beam_fn_api_pb2, beam_fn_api_pb2_grpc, beam_runner_api_pb2, endpoints_pb2)
 
 from tests._security_helpers import (
-    client, code_pickle, expand, healthy, log_size, looping_onnx, make_place, p95, refused, request,
-    start, wait_until)
+    client, code_pickle, expand, healthy, log_size, looping_onnx, make_place, p95, refused,
+    request, start)
 from tests._service_helpers import expansion_request, fqn_payload, write_sklearn_model
 
 pytestmark = pytest.mark.timeout(400)

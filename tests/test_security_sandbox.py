@@ -5,7 +5,6 @@ service log lines, and change what later requests from other clients get."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
