@@ -20,6 +20,7 @@ path relative to it, never the directory behind it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import re
@@ -267,7 +268,6 @@ class Repository:
 
 
 def _refusal(error: OSError, where: str, rel: str) -> str:
-    import errno
 
     if error.errno == errno.ENOENT:
         return f"{where} does not exist in the model repository ({rel} under its root)"
@@ -276,7 +276,8 @@ def _refusal(error: OSError, where: str, rel: str) -> str:
                 "non-directory; the repository follows no links")
     if error.errno in (errno.EACCES, errno.EPERM):
         return f"{where}: {rel} in its model root is not readable by the service"
-    return f"{where}: {rel} in its model root cannot be opened ({errno.errorcode.get(error.errno, 'error')})"
+    code = errno.errorcode.get(error.errno, "error")
+    return f"{where}: {rel} in its model root cannot be opened ({code})"
 
 
 def _shown(uri: object) -> str:
