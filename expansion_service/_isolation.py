@@ -2,10 +2,10 @@
 
 Opening a model file can run code (pickle, joblib, TorchScript), loop forever, or allocate
 without bound (an ONNX graph that constant-folds into gigabytes). The service therefore never
-opens one itself: a child process does (``python -m expansion_service._isolation``), started
-ahead (its imports take seconds) and used for **one** inspection, then killed with everything
-it started (its own session, ``_sandbox``): nothing a model does in one outlives it or reaches
-a later request. Each child runs under hard limits (RLIMIT_AS, RLIMIT_CPU: hard fixed), with
+loads one itself: a fresh process does, forked for that **one** inspection by a sandboxed
+zygote that has imported the libraries (``_inspector``; handles in ``_processes``), then killed
+with everything it started (its own session, ``_sandbox``): nothing a model does in one
+outlives it or reaches a later request. Each child runs under hard limits (RLIMIT_AS, RLIMIT_CPU: hard fixed), with
 a wall-clock deadline, an empty working directory, only its pipes and the model roots'
 descriptors open, and the fences of ``_sandbox``. Parent and child speak one JSON line each way
 over pipes: kwargs and model key in, ``Signature.to_dict()`` or an error out; nothing is
@@ -15,7 +15,9 @@ service log, one cut line at a time, marked as the inspector's.
 Fair service: answers are cached by the model file's identity and content (one model named 64
 times is inspected once, and requests for a model being inspected wait for that one
 inspection), and inspections in flight are capped per client connection and in total; a
-request past a cap is refused at once (``Busy``, RESOURCE_EXHAUSTED to the client).
+request past a cap is refused at once (``Busy``, RESOURCE_EXHAUSTED to the client). A cached
+answer that a model hit a limit is given after a pause, so repeating it in a loop is cheap for
+the service and slow for the one who repeats it.
 """
 
 from __future__ import annotations
