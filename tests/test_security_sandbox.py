@@ -147,16 +147,19 @@ def test_sigterm_kills_what_inspectors_started(place):
         + "\ntime.sleep(60)\n")
     import threading
 
-    with svc.channel() as ch:
-        errors = []
-        thread = threading.Thread(target=lambda: errors.append(
-            _expect_failure(ch, request(model_uri=str(slow)))), daemon=True)
-        thread.start()
-        assert wait_until(lambda: all(f.exists() and f.read_text() for f in files.values()),
-                          90.0)
-        escaped, stayed = (int(files[k].read_text()) for k in ("escaped", "stayed"))
-        code, seconds = svc.stop(signal.SIGTERM)
-        thread.join(10)
+    try:
+        with svc.channel() as ch:
+            errors = []
+            thread = threading.Thread(target=lambda: errors.append(
+                _expect_failure(ch, request(model_uri=str(slow)))), daemon=True)
+            thread.start()
+            assert wait_until(lambda: all(f.exists() and f.read_text() for f in files.values()),
+                              90.0)
+            escaped, stayed = (int(files[k].read_text()) for k in ("escaped", "stayed"))
+            code, seconds = svc.stop(signal.SIGTERM)
+            thread.join(10)
+    finally:
+        svc.stop(signal.SIGKILL)  # (a no-op once it has exited)
     assert code == 0 and seconds < 2.5, (code, seconds)
     assert errors == [True], "the expansion in flight must fail (the service stopped)"
     assert wait_until(lambda: not alive(escaped) and not alive(stayed), 5.0), \
