@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
               "raise it for large models"))
     parser.add_argument(
         "--inspectors", type=int, default=2, metavar="N",
-        help="warm processes that open model files at expansion (default 2)")
+        help=("model inspections at once: N + 2 at most, 2 per client (default 2); each "
+              "runs in a fresh process"))
     parser.add_argument(
         "--sdk-container-image", default=None, metavar="IMAGE",
         help=("run the expanded Python stages in this Docker image (for Dataflow). Without it "

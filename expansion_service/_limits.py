@@ -11,6 +11,7 @@ from the payload once its schema is known to be plain and small) are bounded too
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -34,6 +35,29 @@ MAX_STRING = 64 * 1024
 MAX_ITEMS = 10_000  # entries of one list or map
 MAX_VALUE_DEPTH = 16
 MAX_MODELS = 64
+MAX_VALUES = 100_000  # values of every list and map in one payload, together
+MAX_SHOWN = 200  # characters of one value in a log line or an error
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut to MAX_SHOWN characters: what logs and errors quote of a value."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
+_QUOTED = re.compile("|".join(
+    q + r"(?:[^" + q + r"\\\n]|\\.){%d,}" % MAX_SHOWN + q for q in ("'", '"')))
+
+
+_LONG_WORD = re.compile(r"\S{%d,}" % (MAX_SHOWN + 1))
+
+
+def clip(text: str, most: int = 2000) -> str:
+    """``text`` with every quoted value over MAX_SHOWN characters cut, and ``most`` in all: a
+    message may quote what a client sent (a 60,000-character version string, three times)."""
+    text = _QUOTED.sub(lambda m: m.group(0)[:MAX_SHOWN - 4] + "...'", text)
+    text = _LONG_WORD.sub(lambda m: m.group(0)[:MAX_SHOWN - 3] + "...", text)
+    return text if len(text) <= most else text[:most - 3] + "..."
 # Numbers that make the service (its in-process worker pool) spend memory or time.
 NUMBER_CAPS: dict[str, tuple[float, float]] = {
     "model_copies": (1, 8),

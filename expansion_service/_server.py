@@ -75,13 +75,6 @@ def serve(config: ServiceConfig) -> int:
         print(f"crossinfer-expansion-service: --model-root: {e}", file=sys.stderr)
         return 2
     _repository.set_repository(repository)
-    inspectors = _isolation.InspectorPool(
-        _isolation.Policy(allow=tuple(config.allow), model_roots=config.model_roots,
-                          trusted_model_roots=config.trusted_model_roots),
-        _isolation.Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
-                          memory_mb=config.inspect_memory_mb),
-        size=config.inspectors)
-    _inspect.set_runner(inspectors)
     _warm_up()
 
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
@@ -109,6 +102,21 @@ def serve(config: ServiceConfig) -> int:
     pool_socket = pool_server = None
     if not config.container_image:
         pool_socket = _workers.PrivateSocket()
+    # Inspectors get the roots as the descriptors opened above, and cannot see the pool's
+    # directory (nor, without gs:// roots, any network).
+    inspectors = _isolation.InspectorPool(
+        _isolation.Policy(allow=tuple(config.allow), model_roots=config.model_roots,
+                          trusted_model_roots=config.trusted_model_roots,
+                          held=tuple(repository.held()),
+                          hidden=(pool_socket.directory,) if pool_socket else (),
+                          network=any(r.scheme for r in repository.roots)),
+        _isolation.Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
+                          memory_mb=config.inspect_memory_mb),
+        size=config.inspectors, digest=_isolation.content_digest(repository))
+    _inspect.set_runner(inspectors)
+    # The in-process workers resolve nothing against a directory that holds files.
+    os.chdir(inspectors.workdir)
+    if not config.container_image:
         pool_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="worker-pool"),
             options=[("grpc.max_receive_message_length", 1024 * 1024)])

@@ -10,7 +10,7 @@ import time
 from apache_beam.portability.api import beam_expansion_api_pb2
 from apache_beam.runners.portability.expansion_service import ExpansionServiceServicer
 
-from expansion_service import _guard, _registry
+from expansion_service import _guard, _isolation, _limits, _registry
 
 _LOGGER = logging.getLogger("expansion_service")
 
@@ -43,11 +43,20 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
 
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
             return beam_expansion_api_pb2.ExpansionResponse(error=message)
+        # The inspection caps count per client connection.
+        _isolation.set_client(context.peer() if context is not None else None)
         try:
             with self._janitor.expansion():
-                return self._expand(request, context)
+                response = self._expand(request, context)
         finally:
             self._slots.release()
+        if _isolation.refused_busy() and context is not None:
+            import grpc
+
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "the expansion service is inspecting as many models as it takes at "
+                          "once (for this client or in all); retry later")
+        return response
 
     def _expand(self, request, context):
         started = time.perf_counter()
@@ -56,13 +65,13 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
             inspected = _guard.inspect(request, self._janitor.schema_id)
         except _guard.Rejected as e:
             response = beam_expansion_api_pb2.ExpansionResponse(
-                error=f"Rejected by the crossinfer expansion service: {e}")
+                error=_limits.clip(f"Rejected by the crossinfer expansion service: {e}"))
             outcome = "rejected"
         except Exception as e:  # noqa: BLE001 - a bug in inspection must fail closed
             _LOGGER.exception("request inspection failed")
             response = beam_expansion_api_pb2.ExpansionResponse(
                 error=("Rejected by the crossinfer expansion service: the request could not be "
-                       f"inspected ({type(e).__name__}: {e})"))
+                       f"inspected ({type(e).__name__}: {_limits.clip(str(e), 500)})"))
             outcome = "rejected"
         else:
             constructor = inspected.constructor
@@ -70,13 +79,17 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
                 _LOGGER.debug("ignored client pipeline options %s and output coder requests %s",
                               inspected.dropped_options, inspected.dropped_output_coders)
             response = super().Expand(inspected.request, context)
-            if response.error:
+            if response.error and _isolation.refused_busy():
+                response.error, outcome = "busy", "busy"
+            elif response.error:
                 response.error, outcome = explain(response.error)
+                response.error = _limits.clip(response.error)
             else:
                 outcome = "ok"
         _LOGGER.info(
-            "expansion transform=%r constructor=%r outcome=%s ms=%d",
-            request.transform.unique_name, constructor, outcome,
+            "expansion transform=%s constructor=%s outcome=%s ms=%d",
+            _limits.shown(repr(request.transform.unique_name)), _limits.shown(repr(constructor)),
+            outcome,
             round((time.perf_counter() - started) * 1000))
         return response
 
@@ -105,7 +118,7 @@ def explain(error: str) -> tuple[str, str]:
         return headline, short
     # Anything else is logged whole; the client gets the first line only, never the traceback
     # (it names the service's files and code).
-    _LOGGER.warning("expansion failed:\n%s", error)
+    _LOGGER.warning("expansion failed:\n%s", _limits.clip(error, 8000))
     first = headline.splitlines()[0] if headline else short
     if len(first) > 500:
         first = first[:497] + "..."

@@ -6,9 +6,13 @@ the (pickled) functions it is sent there. Served on the service's TCP port, any 
 have it run their code as the service's user. So it is served on a Unix-domain socket in a
 directory only the service's user can enter (mode 0700), and the expanded transforms' EXTERNAL
 environment names that socket: the job server, running as the same user, reaches it; other
-users cannot. ``StartWorker`` also dials only loopback control endpoints that accept a
-connection, and starts workers off the RPC thread, a few at a time, so requests naming dead or
-silent endpoints cannot exhaust threads (Beam's harness waits 60 s for its control channel).
+users cannot, and model inspectors (which run code from trusted pickles) do not see the
+directory at all (``_sandbox``). ``StartWorker`` dials only loopback control endpoints that
+accept a connection, and does the gRPC handshake (short deadline) and the worker's start off
+the RPC thread, a few at a time, so requests naming dead or silent endpoints cannot exhaust
+threads or hold up other callers (Beam's harness waits 60 s for its control channel). Each
+directory records its owner's pid; directories of services that are gone (killed with
+SIGKILL) are removed when the next service starts.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 from typing import Optional
 
+import grpc
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.worker import sdk_worker, worker_pool_main
 
@@ -33,9 +39,11 @@ _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9.-]+)
 # label - a dict key, a thread name, log text and the gRPC "worker_id" header, which must be
 # printable ASCII - never a path or a command, so any printable ASCII of bounded length will do.
 _WORKER_ID = re.compile(r"^[\x20-\x7e]{1,256}$")
-_MAX_STARTING = 4  # workers connecting at once
+_MAX_STARTING = 16  # workers connecting at once
 _MAX_WORKERS = 64  # live in-process workers
 _PROBE_SECS = 2.0
+_CONNECT_SECS = 0.25
+_READY_SECS = 5.0  # for the control endpoint's gRPC handshake (Beam's harness waits 60 s)
 
 
 def loopback_endpoint(url: str) -> Optional[tuple[str, int]]:
@@ -55,13 +63,20 @@ def loopback_endpoint(url: str) -> Optional[tuple[str, int]]:
         return None
 
 
+_PREFIX = "crossinfer-workers-"
+
+
 class PrivateSocket:
     """A Unix-domain socket path in a fresh directory only this user can enter."""
 
     def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="crossinfer-workers-")
+        remove_stale_directories()
+        self.directory = tempfile.mkdtemp(prefix=_PREFIX)
         os.chmod(self.directory, 0o700)
         self.path = os.path.join(self.directory, "pool.sock")
+        # Which service owns the directory, so a later one can tell it is left over.
+        with open(os.path.join(self.directory, "owner"), "w") as f:
+            f.write(str(os.getpid()))
 
     @property
     def address(self) -> str:
@@ -69,6 +84,72 @@ class PrivateSocket:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def remove_stale_directories(parent: Optional[str] = None) -> list[str]:
+    """Remove this user's socket directories of services that are gone (killed with SIGKILL,
+    they could not clean up); return the ones removed. A directory whose owner is alive, or
+    whose socket still accepts connections, is kept."""
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        directory = os.path.join(parent, name)
+        try:
+            info = os.lstat(directory)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        if _owner_alive(directory) or _accepts(os.path.join(directory, "pool.sock")):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+    return removed
+
+
+def _owner_alive(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, "owner")) as f:
+            pid = int(f.read(20))
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return pid != os.getpid()
+
+
+def _accepts(path: str) -> bool:
+    if not os.path.exists(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _speaks_grpc(url: str, endpoint: tuple[str, int]) -> bool:
+    """Whether a gRPC server answers at ``url`` soon: a port that accepts and then says
+    nothing would hold Beam's harness (and a starting slot) for a minute."""
+    try:
+        socket.create_connection(endpoint, timeout=_PROBE_SECS).close()
+    except OSError:
+        return False
+    channel = grpc.insecure_channel(url)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=_READY_SECS)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
 
 
 class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
@@ -91,17 +172,25 @@ class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
         if len(self._worker_threads) >= _MAX_WORKERS:
             return self._refuse(f"{_MAX_WORKERS} workers are running already")
         try:
-            socket.create_connection(endpoint, timeout=_PROBE_SECS).close()
+            # Loopback: a closed port refuses at once; a full backlog costs _CONNECT_SECS.
+            socket.create_connection(endpoint, timeout=_CONNECT_SECS).close()
         except OSError:
-            return self._refuse(f"nothing accepts connections at {request.control_endpoint.url}")
+            return self._refuse(f"nothing accepts connections at "
+                                f"{request.control_endpoint.url[:100]}")
         if not self._starting.acquire(blocking=False):
             return self._refuse("too many workers are starting at once; retry")
-        threading.Thread(target=self._start, args=(request,), daemon=True,
+        # The gRPC handshake happens off the request thread: a silent one costs a starting slot
+        # for _PROBE_SECS, never another caller's StartWorker.
+        threading.Thread(target=self._start, args=(request, endpoint), daemon=True,
                          name=f"start_worker_{request.worker_id[:64]}").start()
         return beam_fn_api_pb2.StartWorkerResponse()
 
-    def _start(self, request) -> None:
+    def _start(self, request, endpoint: tuple[str, int]) -> None:
         try:
+            if not _speaks_grpc(request.control_endpoint.url, endpoint):
+                self._refuse(f"no gRPC server answers at {request.control_endpoint.url[:100]} "
+                             f"within {_READY_SECS:g} s")
+                return
             worker = sdk_worker.SdkHarness(
                 request.control_endpoint.url, worker_id=request.worker_id,
                 state_cache_size=self._state_cache_size,

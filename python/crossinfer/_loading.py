@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from apache_beam.io.filesystems import FileSystems
 
+from crossinfer import _repository
 from crossinfer._errors import ModelLoadError
 
 
@@ -55,8 +56,8 @@ _FORMATS = (
 def sniff(uri: str) -> str:
     """What the file looks like, for a message ('' when unknown)."""
     try:
-        with FileSystems.open(uri) as f:
-            head = f.read(4096)
+        # Through the repository: the file it checked, never another one behind its name.
+        head = _repository.read(uri)[:4096]
     except Exception:  # pylint: disable=broad-except
         return ""
     for magic, what in _FORMATS:
@@ -82,6 +83,8 @@ def load_once(load: Callable[[], Any], uri: str, framework: str,
     check_exists(uri, argument)
     try:
         return load()
+    except ModelLoadError:
+        raise  # crossinfer's own (the repository's, external data's): already says what
     except Exception as e:  # pylint: disable=broad-except
         kind = sniff(uri)
         base = framework.split()[0].lower().replace("torchscript", "pytorch")

@@ -9,16 +9,16 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
-from apache_beam.io.filesystems import FileSystems
 
+from crossinfer import _repository
 from crossinfer._errors import ModelLoadError
 
 
 def _holds_state_dict(uri: str) -> bool:
     """A file torch loads with weights_only=True into a dict (it runs no code)."""
     try:
-        with FileSystems.open(uri) as f:
-            obj = torch.load(io.BytesIO(f.read()), weights_only=True, map_location="cpu")
+        obj = torch.load(io.BytesIO(_repository.read(uri)), weights_only=True,
+                         map_location="cpu")
     except Exception:  # pylint: disable=broad-except
         return False
     return isinstance(obj, Mapping)
@@ -28,8 +28,7 @@ def _pickled_module(uri: str) -> bool:
     """A torch.save(module) file: a pickle that names the module's class (weights_only
     refuses it without running it)."""
     try:
-        with FileSystems.open(uri) as f:
-            torch.load(io.BytesIO(f.read()), weights_only=True, map_location="cpu")
+        torch.load(io.BytesIO(_repository.read(uri)), weights_only=True, map_location="cpu")
     except Exception as e:  # pylint: disable=broad-except
         return "Unsupported global" in str(e) or "GLOBAL" in str(e)
     return False

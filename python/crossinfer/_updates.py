@@ -143,7 +143,10 @@ def check_model(checks: Checks, path: str) -> Signature:
     if checks.roots or checks.trusted_roots:
         config = parse(**kwargs)
         module = _inspect.framework_module(config.framework)
-        repository = _repository.Repository(checks.roots, checks.trusted_roots)
+        # In the service's process its own repository is in force: the roots it opened at
+        # start-up (a root renamed and re-created since is not the one it was given).
+        repository = _repository.get_repository() or _repository.Repository(
+            checks.roots, checks.trusted_roots)
         kwargs["model_uri"] = repository.admit(
             path, code=bool(module.loads_code(config, path)), argument="model_updates",
             what=_inspect.code_format(config.framework))

@@ -14,7 +14,6 @@ from typing import Any, Optional
 
 import numpy as np
 import onnxruntime as ort
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.onnx_inference import OnnxModelHandlerNumpy
 
 from crossinfer import _probe
@@ -22,6 +21,7 @@ from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
 from crossinfer._handler import Framework, model_threads
 from crossinfer._loading import argument_for, load_once
+from crossinfer._onnx_files import self_contained
 from crossinfer._signature import Signature
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
@@ -57,15 +57,17 @@ class _OnnxHandler(OnnxModelHandlerNumpy):
         # Beam's ONNX handler ignores model updates (no override); it loads _model_uri.
         self._model_uri = model_path or self._model_uri
 
-    def load_model(self) -> ort.InferenceSession:
+    def load_model(self, model: Optional[bytes] = None) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = model_threads()
         options.inter_op_num_threads = 1
-        self._session_options = options
-        try:
-            return super().load_model()
-        finally:
-            self._session_options = None
+        # Bytes with every external reference already read in (by descriptor, inside the
+        # model's directory): onnxruntime opens no file of its own.
+        if model is None:
+            model = self_contained(self._model_uri)
+        return ort.InferenceSession(model, sess_options=options,
+                                    providers=self._providers,
+                                    provider_options=self._provider_options)
 
 
 def _identity(batch: np.ndarray) -> np.ndarray:
@@ -77,15 +79,15 @@ def loads_code(config: Config, model_uri: str) -> bool:
     return False
 
 
-def _graph(model_uri: str) -> Any:
+def _graph(model: bytes) -> Any:
+    """The model's graph (read with the onnx package: data only)."""
     import onnx
 
-    with FileSystems.open(model_uri) as f:
-        return onnx.load_model_from_string(f.read()).graph
+    return onnx.load_model_from_string(model).graph
 
 
 def _final_ops(graph: Any) -> dict[str, str]:
-    """Graph output name -> the op that computes it (read with the onnx package: data only)."""
+    """Graph output name -> the op that computes it."""
     made_by = {out: node.op_type for node in graph.node for out in node.output}
     return {o.name: made_by.get(o.name, "") for o in graph.output}
 
@@ -118,8 +120,11 @@ def _classifier(outputs: list[Any], graph: Any) -> Optional[tuple[int, int]]:
 
 def describe(config: Config, model_uri: str) -> Signature:
     """Open one session; read the graph's inputs, outputs and final ops; probe it."""
-    probe = OnnxModelHandlerNumpy(model_uri, providers=["CPUExecutionProvider"])
-    session = load_once(probe.load_model, model_uri, "onnx", argument_for(config, model_uri))
+    probe = _OnnxHandler(model_uri, providers=["CPUExecutionProvider"])
+    argument = argument_for(config, model_uri)
+    # Read once: the bytes the session runs are the bytes the graph is read from.
+    model = load_once(lambda: self_contained(model_uri), model_uri, "onnx", argument)
+    session = load_once(lambda: probe.load_model(model), model_uri, "onnx", argument)
     what = f"the ONNX model ({model_uri})"
     inputs, outputs = session.get_inputs(), session.get_outputs()
     required = [i for i in inputs if i.name not in (config.inference_args or {})]
@@ -141,7 +146,7 @@ def describe(config: Config, model_uri: str) -> Signature:
         d.input_shape = tuple(rest)
     d.sources["input_shape"] = f"input {first.name!r} has shape {shape}"
     names = [o.name for o in outputs]
-    graph = _graph(model_uri)
+    graph = _graph(model)
     keys = None
     index = config.output_index
     classifier = _classifier(outputs, graph) if config.output != "named" else None

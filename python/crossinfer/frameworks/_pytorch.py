@@ -20,10 +20,9 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
-from crossinfer import _callables, _probe, _torch_files
+from crossinfer import _callables, _probe, _repository, _torch_files
 from crossinfer._callables import resolve
 from crossinfer._config import Config
 from crossinfer._errors import CallableNotAllowedError, ConfigurationError, ModelLoadError
@@ -129,8 +128,7 @@ class _Handler(PytorchModelHandlerTensor):
             from safetensors.torch import load as load_safetensors
 
             path, model_class, params = self._st_args
-            with FileSystems.open(path) as f:
-                state = load_safetensors(f.read())
+            state = load_safetensors(_repository.read(path))
             model = model_class(**params)
             model.load_state_dict(state)
             model.to(self._crossinfer_device)
@@ -181,14 +179,15 @@ def _load_model_args(config: Config) -> dict[str, Any]:
 
 
 def _handler(config: Config, model_uri: str, model_class: Optional[type], device: str,
-             **kwargs: Any) -> PytorchModelHandlerTensor:
+             named: Optional[str] = None, **kwargs: Any) -> PytorchModelHandlerTensor:
+    """``named``: the model's name when ``model_uri`` is a descriptor's path (its suffix)."""
     kwargs["env_vars"] = dict(config.env_vars or {})
     try:
         if model_class is None:
             return _Handler(torch_script_model_path=model_uri, device=device, **kwargs)
         return _Handler(state_dict_path=model_uri, model_class=model_class,
                         model_params=config.model_params, device=device,
-                        safetensors=_is_safetensors(config, model_uri),
+                        safetensors=_is_safetensors(config, named or model_uri),
                         load_model_args=_load_model_args(config), **kwargs)
     except Exception as e:  # Beam checks the argument combination
         raise ConfigurationError(f"pytorch handler rejected the arguments: {e}") from e
@@ -207,8 +206,10 @@ def _load(config: Config, model_uri: str, model_class: Optional[type]) -> torch.
         raise _torch_files.state_dict_without_class(argument, model_uri)
     kind = "pytorch state_dict" if model_class is not None else "TorchScript"
     try:
-        return load_once(_handler(config, model_uri, model_class, "CPU").load_model, model_uri,
-                         kind, argument)
+        # The file the repository checked, by descriptor (its name may change meanwhile).
+        with _repository.opened(model_uri) as path:
+            return load_once(_handler(config, path, model_class, "CPU", named=model_uri
+                                      ).load_model, model_uri, kind, argument)
     except ModelLoadError as e:
         diagnosed = _torch_files.diagnose(config, model_uri, argument, e)
         if diagnosed is e:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 from apache_beam.ml.inference.sklearn_inference import ModelFileType, SklearnModelHandlerNumpy
 
-from crossinfer import _probe
+from crossinfer import _probe, _repository
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
 from crossinfer._handler import Framework
@@ -80,8 +80,11 @@ def _allow_nan(model: Any) -> bool:
 
 def describe(config: Config, model_uri: str) -> Signature:
     """Load the estimator once; read n_features_in_, classes_ and predict_proba; probe it."""
-    probe = SklearnModelHandlerNumpy(model_uri, _file_type(config, model_uri))
-    model = load_once(probe.load_model, model_uri, "sklearn", argument_for(config, model_uri))
+    # The file the repository checked, by descriptor (its name may change meanwhile).
+    with _repository.opened(model_uri) as path:
+        probe = SklearnModelHandlerNumpy(path, _file_type(config, model_uri))
+        model = load_once(probe.load_model, model_uri, "sklearn",
+                          argument_for(config, model_uri))
     name = type(model).__name__
     d = _probe.Declared(input_dtype="float64", allow_nan=_allow_nan(model))
     d.sources["input_dtype"] = "scikit-learn computes in float64"

@@ -1,0 +1,231 @@
+"""The inspector side: a zygote that imports the libraries once and forks one fresh process
+per inspection (``python -m expansion_service._inspector``).
+
+The service starts one zygote inside the fences of ``_sandbox`` (own session, no_new_privs,
+namespaces), with the model roots as inherited descriptors and an empty working directory.
+The zygote never opens a model: for each inspection the service hands it, over a Unix socket,
+the four pipe ends of a new inspector (requests, answers, output, exit status); it forks, and
+the child (its own session, hard limits, stdout and stderr on the output pipe) serves exactly
+one request and exits. A fork of a process that has only imported libraries costs
+milliseconds; an inspection never sees what another one left, because each starts from the
+zygote's clean state and dies after its answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Optional
+
+from expansion_service._isolation import (
+    _ALLOCATION_FAILED, Limits, Policy, _unplain)
+
+def _die_with_parent() -> None:
+    # Exit as soon as the service is gone, however it went, even while a model hangs. (Not
+    # PR_SET_PDEATHSIG: it fires when the parent *thread* that started the child exits.)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _vm_size() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _refused_allocation(error: BaseException) -> Optional[str]:
+    """``"python"`` if ``error`` came of a MemoryError, ``"library"`` if of an allocation a
+    library reports refused, else None. The library's error arrives wrapped: crossinfer
+    reports a model that does not load, or fails its probe batch, as its own error."""
+    seen: set[int] = set()
+    found = None
+    cause: Optional[BaseException] = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, MemoryError):
+            return "python"
+        if _ALLOCATION_FAILED.search(str(cause)):
+            found = "library"
+        cause = cause.__cause__ or cause.__context__
+    return found
+
+
+def _chain_text(error: BaseException) -> str:
+    texts, seen, cause = [], set(), error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        texts.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    return " | ".join(texts)
+
+
+def _zygote_main(config_json: str, control_fd: int) -> int:
+    import resource
+
+    from expansion_service import _sandbox
+
+    _die_with_parent()
+    ready = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    config = json.loads(config_json)
+    policy, limits = Policy(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in config["policy"].items()}), Limits(
+        **config["limits"])
+
+    from crossinfer import _callables, _inspect, _repository
+
+    _callables.set_allowlist(list(policy.allow))
+    # The service's roots, through the descriptors it opened at start-up (never re-opened
+    # by name here: a renamed and re-created root is not the one the operator named).
+    _repository.set_repository(_repository.Repository(held=[tuple(h) for h in policy.held])
+                               if policy.held else _repository.Repository(
+                                   policy.model_roots, policy.trusted_model_roots))
+    from crossinfer import frameworks
+
+    for plugin in frameworks.REGISTRY:
+        if not plugin.warm:  # imported by the first inspection that needs it
+            continue
+        try:
+            plugin.load()  # warm: imports cost seconds, once for every forked inspector
+        except Exception:  # noqa: BLE001 - a missing framework fails when it is asked for
+            pass
+    if limits.memory_mb > 0:
+        cap = _vm_size() + limits.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    control = socket.socket(fileno=control_fd)
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    threading.Thread(target=_reap, args=(statuses, lock), daemon=True, name="reaper").start()
+    ready.write(json.dumps({"ready": True, "fences": _sandbox.fences()}).encode() + b"\n")
+    ready.flush()
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 16, 4)
+        except OSError:
+            os._exit(0)
+        if not message or len(fds) != 4:
+            os._exit(0)  # the service is gone (or speaks nonsense)
+        request_r, answer_w, output_w, status_w = fds
+        with lock:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    control.close()
+                    ready.close()
+                    os.close(status_w)
+                    _inspect_once(request_r, answer_w, output_w, limits)
+                finally:
+                    os._exit(0)
+            statuses[pid] = status_w
+        for fd in (request_r, answer_w, output_w):
+            os.close(fd)
+        control.sendall(f"{pid}\n".encode())
+
+
+def _reap(statuses: dict, lock: threading.Lock) -> None:
+    # Each inspector's exit status goes to the service over its own status pipe.
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            time.sleep(0.05)
+            continue
+        with lock:
+            fd = statuses.pop(pid, None)
+        if fd is not None:
+            try:
+                os.write(fd, f"{os.waitstatus_to_exitcode(status)}\n".encode())
+            finally:
+                os.close(fd)
+
+
+def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits) -> None:
+    """In a fresh fork: its own session, its limits, one request, one answer."""
+    import resource
+
+    from crossinfer import _inspect
+    from crossinfer._errors import ConfigurationError, CrossinferError, ModelLoadError
+
+    os.setsid()
+    os.dup2(output_w, 1)
+    os.dup2(output_w, 2)
+    os.close(output_w)
+    _die_with_parent()
+    requests = os.fdopen(request_r, "rb")
+    answers = os.fdopen(answer_w, "wb")
+    log = logging.getLogger("expansion_service.inspector")
+    for line in requests:
+        # CPU: this inspection's budget (a fork starts at nothing used); hard fixed, so code
+        # in the model cannot raise it.
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        spent = int(used.ru_utime + used.ru_stime) + 1
+        # (One second above the soft limit: SIGXCPU first, so the parent can say which limit.)
+        resource.setrlimit(resource.RLIMIT_CPU,
+                           (spent + limits.cpu_seconds, spent + limits.cpu_seconds + 1))
+        try:
+            request = json.loads(line)
+            answer = {"signature": _inspect.describe_kwargs(
+                _unplain(request["kwargs"]), request["key"])}
+        except MemoryError:
+            os.write(2, b"model inspection hit the memory limit\n")
+            os._exit(3)
+        except Exception as e:  # noqa: BLE001 - every failure becomes an answer
+            log.warning("model inspection failed: %s: %s", type(e).__name__, e)
+            refused = _refused_allocation(e)
+            if refused == "library":
+                # The service cuts each line of ours: say first what was refused.
+                found = _ALLOCATION_FAILED.search(_chain_text(e))
+                if found:
+                    text = _chain_text(e)
+                    log.warning("allocation refused: %s", text[found.start():found.start() + 120])
+            if refused == "python":
+                # As above, wrapped in another error: whatever state running out of memory
+                # left, this process is not asked again.
+                os.write(2, b"model inspection hit the memory limit\n")
+                os._exit(3)
+            if refused == "library":
+                # One allocation was refused whole (an onnxruntime or torch buffer): answered,
+                # the child goes on.
+                kind, message = "MemoryLimit", ""
+            elif isinstance(e, ModelLoadError):
+                kind, message = "ModelLoadError", getattr(e, "public", None) or str(e)
+            elif isinstance(e, ConfigurationError):
+                kind, message = type(e).__name__, str(e)
+                if kind not in ("CallableNotAllowedError", "ConfigurationError"):
+                    kind = "ConfigurationError"
+            elif isinstance(e, CrossinferError):
+                kind, message = "ModelLoadError", str(e)
+            else:
+                kind, message = "ModelLoadError", (
+                    f"the model could not be inspected ({type(e).__name__}); the service "
+                    "log has the details")
+            answer = {"error": {"type": kind, "message": message}}
+        answers.write(json.dumps(answer).encode() + b"\n")
+        answers.flush()
+        break  # one inspection per process
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise SystemExit(_zygote_main(sys.argv[1], int(sys.argv[2])))

@@ -1,0 +1,163 @@
+"""The service's handles on inspector processes: the zygote, and each inspector it forks.
+
+Both speak over pipes the service made: one JSON line in, one out, and an exit status; what
+they print is relayed into the service log as cut, marked data (``_relay``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from typing import Optional
+
+from expansion_service._isolation import Limits, Policy
+
+_MAX_ANSWER = 64 * 1024  # bytes of one answer line; a signature is a few hundred
+_LINE = 200  # characters of one line an inspector prints, in the service log
+
+
+class _Overrun(Exception):
+    pass
+
+
+class _Zygote:
+    """The one sandboxed process that forks inspectors (``_inspector``)."""
+
+    def __init__(self, policy: Policy, limits: Limits, workdir: str) -> None:
+        from expansion_service import _sandbox
+
+        config = json.dumps({"policy": asdict(policy), "limits": asdict(limits)})
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = tuple(held[3] for held in policy.held if held[3] >= 0) + (theirs.fileno(),)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "expansion_service._inspector", config,
+             str(theirs.fileno())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            close_fds=True, pass_fds=fds, cwd=workdir,
+            preexec_fn=lambda: _sandbox.preexec(policy.hidden, policy.network))
+        theirs.close()
+        threading.Thread(target=_relay, args=(self.proc.stderr, self.proc.pid), daemon=True,
+                         name="zygote-output").start()
+        self.lock = threading.Lock()
+
+    def ready(self, deadline: float) -> dict:
+        line = _read_line(self.proc.stdout.fileno(), deadline)
+        answer = json.loads(line)
+        if not isinstance(answer, dict) or answer.get("ready") is not True:
+            raise _Overrun("no ready line")
+        return answer
+
+    def fork(self) -> "_Child":
+        pipes = [os.pipe() for _ in range(4)]  # requests, answers, output, status
+        request_r, request_w = pipes[0]
+        answer_r, answer_w = pipes[1]
+        output_r, output_w = pipes[2]
+        status_r, status_w = pipes[3]
+        try:
+            with self.lock:
+                socket.send_fds(self.control, [b"fork"],
+                                [request_r, answer_w, output_w, status_w])
+                self.control.settimeout(30)
+                pid = int(self.control.recv(32).split(b"\n")[0])
+        except (OSError, ValueError) as e:
+            for fd in (request_w, answer_r, output_r, status_r):
+                os.close(fd)
+            raise _Overrun("exited") from e
+        finally:
+            for fd in (request_r, answer_w, output_w, status_w):
+                os.close(fd)
+        return _Child(pid, request_w, answer_r, output_r, status_r)
+
+    def kill(self) -> None:
+        from expansion_service import _sandbox
+
+        _sandbox.kill_group(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.control.close()
+
+
+def _read_line(fd: int, deadline: float) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Overrun("timeout")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise _Overrun("exited")
+        line += chunk
+        if len(line) > _MAX_ANSWER:
+            raise _Overrun("answer too long")
+    return line
+
+
+class _Child:
+    """One forked inspector: its pipes, and its exit status once the zygote reaped it."""
+
+    def __init__(self, pid: int, request_w: int, answer_r: int, output_r: int,
+                 status_r: int) -> None:
+        self.pid = pid
+        self.stdin = os.fdopen(request_w, "wb")
+        self.answer_fd = answer_r
+        self.status_fd = status_r
+        self.returncode: Optional[int] = None
+        threading.Thread(target=_relay, args=(os.fdopen(output_r, "rb"), pid), daemon=True,
+                         name="inspector-output").start()
+
+    def ask(self, request: dict, deadline: float) -> dict:
+        try:
+            self.stdin.write(json.dumps(request).encode() + b"\n")
+            self.stdin.flush()
+        except OSError as e:
+            raise _Overrun("exited") from e
+        try:
+            answer = json.loads(_read_line(self.answer_fd, deadline))
+        except ValueError as e:
+            raise _Overrun("a malformed answer") from e
+        if not isinstance(answer, dict):
+            raise _Overrun("a malformed answer")
+        return answer
+
+    def exit_code(self, wait: float = 2.0) -> Optional[int]:
+        """The exit code (negative: the signal), as the zygote reports it."""
+        if self.returncode is None:
+            try:
+                self.returncode = int(_read_line(self.status_fd, time.monotonic() + wait))
+            except (_Overrun, ValueError):
+                pass
+        return self.returncode
+
+    def kill(self) -> None:
+        from expansion_service import _sandbox
+
+        _sandbox.kill_group(self.pid)  # the inspector, and what it started in its session
+        self.exit_code()
+        for close in (self.stdin.close, lambda: os.close(self.answer_fd),
+                      lambda: os.close(self.status_fd)):
+            try:
+                close()
+            except OSError:
+                pass
+
+
+def _relay(stream, pid: int) -> None:
+    # What an inspector prints is data: cut, marked, logged here (it never holds the
+    # service's stderr, so it cannot write lines that look like the service's own).
+    log = logging.getLogger("expansion_service.inspector")
+    for raw in iter(lambda: stream.readline(4096), b""):
+        text = raw.decode("utf-8", "replace").rstrip("\n")
+        text = "".join(c if c.isprintable() else "?" for c in text)
+        log.info("inspector %d said: %s", pid, text[:_LINE] + ("..." if len(text) > _LINE else ""))
+    stream.close()
