@@ -29,7 +29,10 @@ from apache_beam.runners.worker import sdk_worker, worker_pool_main
 _LOGGER = logging.getLogger("expansion_service")
 
 _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
-_WORKER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# Runners pick their own ids (Prism's look like "job-001[go-job-1-...]_go"). The id is only a
+# label - a dict key, a thread name, log text and the gRPC "worker_id" header, which must be
+# printable ASCII - never a path or a command, so any printable ASCII of bounded length will do.
+_WORKER_ID = re.compile(r"^[\x20-\x7e]{1,256}$")
 _MAX_STARTING = 4  # workers connecting at once
 _MAX_WORKERS = 64  # live in-process workers
 _PROBE_SECS = 2.0
@@ -81,10 +84,10 @@ class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
         if endpoint is None:
             return self._refuse(f"control endpoint {request.control_endpoint.url[:100]!r} is "
                                 "not host:port on this machine's loopback")
-        if not _WORKER_ID.match(request.worker_id):
-            return self._refuse("the worker id must be 1-128 letters, digits or _.:-")
+        if not _WORKER_ID.fullmatch(request.worker_id):
+            return self._refuse("the worker id must be 1-256 printable ASCII characters")
         if request.worker_id in self._worker_threads:
-            return self._refuse(f"worker {request.worker_id!r} already exists")
+            return self._refuse(f"worker {request.worker_id[:100]!r} already exists")
         if len(self._worker_threads) >= _MAX_WORKERS:
             return self._refuse(f"{_MAX_WORKERS} workers are running already")
         try:
@@ -94,7 +97,7 @@ class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
         if not self._starting.acquire(blocking=False):
             return self._refuse("too many workers are starting at once; retry")
         threading.Thread(target=self._start, args=(request,), daemon=True,
-                         name=f"start_worker_{request.worker_id}").start()
+                         name=f"start_worker_{request.worker_id[:64]}").start()
         return beam_fn_api_pb2.StartWorkerResponse()
 
     def _start(self, request) -> None:
