@@ -23,7 +23,7 @@ import torch
 
 from tests import models
 from tests._java import (EXAMPLES_CLASSPATH, EXAMPLES_TEST_CLASSPATH, REPO, JobServer,
-                         classpath, java_env, run_java)
+                         PrismJobServer, classpath, java_env, run_java)
 from tests._service_helpers import Service
 from tests.conftest import run
 
@@ -35,6 +35,13 @@ CLASSIFY = "io.crossinfer.examples.ClassifyRows"
 @pytest.fixture(scope="module")
 def job_server(tmp_path_factory):
     server = JobServer(tmp_path_factory.mktemp("job_server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def prism(tmp_path_factory):
+    server = PrismJobServer(tmp_path_factory.mktemp("prism"))
     yield server
     server.stop()
 
@@ -108,9 +115,11 @@ def _check_bad_rows(java_fails):
     assert all(f["error"].startswith("ParseError: ") for f in by_stage["parse"])
 
 
-def test_sklearn_with_nothing_started_by_hand(job_server, tmp_path, sklearn_model):
-    """Zero setup: no service address, no environment flags; the started service is stopped
-    when the JVM exits."""
+@pytest.mark.parametrize("runner", ["prism", "job_server"])
+def test_sklearn_with_nothing_started_by_hand(runner, request, tmp_path, sklearn_model):
+    """Zero setup, on Prism and on Beam's Python job server: no service address, no
+    environment flags; the started service is stopped when the JVM exits."""
+    job_server = request.getfixturevalue(runner)
     path, _ = sklearn_model
     x, _ = models.dataset(n=200, seed=41)
     marker = f"CROSSINFER_TEST_RUN={uuid.uuid4()}"
@@ -136,7 +145,10 @@ def test_torchscript(job_server, tmp_path, mlp_model):
     _check_bad_rows(fails)
 
 
-def test_onnx_variable_length_token_ids(job_server, tmp_path, sequence_model):
+def test_onnx_variable_length_token_ids_on_prism(prism, tmp_path, sequence_model):
+    """An ONNX model from Java on Prism (the runner once failed such a job decoding the Python
+    stage's batch-size distribution)."""
+    job_server = prism
     _, model = sequence_model
     path = tmp_path / "seq.onnx"
     models.export_onnx(model, path, torch.ones(2, 5, dtype=torch.int64), dynamic_length=True)
