@@ -60,7 +60,8 @@ def admit(config: Config) -> dict[Optional[str], Optional[str]]:
         argument = "model_uri" if key is None else f"models[{key!r}]"
         admitted[key] = repository.admit(
             uri, code=bool(module.loads_code(config, uri)), argument=argument,
-            what=_CODE_FORMATS.get(config.framework, "a model file of this kind"))
+            what=_CODE_FORMATS.get(config.framework, "a model file of this kind"),
+            java=config.client_version is not None)
     return admitted
 
 

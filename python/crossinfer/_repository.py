@@ -28,6 +28,12 @@ _MAX_URI = 4096
 
 HOW_TO_ADD = ("start the service with --model-root DIR (ONNX, torch state_dict, safetensors) or "
               "--trusted-model-root DIR (also pickle, joblib, TorchScript, custom handler files)")
+# A request from the Java library: the service may be the one CrossInference started, whose
+# roots come from these methods.
+JAVA_HOW_TO_ADD = ("from Java: CrossInference.withModelRoots(DIR) (ONNX, torch state_dict, "
+                   "safetensors) or .withTrustedModelRoots(DIR) (also pickle, joblib, TorchScript, "
+                   "custom handler files) for the service CrossInference starts; a service you "
+                   "run yourself takes --model-root / --trusted-model-root")
 
 
 @dataclass(frozen=True)
@@ -88,20 +94,23 @@ class Repository:
         return [f"{r.prefix} ({'trusted' if r.trusted else 'data formats only'})"
                 for r in self.roots]
 
-    def admit(self, uri: str, *, code: bool, what: str, argument: str = "model_uri") -> str:
+    def admit(self, uri: str, *, code: bool, what: str, argument: str = "model_uri",
+              java: bool = False) -> str:
         """The normalised ``uri`` if it may be opened; else raise ModelLoadError.
 
         ``code``: opening the file runs code (so only trusted roots); ``what`` names the format
-        in the message.
+        in the message; ``java``: the request came from the Java library, so the messages name
+        its methods too.
         """
         if not self.roots:
             raise ModelLoadError(
                 f"{argument}: this expansion service has no model repository, so it loads no "
-                f"model; {HOW_TO_ADD}")
+                f"model; {JAVA_HOW_TO_ADD if java else HOW_TO_ADD}")
         shown = _shown(uri)
         outside = ModelLoadError(
             f"{argument}={shown} is not a readable file under this service's model roots "
-            "(the operator sets them with --model-root / --trusted-model-root)")
+            + (f"({JAVA_HOW_TO_ADD})" if java else
+               "(the operator sets them with --model-root / --trusted-model-root)"))
         if not isinstance(uri, str) or not uri or len(uri) > _MAX_URI or any(
                 ord(c) < 32 for c in uri):
             raise outside
@@ -134,8 +143,10 @@ class Repository:
         if code and not root.trusted:
             raise ModelLoadError(
                 f"{argument}={shown} is {what}, a format that runs code when loaded; this service "
-                "loads such files only from a trusted model root (--trusted-model-root). Put it "
-                "there, or export the model as ONNX or a torch state_dict")
+                "loads such files only from a trusted model root ("
+                + ("from Java: CrossInference.withTrustedModelRoots(DIR); a service you run "
+                   "yourself: --trusted-model-root" if java else "--trusted-model-root")
+                + "). Put it there, or export the model as ONNX or a torch state_dict")
         return clean
 
     def _root_of(self, path: str, resolved: bool = True) -> Optional[Root]:

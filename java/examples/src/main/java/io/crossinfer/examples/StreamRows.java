@@ -3,8 +3,9 @@ package io.crossinfer.examples;
 import io.crossinfer.CrossInference;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 import org.apache.beam.sdk.Pipeline;
-import org.apache.beam.sdk.PipelineResult;
 import org.apache.beam.sdk.io.GenerateSequence;
 import org.apache.beam.sdk.options.Default;
 import org.apache.beam.sdk.options.Description;
@@ -17,6 +18,7 @@ import org.apache.beam.sdk.transforms.Count;
 import org.apache.beam.sdk.transforms.DoFn;
 import org.apache.beam.sdk.transforms.MapElements;
 import org.apache.beam.sdk.transforms.ParDo;
+import org.apache.beam.sdk.transforms.SerializableFunction;
 import org.apache.beam.sdk.transforms.WithFailures;
 import org.apache.beam.sdk.transforms.windowing.BoundedWindow;
 import org.apache.beam.sdk.transforms.windowing.FixedWindows;
@@ -31,11 +33,10 @@ import org.joda.time.Duration;
  * A streaming pipeline: an unbounded rate source, fixed windows, {@link CrossInference}, and each
  * window's outcome printed as soon as the window closes, while the job runs.
  *
- * <p>Row {@code i} has {@code --features} numbers derived from {@code i}; every {@code
- * --badEvery}-th row has one number too few, so the model side fails it. Prints, one line each:
- * {@code PREDICTION <windowStartMillis> <id> <label>}, {@code FAILURE <windowStartMillis> <id>
- * <stage>} and, once a window closes, {@code WINDOW <windowStartMillis> predictions=<n>} and
- * {@code WINDOW <windowStartMillis> failures=<n>}. Run it on a streaming runner (Prism):
+ * <p>Row {@code i} has 8 numbers made from {@code i}; every {@code --badEvery}-th row has 7, so
+ * the model side fails it. Prints {@code PREDICTION <windowStart> <id> <label>}, {@code FAILURE
+ * <windowStart> <id> <stage>}, then {@code WINDOW <windowStart> predictions=<n>} and {@code
+ * failures=<n>} as each window closes. Run it on a streaming runner (Prism):
  *
  * <pre>
  * stream-rows --modelUri=/models/model.pkl --trustedModelRoots=/models \
@@ -43,6 +44,9 @@ import org.joda.time.Duration;
  * </pre>
  */
 public final class StreamRows {
+  private static final int WIDTH = 8;
+  private static final Pattern ID = Pattern.compile("\"id\": ?(-?\\d+)");
+
   private StreamRows() {}
 
   /** Options of the streaming example. */
@@ -86,14 +90,6 @@ public final class StreamRows {
     /** @param seconds the window length */
     void setWindowSeconds(int seconds);
 
-    /** @return the model's input width */
-    @Description("Numbers per row (the model's input width)")
-    @Default.Integer(8)
-    int getFeatures();
-
-    /** @param features numbers per row */
-    void setFeatures(int features);
-
     /** @return every how many rows one is bad (0: none) */
     @Description("Every n-th row has one number too few (a failure); 0 for none")
     @Default.Integer(7)
@@ -112,8 +108,7 @@ public final class StreamRows {
     Options options = PipelineOptionsFactory.fromArgs(args).withValidation().as(Options.class);
     Pipeline pipeline = Pipeline.create(options);
     build(pipeline, options);
-    PipelineResult.State state = pipeline.run().waitUntilFinish();
-    System.out.println("STATE " + state);
+    System.out.println("STATE " + pipeline.run().waitUntilFinish());
   }
 
   /**
@@ -128,7 +123,6 @@ public final class StreamRows {
             .addInt64Field("id")
             .addArrayField("features", Schema.FieldType.DOUBLE)
             .build();
-    int width = options.getFeatures();
     int badEvery = options.getBadEvery();
     GenerateSequence source =
         GenerateSequence.from(0).withRate(options.getRowsPerSecond(), Duration.standardSeconds(1));
@@ -147,7 +141,7 @@ public final class StreamRows {
                     .via(
                         (Long id) ->
                             Row.withSchema(schema)
-                                .addValues(id, features(id, width, badEvery))
+                                .addValues(id, features(id, badEvery))
                                 .build()))
             .setRowSchema(schema);
     CrossInference inference =
@@ -163,8 +157,8 @@ public final class StreamRows {
     report(result.failures(), "failures", "FAILURE", "stage");
   }
 
-  private static List<Double> features(long id, int width, int badEvery) {
-    int n = badEvery > 0 && id % badEvery == badEvery - 1 ? width - 1 : width;
+  private static List<Double> features(long id, int badEvery) {
+    int n = badEvery > 0 && id % badEvery == badEvery - 1 ? WIDTH - 1 : WIDTH;
     List<Double> values = new ArrayList<>(n);
     for (int k = 0; k < n; k++) {
       values.add(Math.sin(id * 0.37 + k) * 2.0);
@@ -173,52 +167,34 @@ public final class StreamRows {
   }
 
   private static void report(PCollection<Row> rows, String what, String tag, String field) {
-    rows.apply(what + "Lines", ParDo.of(new PrintRow(tag, field)));
+    rows.apply(
+        what + "Lines", ParDo.of(new Print<>(tag, (Row r) -> idOf(r) + " " + r.getValue(field))));
     rows.apply(what + "Count", Combine.globally(Count.<Row>combineFn()).withoutDefaults())
-        .apply(what + "Window", ParDo.of(new PrintCount(what)));
+        .apply(what + "Window", ParDo.of(new Print<>("WINDOW", (Long n) -> what + "=" + n)));
   }
 
-  private static long start(BoundedWindow window) {
-    return ((IntervalWindow) window).start().getMillis();
+  private static String idOf(Row row) {
+    if (row.getSchema().hasField("id")) {
+      return String.valueOf(row.getInt64("id"));
+    }
+    Matcher m = ID.matcher(row.getString("element")); // a failure: its input row as JSON
+    return m.find() ? m.group(1) : "?";
   }
 
-  private static final java.util.regex.Pattern ID =
-      java.util.regex.Pattern.compile("\"id\": ?(-?\\d+)");
-
-  /** Prints one output row with its window. */
-  private static final class PrintRow extends DoFn<Row, Void> {
+  /** Prints each element as a line: tag, the start of its window (millis), its text. */
+  private static final class Print<T> extends DoFn<T, Void> {
     private final String tag;
-    private final String field;
+    private final SerializableFunction<T, String> text;
 
-    PrintRow(String tag, String field) {
+    Print(String tag, SerializableFunction<T, String> text) {
       this.tag = tag;
-      this.field = field;
+      this.text = text;
     }
 
     @ProcessElement
-    public void process(@Element Row row, BoundedWindow window) {
-      Object id = row.getSchema().hasField("id") ? row.getValue("id") : idOf(row);
-      System.out.println(tag + " " + start(window) + " " + id + " " + row.getValue(field));
-    }
-
-    private static Object idOf(Row failure) {
-      // A failure carries its input row as JSON: {"id": 6, ...}.
-      java.util.regex.Matcher m = ID.matcher(failure.getString("element"));
-      return m.find() ? m.group(1) : "?";
-    }
-  }
-
-  /** Prints a closed window's count. */
-  private static final class PrintCount extends DoFn<Long, Void> {
-    private final String what;
-
-    PrintCount(String what) {
-      this.what = what;
-    }
-
-    @ProcessElement
-    public void process(@Element Long count, BoundedWindow window) {
-      System.out.println("WINDOW " + start(window) + " " + what + "=" + count);
+    public void process(@Element T element, BoundedWindow window) {
+      long start = ((IntervalWindow) window).start().getMillis();
+      System.out.println(tag + " " + start + " " + text.apply(element));
     }
   }
 }
