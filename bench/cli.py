@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", default=None,
                     help="an earlier run's results.json: its results for the jobs this run "
                          "does not run go into the report too (e.g. rerun only java-peer)")
+    ap.add_argument("--runner", choices=["job-server", "prism"], default="job-server",
+                    help="the local runner of the Java comparisons: Beam's Python job server "
+                         "(default) or Beam's Prism runner")
     args = ap.parse_args(argv)
+    os.environ[data.RUNNER_ENV] = args.runner  # the workers (subprocesses) read it
 
     repeats = args.repeats or (1 if args.quick else 3)
     workdir = Path(args.workdir).resolve()

@@ -7,6 +7,7 @@ generate exactly the same rows as the raw loop without reading a file.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Iterator
@@ -113,3 +114,12 @@ def write_jsonl(path: Path, n: int, seed: int = 1) -> Path:
                 f.write(json.dumps({"id": start + i, "features": row}))
                 f.write("\n")
     return path
+
+
+# The local runner the Java comparisons use: `python -m bench --runner` sets it for its workers.
+RUNNER_ENV = "CROSSINFER_BENCH_RUNNER"
+
+
+def local_runner() -> str:
+    """``job-server`` (Beam's Python job server, the default) or ``prism``."""
+    return os.environ.get(RUNNER_ENV, "job-server")

@@ -76,7 +76,10 @@ def run_java(paths: dict[str, str], inputs: dict[int, Path], workdir: Path,
     walls: dict[int, list[float]] = {n: [] for n in inputs}
     peaks = {"java": 0}
     t0 = time.perf_counter()
+    from bench import data
+
     with LocalStack(workdir / "stack", allow=["bench.models.*"], env={"PYTHONPATH": str(REPO)},
+                    runner=data.local_runner(),
                     trusted_model_roots=sorted({str(Path(p).parent) for p in paths.values()})
                     ) as stack:
         stack_start = time.perf_counter() - t0

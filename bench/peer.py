@@ -176,7 +176,7 @@ def run(workload: str, paths: dict[str, str], sizes: Sequence[int], repeats: int
         s: {n: [] for n in sizes} for s in systems}
     stock: Optional[_StockService] = None
     # The benchmark's models are files it made itself: their directories are trusted roots.
-    with LocalStack(workdir / "stack", allow=["bench.models.*"],
+    with LocalStack(workdir / "stack", allow=["bench.models.*"], runner=data.local_runner(),
                     trusted_model_roots=sorted({str(Path(p).parent) for p in paths.values()}),
                     env={"PYTHONPATH": os.pathsep.join(
                         filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}) as stack:

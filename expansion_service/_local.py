@@ -1,6 +1,7 @@
-"""The local cross-language stack, no Docker: Beam's Python job server and our expansion
-service as real processes on free loopback ports. Used by the demo, the end-to-end tests and
-the benchmarks; ``with LocalStack(workdir) as stack:`` starts both and always stops both.
+"""The local cross-language stack, no Docker: a job server (Beam's Python job server, or Beam's
+Prism runner with ``runner="prism"``) and our expansion service as real processes on free
+ports. Used by the end-to-end tests and the benchmarks; ``with LocalStack(workdir) as stack:``
+starts both and always stops both.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 _LISTENING = re.compile(r"crossinfer expansion service listening on (\S+)")
+RUNNERS = ("job-server", "prism")  # Beam's Python job server, Beam's Prism runner
 
 
 def free_port() -> int:
@@ -57,7 +59,10 @@ class LocalStack:
     def __init__(self, workdir: Path, allow: Sequence[str] = (),
                  env: Optional[dict[str, str]] = None, timeout: float = 120.0,
                  model_roots: Sequence[str] = (),
-                 trusted_model_roots: Sequence[str] = ()) -> None:
+                 trusted_model_roots: Sequence[str] = (), runner: str = "job-server") -> None:
+        if runner not in RUNNERS:
+            raise ValueError(f"runner={runner!r}: one of {', '.join(RUNNERS)}")
+        self.runner = runner
         self.workdir = Path(workdir)
         self._allow = tuple(allow)
         self._roots = tuple(str(r) for r in model_roots)
@@ -126,6 +131,13 @@ class LocalStack:
         return proc
 
     def _start_job_server(self) -> None:
+        if self.runner == "prism":
+            from expansion_service._prism import Prism
+
+            prism = Prism(self.workdir / "job_server.log", timeout=self._timeout).start()
+            self._procs.append(prism.proc)
+            self.job_endpoint = prism.job_endpoint
+            return
         port = free_port()
         # Beam's local job server, with a short shutdown grace for each job's servers
         # (_job_server says why): about 4 s less per job.

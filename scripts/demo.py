@@ -1,7 +1,8 @@
 """The demo: a Java Beam pipeline classifies rows with a scikit-learn model through Python.
 
-Locally, with no Docker: trains a small model, starts Beam's Python job server on loopback,
-runs the Java example io.crossinfer.examples.ClassifyRows on the PortableRunner with nothing but
+Locally, with no Docker: trains a small model, starts Beam's Prism runner (or, with
+`--runner=job-server`, Beam's Python job server) on a free port, runs the Java example
+io.crossinfer.examples.ClassifyRows on the PortableRunner with nothing but
 `--runner=PortableRunner --jobEndpoint=...` (the Java library starts the crossinfer expansion
 service itself, from this Python), prints a summary, and stops everything.
 """
@@ -50,6 +51,14 @@ def make_data(work: Path, rows: int) -> tuple[Path, Path]:
     return model_path, input_path
 
 
+def start_prism(log: Path) -> tuple[subprocess.Popen, str]:
+    """Beam's Prism runner (the binary scripts/setup.sh provides) on a free port."""
+    from expansion_service._prism import Prism
+
+    prism = Prism(log).start()
+    return prism.proc, prism.job_endpoint
+
+
 def start_job_server(log: Path) -> tuple[subprocess.Popen, str]:
     """Beam's Python job server on a free loopback port."""
     with socket.socket() as s:
@@ -72,6 +81,8 @@ def start_job_server(log: Path) -> tuple[subprocess.Popen, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--runner", choices=["prism", "job-server"], default="prism",
+                        help="Beam's Prism runner (default) or Beam's Python job server")
     args = parser.parse_args()
     classpath = REPO / "java" / "build" / "classpath.txt"
     if not classpath.exists():
@@ -83,9 +94,12 @@ def main() -> int:
     model_path, input_path = make_data(work, args.rows)
     print(f"model: {model_path}\ninput: {input_path} ({args.rows} rows + 4 corrupt lines)")
 
-    job_server, endpoint = start_job_server(work / "job_server.log")
+    if args.runner == "prism":
+        job_server, endpoint = start_prism(work / "prism.log")
+    else:
+        job_server, endpoint = start_job_server(work / "job_server.log")
     try:
-        print(f"job server {endpoint}; the Java library starts the expansion service itself")
+        print(f"{args.runner} {endpoint}; the Java library starts the expansion service itself")
         out = work / "flowers"
         cmd = ["java", "-cp", classpath.read_text().strip(),
                "io.crossinfer.examples.ClassifyRows", f"--input={input_path}",
@@ -107,6 +121,7 @@ def main() -> int:
             job_server.wait(5)
         except subprocess.TimeoutExpired:
             job_server.kill()  # Beam's job server stops serving on SIGTERM but may not exit
+            job_server.wait()
 
     predictions = [json.loads(l) for l in Path(f"{out}-predictions.jsonl").read_text().splitlines()]
     failures = [json.loads(l) for l in Path(f"{out}-failures.jsonl").read_text().splitlines()]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for crossinfer: the Python package with Beam and the ML libraries,
-# Debian's Gradle and Maven, the Java build (its JUnit tests run too) and the Java artifact in
-# the local Maven repository. Safe to run again.
+# Beam's Prism runner, Debian's Gradle and Maven, the Java build (its JUnit tests run too) and
+# the Java artifact in the local Maven repository. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,12 @@ echo "== Python packages (apache-beam[gcp]==2.77.0, torch, scikit-learn, onnxrun
 # frameworks are skipped where they are not installed.
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   -e ".[test,bench,tensorflow,xgboost]"
+
+# Prism of the installed apache-beam: $CROSSINFER_PRISM or a `prism` on PATH if it is that
+# version, else a build kept in ~/.cache/crossinfer/prism/v<version>/, else built there from
+# Beam's Go module with `go install` (needs Go; about 8 minutes on 2 cores, once).
+echo "== Prism runner of apache-beam $("$PYTHON" -c 'import importlib.metadata as m; print(m.version("apache-beam"))')"
+"$PYTHON" -m expansion_service._prism
 
 if ! command -v gradle >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1 \
     || ! command -v mvn >/dev/null 2>&1; then

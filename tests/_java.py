@@ -86,3 +86,22 @@ class JobServer:
     def flags(self) -> list[str]:
         """All a Java pipeline needs to run locally: CrossInference does the rest."""
         return ["--runner=PortableRunner", f"--jobEndpoint={self.endpoint}"]
+
+
+class PrismJobServer:
+    """Beam's Prism runner (the binary setup provides) on a free port: a job server that also
+    runs streaming pipelines."""
+
+    def __init__(self, workdir: Path) -> None:
+        from expansion_service._prism import Prism
+
+        self._prism = Prism(workdir / "prism.log").start()
+        self.endpoint = self._prism.job_endpoint
+        self.proc = self._prism.proc
+
+    def stop(self) -> None:
+        self._prism.stop()
+
+    def flags(self) -> list[str]:
+        """All a Java pipeline needs to run locally: CrossInference does the rest."""
+        return ["--runner=PortableRunner", f"--jobEndpoint={self.endpoint}"]

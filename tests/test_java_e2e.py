@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import torch
 
 from tests import models
 from tests._java import (EXAMPLES_CLASSPATH, EXAMPLES_TEST_CLASSPATH, REPO, JobServer,
-                         classpath, java_env, run_java)
+                         PrismJobServer, classpath, java_env, run_java)
 from tests._service_helpers import Service
 from tests.conftest import run
 
@@ -35,6 +37,13 @@ CLASSIFY = "io.crossinfer.examples.ClassifyRows"
 @pytest.fixture(scope="module")
 def job_server(tmp_path_factory):
     server = JobServer(tmp_path_factory.mktemp("job_server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def prism(tmp_path_factory):
+    server = PrismJobServer(tmp_path_factory.mktemp("prism"))
     yield server
     server.stop()
 
@@ -108,9 +117,11 @@ def _check_bad_rows(java_fails):
     assert all(f["error"].startswith("ParseError: ") for f in by_stage["parse"])
 
 
-def test_sklearn_with_nothing_started_by_hand(job_server, tmp_path, sklearn_model):
-    """Zero setup: no service address, no environment flags; the started service is stopped
-    when the JVM exits."""
+@pytest.mark.parametrize("runner", ["prism", "job_server"])
+def test_sklearn_with_nothing_started_by_hand(runner, request, tmp_path, sklearn_model):
+    """Zero setup, on Prism and on Beam's Python job server: no service address, no
+    environment flags; the started service is stopped when the JVM exits."""
+    job_server = request.getfixturevalue(runner)
     path, _ = sklearn_model
     x, _ = models.dataset(n=200, seed=41)
     marker = f"CROSSINFER_TEST_RUN={uuid.uuid4()}"
@@ -136,7 +147,10 @@ def test_torchscript(job_server, tmp_path, mlp_model):
     _check_bad_rows(fails)
 
 
-def test_onnx_variable_length_token_ids(job_server, tmp_path, sequence_model):
+def test_onnx_variable_length_token_ids_on_prism(prism, tmp_path, sequence_model):
+    """An ONNX model from Java on Prism (the runner once failed such a job decoding the Python
+    stage's batch-size distribution)."""
+    job_server = prism
     _, model = sequence_model
     path = tmp_path / "seq.onnx"
     models.export_onnx(model, path, torch.ones(2, 5, dtype=torch.int64), dynamic_length=True)
@@ -230,26 +244,61 @@ def test_bad_configuration_fails_at_construction(job_server, tmp_path):
     assert not (tmp_path / "out-predictions.jsonl").exists()
 
 
-def _construct_only(tmp_path, env) -> str:
+@pytest.fixture(scope="module")
+def listener():
+    """A port that accepts connections and serves nothing: for runs that must fail before
+    they submit a job (CrossInference refuses a job endpoint nothing listens at)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield f"localhost:{s.getsockname()[1]}"
+
+
+def _construct_only(tmp_path, env, endpoint) -> str:
     src = tmp_path / "in.jsonl"
     src.write_text('{"id": 1, "features": [1.0]}\n')
     done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
                     f"--output={tmp_path / 'out'}", "--runner=PortableRunner",
-                    "--jobEndpoint=localhost:1", "--modelUri=/m.pkl", env=env, timeout=120,
+                    f"--jobEndpoint={endpoint}", "--modelUri=/m.pkl", env=env, timeout=120,
                     cwd=tmp_path)  # a checkout's own crossinfer metadata is in the repo root
     assert done.returncode != 0
     return done.stderr
 
 
-def test_a_python_without_crossinfer_gets_the_pip_command(tmp_path):
+def test_a_python_without_crossinfer_gets_the_pip_command(tmp_path, listener):
     python = tmp_path / "bare-python"
     # -I -S: no PYTHONPATH, no site-packages, so no crossinfer.
     python.write_text(f"#!/bin/sh\nexec {os.path.realpath(os.sys.executable)} -I -S \"$@\"\n")
     python.chmod(0o755)
-    stderr = _construct_only(tmp_path, java_env(CROSSINFER_PYTHON=str(python)))
+    stderr = _construct_only(tmp_path, java_env(CROSSINFER_PYTHON=str(python)), listener)
     version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M)[1]
     assert f"has no crossinfer" in stderr
     assert f"{python} -m pip install crossinfer=={version}" in stderr
+
+
+def test_an_unreachable_job_endpoint_fails_at_once_saying_how_to_start_one(tmp_path):
+    """Nothing listens at --jobEndpoint: the pipeline fails before any service starts, within
+    5 s of construction (Beam would wait minutes for DEADLINE_EXCEEDED)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "features": [1.0]}\n')
+    marker = f"CROSSINFER_TEST_RUN={uuid.uuid4()}"
+    started = time.monotonic()
+    done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
+                    f"--output={tmp_path / 'out'}", "--runner=PortableRunner",
+                    f"--jobEndpoint=localhost:{port}", f"--modelUri={tmp_path / 'm.pkl'}",
+                    env=java_env(CROSSINFER_TEST_RUN=marker.split("=", 1)[1]), timeout=120)
+    elapsed = time.monotonic() - started
+    assert done.returncode != 0
+    assert f"no job server accepts connections at --jobEndpoint=localhost:{port}" in done.stderr
+    assert f"--job_port={port} --serve_http=false" in done.stderr  # Prism
+    assert f"local_job_service_main --port {port}" in done.stderr  # Beam's job server
+    assert "crossinfer expansion service listening" not in done.stderr
+    # The JVM's own start (a few seconds on a loaded machine) is not the wait being bounded.
+    assert elapsed < 5 + 25, elapsed
+    assert "DEADLINE_EXCEEDED" not in done.stderr
 
 
 def _fake_crossinfer(tmp_path, version: str) -> str:
@@ -261,14 +310,15 @@ def _fake_crossinfer(tmp_path, version: str) -> str:
     return str(tmp_path / "site")
 
 
-def test_a_different_crossinfer_version_is_refused_before_start(tmp_path):
+def test_a_different_crossinfer_version_is_refused_before_start(tmp_path, listener):
     env = java_env()
     env["PYTHONPATH"] = os.pathsep.join([_fake_crossinfer(tmp_path, "9.9.9"), env["PYTHONPATH"]])
-    stderr = _construct_only(tmp_path, env)
+    stderr = _construct_only(tmp_path, env, listener)
     assert "has crossinfer 9.9.9, but this Java library is crossinfer" in stderr, stderr[-3000:]
 
 
-def test_a_service_of_another_version_refuses_the_java_library(tmp_path, sklearn_model):
+def test_a_service_of_another_version_refuses_the_java_library(tmp_path, sklearn_model,
+                                                                listener):
     """The handshake with a service the user started: the Java library sends its version and
     the service (crossinfer 9.9.9 here) refuses it at expansion, naming both versions."""
     path, _ = sklearn_model
@@ -281,7 +331,7 @@ def test_a_service_of_another_version_refuses_the_java_library(tmp_path, sklearn
         src.write_text('{"id": 1, "features": [1.0]}\n')
         done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
                         f"--output={tmp_path / 'out'}", "--runner=PortableRunner",
-                        "--jobEndpoint=localhost:1", f"--modelUri={path}",
+                        f"--jobEndpoint={listener}", f"--modelUri={path}",
                         f"--expansionService={service.address}", timeout=120)
     finally:
         service.stop()

@@ -63,7 +63,7 @@ def admit(config: Config) -> dict[Optional[str], Optional[str]]:
         argument = "model_uri" if key is None else f"models[{key!r}]"
         admitted[key] = repository.admit(
             uri, code=bool(module.loads_code(config, uri)), argument=argument,
-            what=code_format(config.framework))
+            what=code_format(config.framework), java=config.client_version is not None)
     return admitted
 
 

@@ -42,6 +42,12 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 HOW_TO_ADD = ("start the service with --model-root DIR (ONNX, torch state_dict, safetensors) or "
               "--trusted-model-root DIR (also pickle, joblib, TorchScript, custom handler files)")
+# A request from the Java library: the service may be the one CrossInference started, whose
+# roots come from these methods.
+JAVA_HOW_TO_ADD = ("from Java: CrossInference.withModelRoots(DIR) (ONNX, torch state_dict, "
+                   "safetensors) or .withTrustedModelRoots(DIR) (also pickle, joblib, TorchScript, "
+                   "custom handler files) for the service CrossInference starts; a service you "
+                   "run yourself takes --model-root / --trusted-model-root")
 
 
 @dataclass(frozen=True)
@@ -155,21 +161,24 @@ class Repository:
         """The held root descriptors (for ``pass_fds``)."""
         return [r.fd for r in self.roots if r.fd >= 0]
 
-    def admit(self, uri: str, *, code: bool, what: str, argument: str = "model_uri") -> str:
+    def admit(self, uri: str, *, code: bool, what: str, argument: str = "model_uri",
+              java: bool = False) -> str:
         """The normalised ``uri`` if it may be opened; else raise ModelLoadError.
 
         ``code``: opening the file runs code (so only trusted roots); ``what`` names the format
-        in the message. A local file is opened (by descriptor, as ``open`` does) to be checked.
+        in the message; ``java``: the request came from the Java library, so the messages name
+        its methods too. A local file is opened (by descriptor, as ``open`` does) to be checked.
         """
-        root, clean, relative = self._locate(uri, argument)
+        root, clean, relative = self._locate(uri, argument, java)
         if root.fd >= 0:
             os.close(self._walk(root, relative, argument, uri))
         if code and not root.trusted:
             raise ModelLoadError(
                 f"{argument}={_shown(uri)} is {what}, a format that runs code when loaded; this "
-                "service loads such files only from a trusted model root "
-                "(--trusted-model-root). Put it there, or export the model as ONNX or a torch "
-                "state_dict")
+                "service loads such files only from a trusted model root ("
+                + ("from Java: CrossInference.withTrustedModelRoots(DIR); a service you run "
+                   "yourself: --trusted-model-root" if java else "--trusted-model-root")
+                + "). Put it there, or export the model as ONNX or a torch state_dict")
         return clean
 
     def open(self, uri: str, argument: str = "model_uri") -> Optional[int]:
@@ -198,16 +207,17 @@ class Repository:
         inside = posixpath.join(posixpath.dirname(relative), location)
         return self._walk(root, inside, argument, uri)
 
-    def _locate(self, uri: str, argument: str) -> tuple[Root, str, str]:
+    def _locate(self, uri: str, argument: str, java: bool = False) -> tuple[Root, str, str]:
         """(root, normalised uri, path relative to the root) or ModelLoadError; no I/O."""
         if not self.roots:
             raise ModelLoadError(
                 f"{argument}: this expansion service has no model repository, so it loads no "
-                f"model; {HOW_TO_ADD}")
+                f"model; {JAVA_HOW_TO_ADD if java else HOW_TO_ADD}")
         shown = _shown(uri)
         outside = ModelLoadError(
             f"{argument}={shown} is not a readable file under this service's model roots "
-            "(the operator sets them with --model-root / --trusted-model-root)")
+            + (f"({JAVA_HOW_TO_ADD})" if java else
+               "(the operator sets them with --model-root / --trusted-model-root)"))
         if not isinstance(uri, str) or not uri or len(uri) > _MAX_URI:
             raise outside
         if _unprintable(uri):

@@ -94,8 +94,8 @@ public final class RowsToModel {
     /** @param modelClass the torch model class */
     void setModelClass(String modelClass);
 
-    /** @return the expansion service, host:port */
-    @Validation.Required
+    /** @return the expansion service, host:port; empty: CrossInference starts its own */
+    @Default.String("")
     String getExpansionService();
 
     /** @param expansionService the expansion service */
@@ -221,11 +221,14 @@ public final class RowsToModel {
       default:
         inference = CrossInference.sklearn(options.getModelUri());
     }
-    inference =
-        inference
-            .withFeatureField("features")
-            .withPassthroughFields("id")
-            .withExpansionService(options.getExpansionService());
+    inference = inference.withFeatureField("features").withPassthroughFields("id");
+    if (options.getExpansionService().isEmpty()) {
+      // The service CrossInference starts: the benchmark's models are files it made itself.
+      String uri = options.getModelUri();
+      inference = inference.withTrustedModelRoots(uri.substring(0, uri.lastIndexOf('/')));
+    } else {
+      inference = inference.withExpansionService(options.getExpansionService());
+    }
     return inference.withBoundaryBlocks(options.getBoundaryBlocks());
   }
 

@@ -37,13 +37,17 @@ final class LocalRuns {
   private LocalRuns() {}
 
   /**
-   * On the PortableRunner with a job server on this machine and no environment type, uses
+   * On the PortableRunner, fails at once if no job server listens at the job endpoint. With a job
+   * server on this machine and no environment type, uses
    * LOOPBACK; for LOOPBACK, checks the worker's classes and picks the worker's address if none is
    * set. Beam Java needs that address when the transform is expanded, before {@code
    * PortableRunner.run()} would pick one, and then listens on it.
    */
   static void prepare(PipelineOptions options) {
     PortablePipelineOptions portable = options.as(PortablePipelineOptions.class);
+    if (isPortableRunner(options) && portable.getJobEndpoint() != null) {
+      JobEndpoint.checkReachable(portable.getJobEndpoint());
+    }
     String type = portable.getDefaultEnvironmentType();
     if ((type == null || type.isEmpty())
         && isPortableRunner(options)
