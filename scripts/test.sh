@@ -10,7 +10,9 @@ PY=${PYTHON:-python3}
 # TensorFlow's tests run in a pytest process of their own: TensorFlow and torch's compiler
 # cannot share one process (both register LLVM's options), and the other tests train torch
 # models. Exit 5 is "no test selected" (e.g. a path given that holds none of them).
-rc=0
-"$PY" -m pytest -q -p no:cacheprovider -m tensorflow tests "$@" || rc=$?
-[ "$rc" = 0 ] || [ "$rc" = 5 ] || exit "$rc"
-exec "$PY" -m pytest -q -p no:cacheprovider -m "not tensorflow" tests "$@"
+tf=0
+"$PY" -m pytest -q -p no:cacheprovider -m tensorflow tests "$@" || tf=$?
+rest=0
+"$PY" -m pytest -q -p no:cacheprovider -m "not tensorflow" tests "$@" || rest=$?
+[ "$tf" = 0 ] || [ "$tf" = 5 ] || exit "$tf"
+exit "$rest"

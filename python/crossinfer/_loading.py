@@ -49,8 +49,8 @@ def argument_for(config: Any, uri: str) -> str:
 # What a file's first bytes say it is, and the framework that loads it.
 _FORMATS = (
     (b"\x80", "a Python pickle (framework='sklearn' for a pickled estimator)"),
-    (b"PK\x03\x04", "a zip archive, as torch.save and TorchScript write (framework='pytorch')"),
 )
+_TORCH_ZIP = "a zip archive, as torch.save and TorchScript write (framework='pytorch')"
 
 
 def sniff(uri: str) -> str:
@@ -63,6 +63,10 @@ def sniff(uri: str) -> str:
     for magic, what in _FORMATS:
         if head.startswith(magic):
             return what
+    # torch.save and TorchScript zips start with their pickle (".../data.pkl"); other zips
+    # (a Keras file) are not torch's, and say nothing here.
+    if head.startswith(b"PK\x03\x04") and (b"data.pkl" in head or b"/version" in head):
+        return _TORCH_ZIP
     if head[8:9] == b"{" and len(head) > 8:
         return "a safetensors file (framework='pytorch' with model_class)"
     if _looks_like_onnx(head):
