@@ -91,7 +91,7 @@ def _zygote_main(config_json: str, control_fd: int) -> int:
         k: tuple(v) if isinstance(v, list) else v for k, v in config["policy"].items()}), Limits(
         **config["limits"])
 
-    from crossinfer import _callables, _inspect, _repository
+    from crossinfer import _callables, _repository
 
     _callables.set_allowlist(list(policy.allow))
     # The service's roots, through the descriptors it opened at start-up (never re-opened

@@ -27,7 +27,7 @@ from crossinfer import _probe
 from crossinfer._arguments import INPUT_DTYPES
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
-from crossinfer._handler import Framework, model_threads
+from crossinfer._handler import Framework
 from crossinfer._loading import load_once
 from crossinfer._signature import Signature
 
