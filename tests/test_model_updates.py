@@ -225,7 +225,10 @@ def test_models_change_mid_stream_on_prism(tmp_path: Path, large_model: bool) ->
     rows_total, every = 240, 0.25  # a minute of rows, a few per window
 
     p = beam.Pipeline(options=PipelineOptions(
-        runner="PrismRunner", prism_location=prism_binary(), streaming=True))
+        runner="PrismRunner", prism_location=prism_binary(), streaming=True,
+        # its own Prism job server, not the one Beam shares in this process (see
+        # tests/test_prism_python.py)
+        experiments=["disable_prism_server_singleton"]))
     start = time.time() + 1
     rows = (p | PeriodicImpulse(start_timestamp=start,
                                 # The source runs on: the counted rows' windows all close

@@ -25,7 +25,11 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def _options(**extra) -> PipelineOptions:
-    return PipelineOptions(flags=[], prism_location=str(_prism.locate()), **extra)
+    # A Prism job server of this pipeline's own: Beam shares one per process, made with the
+    # options of the first pipeline that needed one (the DirectRunner can hand a pipeline
+    # to Prism without prism_location, and the shared server then downloads a binary).
+    return PipelineOptions(flags=[], prism_location=str(_prism.locate()),
+                           experiments=["disable_prism_server_singleton"], **extra)
 
 
 def test_inference_on_prism(sklearn_model, onnx_pair):

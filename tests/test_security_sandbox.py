@@ -115,7 +115,7 @@ def test_code_in_an_inspector_stays_there(channel, service, place):
 
 
 _HIJACK = """
-import crossinfer._onnx as _o, crossinfer._inspect as _i
+import crossinfer.frameworks._onnx as _o, crossinfer._inspect as _i
 def _hijacked(*a, **k):
     open({copied!r}, "a").write("a later request\\n")
     raise RuntimeError("HIJACKED")

@@ -136,10 +136,13 @@ class Repository:
             return
         opened: list[Root] = []
         try:
-            for r in trusted_roots:
-                opened.append(normalise_root(r, True))
-            for r in roots:
-                opened.append(normalise_root(r, False))
+            for r, trusted in [(r, True) for r in trusted_roots] + [(r, False) for r in roots]:
+                root = normalise_root(r, trusted)
+                if any(o.prefix == root.prefix and o.trusted == trusted for o in opened):
+                    if root.fd >= 0:  # one directory named twice, with the same trust
+                        os.close(root.fd)
+                    continue
+                opened.append(root)
             _check_overlaps(opened)
         except ValueError:
             for root in opened:
