@@ -260,7 +260,7 @@ the whole workload (the job server is shared by the three systems).
 ## Results: rows after a shuffle (Reshuffle before the model, as `beam.Create` or any GroupByKey delivers them)
 
 Every element is encoded and decoded once (numpy arrays and torch tensors by pickle, crossinfer's
-schema'd rows by the RowCoder). This is how FINDINGS.md's anchors were measured (`beam.Create`).
+schema'd rows by the RowCoder). This is how the first release's reference figures were measured (`beam.Create`).
 The raw-loop column refers to the fused table's raw loop.
 
 {main_table(results, shuffled=True)}
