@@ -19,7 +19,10 @@ from tests._java import EXAMPLES_CLASSPATH, PrismJobServer, classpath, java_env
 pytestmark = [pytest.mark.java, pytest.mark.timeout(900)]
 
 STREAM = "io.crossinfer.examples.StreamRows"
-WINDOWS = 3  # closed windows to see before cancelling
+WINDOWS = 3  # closed windows checked whole
+# One window more is awaited: the rate source may read in several splits, each stamping its
+# rows with the time it reads them, so a row near a window's end can land in the next window.
+AWAITED = WINDOWS + 1
 
 
 class _Lines:
@@ -57,12 +60,12 @@ def _tally(lines):
 
 
 def _first_windows_complete(lines) -> bool:
-    """The earliest WINDOWS windows have both counts (each 3-s window at 20 rows/s has bad
+    """The earliest AWAITED windows have both counts (each 3-s window at 20 rows/s has bad
     rows) and every row they count has been printed. Printing is a side effect, which a
     runner may repeat when it retries a bundle: rows are compared as distinct ids."""
     rows, counts = _tally(lines)
-    first = sorted(set(rows) | set(counts))[:WINDOWS]
-    return len(first) == WINDOWS and all(
+    first = sorted(set(rows) | set(counts))[:AWAITED]
+    return len(first) == AWAITED and all(
         len(counts[w]) == 2 and sum(counts[w].values()) == len(rows[w]) for w in first)
 
 
@@ -109,7 +112,7 @@ def test_windows_stream_out_of_a_running_java_job(tmp_path, sklearn_model):
 
     # The first windows: every row once, as a prediction or a failure, and the counts say so.
     rows, counts = _tally(out.lines)
-    closed = sorted(set(rows) | set(counts))[:WINDOWS]
+    closed = sorted(set(rows) | set(counts))[:AWAITED]
     ids: list[int] = []
     for window in closed:
         seen = rows[window]
@@ -119,8 +122,12 @@ def test_windows_stream_out_of_a_running_java_job(tmp_path, sklearn_model):
         assert counts[window]["failures"] == sum(k == "FAILURE" for k, _ in seen)
         assert all((k == "FAILURE") == (i % 7 == 6) for k, i in seen), window
         ids += window_ids
-    # Ids are numbered in time order: the first windows hold every row from 0 on, no gaps.
-    assert sorted(ids) == list(range(len(ids)))
+    assert len(ids) == len(set(ids)), "a row came out in two windows"
+    # Ids are numbered from 0 as the source reads them: no row up to the last one of the first
+    # WINDOWS windows is missing from the windows seen.
+    last = max(i for w in closed[:WINDOWS] for _, i in rows[w])
+    missing = sorted(set(range(last + 1)) - set(ids))
+    assert not missing, f"rows lost: {missing[:20]}"
     # The windows came out one by one as the job ran, not together.
     closed_at = [min(t for t, l in out.lines if l.startswith(f"WINDOW {w} ")) for w in closed]
     assert closed_at == sorted(closed_at)
