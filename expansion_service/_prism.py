@@ -9,7 +9,7 @@ A binary is used only if it was built from the Beam release the installed ``apac
 (read from the Go build information every Go binary carries), in this order: the environment
 variable ``CROSSINFER_PRISM``, a ``prism`` on ``PATH``, ``~/.cache/crossinfer/prism/v<beam>/prism``.
 
-``python -m expansion_service._prism`` prints the binary's path, building it into that cache
+``crossinfer-prism`` (this module's ``main``) prints the binary's path, building it into that cache
 first if none matches (``go install``, about 8 minutes on 2 cores; needs the Go toolchain and
 access to the Go module proxy); ``--no-build`` only looks.
 """
@@ -99,7 +99,7 @@ def locate() -> Path:
     raise PrismNotFound(
         f"no Prism runner of Beam {version} (the installed apache-beam) is available"
         + (f" ({'; '.join(seen)})" if seen else "") + ". Run `bash scripts/setup.sh` or "
-        f"`python -m expansion_service._prism` to build one (needs Go, about 8 minutes), or set "
+        f"`crossinfer-prism` to build one (needs Go, about 8 minutes), or set "
         f"{ENV} to a Prism binary of Beam {version}.")
 
 

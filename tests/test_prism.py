@@ -5,11 +5,14 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+import crossinfer
 
 from expansion_service import _prism
 
@@ -19,6 +22,11 @@ pytestmark = pytest.mark.timeout(300)
 def test_setup_provides_prism_of_the_installed_beam():
     path = _prism.locate()
     assert _prism.binary_version(path) == _prism.beam_version()
+    # What users call: the library function and the command print the same binary.
+    assert crossinfer.prism_location() == str(path)
+    done = subprocess.run(["crossinfer-prism", "--no-build"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, str(path)), done.stderr
 
 
 def test_a_binary_of_another_beam_named_explicitly_is_refused(tmp_path, monkeypatch):
