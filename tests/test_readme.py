@@ -17,11 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("readme")
-
-
 def _run(scratch: Path, index: int) -> str:
     script = scratch / f"example{index}.py"
     script.write_text(EXAMPLES[index])
@@ -33,19 +28,26 @@ def _run(scratch: Path, index: int) -> str:
     return done.stdout
 
 
+@pytest.fixture(scope="module")
+def first(tmp_path_factory) -> tuple[Path, str]:
+    """The directory the first example ran in (it wrote model.pkl there), and its output."""
+    scratch = tmp_path_factory.mktemp("readme")
+    return scratch, _run(scratch, 0)
+
+
 def test_readme_has_the_examples_this_file_runs():
     assert len(EXAMPLES) == 3, "a Python example was added to README: run it here too"
 
 
-def test_the_first_example_prints_a_prediction_and_a_failure(scratch):
-    out = _run(scratch, 0).splitlines()
+def test_the_first_example_prints_a_prediction_and_a_failure(first):
+    out = first[1].splitlines()
     assert out[0].startswith("Prediction(id=1, label=0, score=0.8"), out
     assert out[1].startswith("Failure(element='{\"id\": 2"), out
     assert "has 31 values but the model takes exactly 32" in out[1]
 
 
-def test_the_model_updates_example_switches_models_while_it_runs(scratch):
-    out = [l for l in _run(scratch, 1).splitlines() if l.startswith("Prediction(")]
+def test_the_model_updates_example_switches_models_while_it_runs(first):
+    out = [l for l in _run(first[0], 1).splitlines() if l.startswith("Prediction(")]
     models = [re.search(r"model_id='([^']+)'", l).group(1) for l in out]
     assert set(models) == {"models/model-001.pkl", "models/model-002.pkl"}, models
     first_new = models.index("models/model-002.pkl")
@@ -54,8 +56,8 @@ def test_the_model_updates_example_switches_models_while_it_runs(scratch):
     assert models[:first_new] and set(models[first_new:]) == {"models/model-002.pkl"}, models
 
 
-def test_the_prism_example_predicts_on_prism(scratch):
-    out = _run(scratch, 2).splitlines()
+def test_the_prism_example_predicts_on_prism(first):
+    out = _run(first[0], 2).splitlines()
     predictions = [l for l in out if l.startswith("Prediction(")]
     assert len(predictions) == 1, out
     assert re.fullmatch(r"Prediction\(id=1, label=0, score=0\.82\d*, model_id='model\.pkl'\)",
