@@ -3,46 +3,22 @@ its fixtures, and the helpers that build and send requests."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
-import pickle
-import random
-import signal
-import socket
-import stat
-import subprocess
-import sys
 import textwrap
-import threading
-import time
 import uuid
 from pathlib import Path
 
-import grpc
 import pytest
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import (
-    beam_artifact_api_pb2,
-    beam_artifact_api_pb2_grpc,
-    beam_expansion_api_pb2,
-    beam_fn_api_pb2,
-    beam_fn_api_pb2_grpc,
-    beam_runner_api_pb2,
-    endpoints_pb2,
     external_transforms_pb2,
     schema_pb2,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests._service_helpers import (
-    FQN_URN,
-    FileCreator,
     Service,
-    expansion_request,
     fqn_payload,
-    pickled_bytes,
-    pickled_coder,
-    pickled_window_fn,
     write_sklearn_model,
 )
 

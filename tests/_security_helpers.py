@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests._service_helpers import Service, expansion_request, fqn_payload
@@ -21,6 +22,20 @@ def start(place: Path, *extra: str, log: str = "service.log", roots: bool = True
         args += ["--model-root", str(place / "roots" / "data"),
                  "--trusted-model-root", str(place / "roots" / "trusted")]
     return Service(*args, *extra, log_path=place / log, env=env)
+
+
+@pytest.fixture(scope="module")
+def service(place):
+    """The service of the test module's ``place``."""
+    svc = start(place)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(service):
+    with service.channel() as ch:
+        yield ch
 
 
 def make_place(path: Path) -> Path:

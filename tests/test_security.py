@@ -11,13 +11,11 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pickle
-import random
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid
@@ -29,7 +27,6 @@ from apache_beam.portability import common_urns
 from apache_beam.portability.api import (
     beam_artifact_api_pb2,
     beam_artifact_api_pb2_grpc,
-    beam_expansion_api_pb2,
     beam_fn_api_pb2,
     beam_fn_api_pb2_grpc,
     beam_runner_api_pb2,
@@ -37,18 +34,14 @@ from apache_beam.portability.api import (
     external_transforms_pb2,
     schema_pb2,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests._service_helpers import (
-    FQN_URN,
     FileCreator,
-    Service,
     expansion_request,
     fqn_payload,
     pickled_bytes,
     pickled_coder,
     pickled_window_fn,
-    write_sklearn_model,
 )
 from tests._security_base import (  # noqa: F401 - fixtures
     EXPAND, PROBE, _callable_type, _code, _nested_payload, _rss_kib, channel, expand, healthy,

@@ -20,7 +20,8 @@ from apache_beam.portability import common_urns
 from apache_beam.portability.api import (
     beam_fn_api_pb2, beam_fn_api_pb2_grpc, beam_runner_api_pb2, endpoints_pb2)
 
-from tests._security_helpers import (
+from tests._security_helpers import (  # noqa: F401 - service, channel: fixtures
+    channel, service,
     client, code_pickle, expand, healthy, log_size, looping_onnx, make_place, p95, refused,
     request, start)
 from tests._service_helpers import expansion_request, fqn_payload, write_sklearn_model
@@ -35,19 +36,6 @@ def place(tmp_path_factory) -> Path:
     write_sklearn_model(path / "roots" / "trusted" / "other.pkl", n_features=3)
     looping_onnx(path / "roots" / "data" / "loop.onnx")
     return path
-
-
-@pytest.fixture(scope="module")
-def service(place):
-    svc = start(place)
-    yield svc
-    svc.stop()
-
-
-@pytest.fixture(scope="module")
-def channel(service):
-    with service.channel() as ch:
-        yield ch
 
 
 _SEQ = iter(range(1000, 100_000))
@@ -91,8 +79,9 @@ def alone(service, place) -> float:
 
 def _fair(waits: list, alone: float) -> bool:
     # The target is 3 s; on a machine so loaded that one expansion alone is slow, what
-    # starvation would show is the attack multiplying it (it was 20-60x before).
-    return p95(waits) <= max(3.0, 1.5 * alone)
+    # starvation would show is the attack multiplying it: it was 20-60x before the caps. Nine
+    # clients sharing 2 cores fairly may slow each a few times, hence 5x, not 1.5x.
+    return p95(waits) <= max(3.0, 5 * alone)
 
 
 def test_one_model_named_64_times_is_inspected_once(channel, service, place):

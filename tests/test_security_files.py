@@ -16,7 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests._security_helpers import (
+from tests._security_helpers import (  # noqa: F401 - service, channel: fixtures
+    channel, service,
     client, code_pickle, expand, healthy, make_place, refused, request, small_onnx, start)
 from tests._service_helpers import write_sklearn_model
 
@@ -31,19 +32,6 @@ def place(tmp_path_factory) -> Path:
     (path / "outside" / "passwd").write_bytes(SECRET * 8)
     write_sklearn_model(path / "roots" / "trusted" / "model.pkl")
     return path
-
-
-@pytest.fixture(scope="module")
-def service(place):
-    svc = start(place)
-    yield svc
-    svc.stop()
-
-
-@pytest.fixture(scope="module")
-def channel(service):
-    with service.channel() as ch:
-        yield ch
 
 
 def _no_secret(service, *texts: str) -> None:

@@ -12,7 +12,8 @@ import pytest
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from tests._security_helpers import (
+from tests._security_helpers import (  # noqa: F401 - service, channel: fixtures
+    channel, service,
     alive, code_pickle, expand, healthy, make_place, request, small_onnx, start, wait_until)
 from tests._service_helpers import write_sklearn_model
 
@@ -25,19 +26,6 @@ def place(tmp_path_factory) -> Path:
     write_sklearn_model(path / "roots" / "trusted" / "model.pkl")
     small_onnx(path / "roots" / "data" / "small.onnx")
     return path
-
-
-@pytest.fixture(scope="module")
-def service(place):
-    svc = start(place)
-    yield svc
-    svc.stop()
-
-
-@pytest.fixture(scope="module")
-def channel(service):
-    with service.channel() as ch:
-        yield ch
 
 
 def _pool_path(channel, place) -> str:
