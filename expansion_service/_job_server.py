@@ -8,8 +8,8 @@ job's control, data, state and logging gRPC servers with a 5-second grace
 bundle has been processed and acknowledged; the grace only waits for those idle streams (1 s
 leaves the Java harness time to shut down first: at 0.25 s it logs a cancelled logging stream
 as an error). Beam
-has no option for it, so this sets the class attribute (or warns, if a Beam release renames it)
-before handing over to Beam's ``run``. ``CROSSINFER_JOB_SERVER_GRACE`` (seconds) overrides it.
+has no option for it, so this sets Beam's class attribute (``crossinfer._beam``; or warns, if a
+Beam release renames it) before handing over to Beam's ``run``. ``CROSSINFER_JOB_SERVER_GRACE`` (seconds) overrides it.
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ _LOG = logging.getLogger(__name__)
 
 def shorten_grace(seconds: float) -> bool:
     """Set the grace of each job's worker gRPC servers; False if this Beam has no such hook."""
-    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    from crossinfer import _beam
 
-    server = getattr(worker_handlers, "GrpcServer", None)
-    if server is None or not hasattr(server, "_DEFAULT_SHUTDOWN_TIMEOUT_SECS"):
-        _LOG.warning("this Beam has no GrpcServer._DEFAULT_SHUTDOWN_TIMEOUT_SECS; each job "
-                     "keeps Beam's own shutdown grace")
+    if not _beam.set_job_server_grace(seconds):
+        _LOG.warning("this Beam has no setting for its job servers' shutdown grace; each job "
+                     "keeps Beam's own")
         return False
-    server._DEFAULT_SHUTDOWN_TIMEOUT_SECS = seconds  # pylint: disable=protected-access
     return True
 
 

@@ -58,10 +58,16 @@ def serve(config: ServiceConfig) -> int:
     )
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from crossinfer import _callables, _policy, _repository
+    from crossinfer import _beam, _callables, _policy, _repository
     from crossinfer._errors import ConfigurationError
     from expansion_service import (
         _artifacts, _guard, _isolation, _options, _registry, _servicer, _workers)
+
+    try:
+        _beam.check_service()  # the Beam internals it relies on were read from these releases
+    except RuntimeError as e:
+        print(f"crossinfer-expansion-service: {e}", file=sys.stderr)
+        return 2
 
     try:
         # An empty list admits no user callable at all; a glob that admits everything is refused.

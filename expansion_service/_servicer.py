@@ -9,6 +9,7 @@ import time
 
 from apache_beam.portability.api import beam_expansion_api_pb2
 from apache_beam.runners.portability.expansion_service import ExpansionServiceServicer
+from apache_beam.transforms import environments
 
 from crossinfer import _policy
 from expansion_service import _guard, _isolation, _limits, _registry
@@ -31,12 +32,15 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
     def __init__(self, options, policy: _policy.Policy, concurrency: int = 32) -> None:
         super().__init__(options)
         self._policy = policy
+        # The environment Beam's servicer gives expanded transforms: without a loopback
+        # address it is exactly this (Beam keeps its own copy in a private attribute).
+        self._environment = environments.Environment.from_options(options)
         self._slots = threading.BoundedSemaphore(concurrency)
         self._janitor = _registry.SchemaJanitor()
 
     def environment_artifacts(self) -> list:
         """The dependencies of the environment expanded transforms get (for artifact serving)."""
-        return list(self._default_environment.artifacts())
+        return list(self._environment.artifacts())
 
     def Expand(self, request, context=None):
         if not self._slots.acquire(timeout=1.0):

@@ -36,6 +36,7 @@ class Plan:
     postprocess_many: Optional[Callable[[Any, str], _postprocess.Columns]]
     passthrough: tuple[str, ...]
     prediction_type: row_type.RowTypeConstraint
+    result_names: tuple[str, ...]  # the postprocess's fields (between passthrough and model_id)
     inference_args: Optional[dict[str, Any]] = None  # passed to the model on every call
     signature: Optional[Signature] = None  # the only model's (None: several models)
 
@@ -238,5 +239,6 @@ def build(config: Config, element_type: Any, policy: Policy) -> Plan:
         postprocess_many=many,
         passthrough=config.passthrough_fields,
         prediction_type=prediction_type,
+        result_names=tuple(name for name, _ in result_fields),
         inference_args=config.inference_args,
         signature=described[None][0] if None in described else None)

@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
-from crossinfer import _config, _plan, _policy, _updates
+from crossinfer import _beam, _config, _plan, _policy, _updates
 from crossinfer._emit import FAILURES, Postprocess, failure
 from crossinfer._errors import InputError, describe
 from crossinfer._schemas import Failure
@@ -82,6 +82,7 @@ class Inference(beam.PTransform):
         client_version: Optional[str] = None,
     ) -> None:
         super().__init__()
+        _beam.check_library()
         # What callables and model files this transform may use: a Python pipeline's own
         # (the default), or the expansion service's, which builds the request under it.
         self._policy = _policy.current()

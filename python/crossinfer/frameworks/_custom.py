@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from crossinfer import _probe
+from crossinfer import _beam, _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
 from crossinfer._handler import Framework
@@ -51,7 +51,7 @@ def _takes_tensors(handler: ModelHandler) -> bool:
     while handler is not None and seen < 16:
         if isinstance(handler, PytorchModelHandlerTensor):
             return True
-        handler, seen = getattr(handler, "_base", None), seen + 1
+        handler, seen = _beam.wrapped_handler(handler), seen + 1
     return False
 
 
