@@ -2,14 +2,13 @@
 
 ``python -m expansion_service._job_server --port P`` runs Beam's own
 ``local_job_service_main`` unchanged except for one setting: when a job ends, Beam stops the
-job's control, data, state and logging gRPC servers with a 5-second grace
-(``GrpcServer._DEFAULT_SHUTDOWN_TIMEOUT_SECS``), and the Java LOOPBACK worker of Beam Java
-2.65 leaves its streams open, so every job ends about 4-5 s after its last bundle. By then every
-bundle has been processed and acknowledged; the grace only waits for those idle streams (1 s
-leaves the Java harness time to shut down first: at 0.25 s it logs a cancelled logging stream
-as an error). Beam
-has no option for it, so this sets Beam's class attribute (``crossinfer._beam``; or warns, if a
-Beam release renames it) before handing over to Beam's ``run``. ``CROSSINFER_JOB_SERVER_GRACE`` (seconds) overrides it.
+job's control, data, state and logging gRPC servers with a 5-second grace, and the Java
+LOOPBACK worker of Beam Java 2.65 leaves its streams open, so every job ends about 4-5 s after
+its last bundle. By then every bundle has been processed and acknowledged; the grace only waits
+for those idle streams (1 s leaves the Java harness time to shut down first: at 0.25 s it logs
+a cancelled logging stream as an error). Beam has no option for it, so this sets Beam's class
+constant (``crossinfer._beam.set_job_server_grace``; or warns, if a Beam release renames it)
+before handing over to Beam's ``run``. ``CROSSINFER_JOB_SERVER_GRACE`` (seconds) overrides it.
 """
 
 from __future__ import annotations
