@@ -315,7 +315,7 @@ def test_each_fact_says_where_it_came_from(tmp_path, sklearn_model):
     assert sig.output == "logits" and sig.num_classes == 3
     assert "do not sum to 1" in sig.source("output")
     sig = describe(parse(framework="sklearn", model_uri=str(sklearn_model[0]),
-                         feature_field="features"), None)
+                         feature_field="features"), None, DEFAULT)
     assert (sig.input_shape, sig.input_dtype, sig.output, sig.allow_nan) == (
         (models.N_FEATURES,), "float64", "probabilities", False)
     assert sig.source("input_shape") == "LogisticRegression.n_features_in_ = 8"
