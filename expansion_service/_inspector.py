@@ -20,10 +20,13 @@ import socket
 import sys
 import threading
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from expansion_service._isolation import (
     _ALLOCATION_FAILED, Limits, Policy, _unplain)
+
+if TYPE_CHECKING:
+    from crossinfer import _policy
 
 def _die_with_parent() -> None:
     # Exit as soon as the service is gone, however it went, even while a model hangs. (Not
@@ -91,14 +94,16 @@ def _zygote_main(config_json: str, control_fd: int) -> int:
         k: tuple(v) if isinstance(v, list) else v for k, v in config["policy"].items()}), Limits(
         **config["limits"])
 
-    from crossinfer import _callables, _repository
+    from crossinfer import _policy, _repository
 
-    _callables.set_allowlist(list(policy.allow))
-    # The service's roots, through the descriptors it opened at start-up (never re-opened
-    # by name here: a renamed and re-created root is not the one the operator named).
-    _repository.set_repository(_repository.Repository(held=[tuple(h) for h in policy.held])
-                               if policy.held else _repository.Repository(
-                                   policy.model_roots, policy.trusted_model_roots))
+    # The service's allowlist, and its roots through the descriptors it opened at start-up
+    # (never re-opened by name here: a renamed and re-created root is not the one the
+    # operator named). No runner: the files are opened here.
+    files = _policy.Policy(
+        allowlist=tuple(policy.allow),
+        repository=_repository.Repository(held=[tuple(h) for h in policy.held])
+        if policy.held else _repository.Repository(
+            policy.model_roots, policy.trusted_model_roots))
     from crossinfer import frameworks
 
     for plugin in frameworks.REGISTRY:
@@ -133,7 +138,7 @@ def _zygote_main(config_json: str, control_fd: int) -> int:
                     control.close()
                     ready.close()
                     os.close(status_w)
-                    _inspect_once(request_r, answer_w, output_w, limits)
+                    _inspect_once(request_r, answer_w, output_w, limits, files)
                 finally:
                     os._exit(0)
             statuses[pid] = status_w
@@ -159,7 +164,8 @@ def _reap(statuses: dict, lock: threading.Lock) -> None:
                 os.close(fd)
 
 
-def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits) -> None:
+def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits,
+                  files: "_policy.Policy") -> None:
     """In a fresh fork: its own session, its limits, one request, one answer."""
     import resource
 
@@ -185,7 +191,7 @@ def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits) 
         try:
             request = json.loads(line)
             answer = {"signature": _inspect.describe_kwargs(
-                _unplain(request["kwargs"]), request["key"])}
+                _unplain(request["kwargs"]), request["key"], files)}
         except MemoryError:
             os.write(2, b"model inspection hit the memory limit\n")
             os._exit(3)

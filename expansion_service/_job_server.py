@@ -2,13 +2,12 @@
 
 ``python -m expansion_service._job_server --port P`` runs Beam's own
 ``local_job_service_main`` unchanged except for one setting: when a job ends, Beam stops the
-job's control, data, state and logging gRPC servers with a 5-second grace
-(``GrpcServer._DEFAULT_SHUTDOWN_TIMEOUT_SECS``), and the Java LOOPBACK worker of Beam Java
-2.65 leaves its streams open, so every job ends about 4-5 s after its last bundle. By then every
-bundle has been processed and acknowledged; the grace only waits for those idle streams (1 s
-leaves the Java harness time to shut down first: at 0.25 s it logs a cancelled logging stream
-as an error). Beam
-has no option for it, so this sets the class attribute (or warns, if a Beam release renames it)
+job's control, data, state and logging gRPC servers with a 5-second grace, and the Java
+LOOPBACK worker of Beam Java 2.65 leaves its streams open, so every job ends about 4-5 s after
+its last bundle. By then every bundle has been processed and acknowledged; the grace only waits
+for those idle streams (1 s leaves the Java harness time to shut down first: at 0.25 s it logs
+a cancelled logging stream as an error). Beam has no option for it, so this sets Beam's class
+constant (``crossinfer._beam.set_job_server_grace``; or warns, if a Beam release renames it)
 before handing over to Beam's ``run``. ``CROSSINFER_JOB_SERVER_GRACE`` (seconds) overrides it.
 """
 
@@ -26,14 +25,12 @@ _LOG = logging.getLogger(__name__)
 
 def shorten_grace(seconds: float) -> bool:
     """Set the grace of each job's worker gRPC servers; False if this Beam has no such hook."""
-    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    from crossinfer import _beam
 
-    server = getattr(worker_handlers, "GrpcServer", None)
-    if server is None or not hasattr(server, "_DEFAULT_SHUTDOWN_TIMEOUT_SECS"):
-        _LOG.warning("this Beam has no GrpcServer._DEFAULT_SHUTDOWN_TIMEOUT_SECS; each job "
-                     "keeps Beam's own shutdown grace")
+    if not _beam.set_job_server_grace(seconds):
+        _LOG.warning("this Beam has no setting for its job servers' shutdown grace; each job "
+                     "keeps Beam's own")
         return False
-    server._DEFAULT_SHUTDOWN_TIMEOUT_SECS = seconds  # pylint: disable=protected-access
     return True
 
 

@@ -39,8 +39,9 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from apache_beam import coders
 from apache_beam.typehints.schemas import SCHEMA_REGISTRY
+
+from crossinfer import _beam
 
 _LOGGER = logging.getLogger("expansion_service")
 
@@ -104,20 +105,15 @@ class SchemaJanitor:
         self._return_lent(added)
         if not added:
             return
-        # The coder registry has no public removal: its mapping is reached by name, and only
-        # the classes generated for the swept schemas are removed from it (and from its
-        # public list of custom types).
-        registered = getattr(coders.registry, "_coders", None)
+        # Only the classes generated for the swept schemas leave the coder registry (which has
+        # no public removal: crossinfer._beam).
         swept = set()
+        entry = None
         for schema_id in added:
             entry = by_id.pop(schema_id, None)
             if entry is not None:
                 swept.add(entry[0])
-                if isinstance(registered, dict):
-                    registered.pop(entry[0], None)
-        custom = getattr(coders.registry, "custom_types", None)
-        if isinstance(custom, list):
-            custom[:] = [t for t in custom if t not in swept]
+        _beam.forget_coders(swept)
         del swept, entry  # nothing here may keep a swept class alive past the collection
         self._swept.set()
         if self._collector is None:

@@ -58,14 +58,20 @@ def serve(config: ServiceConfig) -> int:
     )
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from crossinfer import _callables, _inspect, _repository
+    from crossinfer import _beam, _callables, _policy, _repository
     from crossinfer._errors import ConfigurationError
     from expansion_service import (
         _artifacts, _guard, _isolation, _options, _registry, _servicer, _workers)
 
     try:
+        _beam.check_service()  # the Beam internals it relies on were read from these releases
+    except RuntimeError as e:
+        print(f"crossinfer-expansion-service: {e}", file=sys.stderr)
+        return 2
+
+    try:
         # An empty list admits no user callable at all; a glob that admits everything is refused.
-        _callables.set_allowlist(list(config.allow))
+        _callables.check_allowlist(config.allow)
     except ConfigurationError as e:
         print(f"crossinfer-expansion-service: --allow: {e}", file=sys.stderr)
         return 2
@@ -74,7 +80,6 @@ def serve(config: ServiceConfig) -> int:
     except ValueError as e:
         print(f"crossinfer-expansion-service: --model-root: {e}", file=sys.stderr)
         return 2
-    _repository.set_repository(repository)
     _warm_up()
 
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
@@ -113,7 +118,9 @@ def serve(config: ServiceConfig) -> int:
         _isolation.Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
                           memory_mb=config.inspect_memory_mb),
         size=config.inspectors, digest=_isolation.content_digest(repository))
-    _inspect.set_runner(inspectors)
+    # The service's whole policy, one value handed to every expansion (never set globally).
+    policy = _policy.Policy(allowlist=tuple(config.allow), repository=repository,
+                            runner=inspectors)
     # The in-process workers resolve nothing against a directory that holds files.
     os.chdir(inspectors.workdir)
     if not config.container_image:
@@ -133,7 +140,7 @@ def serve(config: ServiceConfig) -> int:
     pickler.set_library(options.view_as(SetupOptions).pickle_library)
     # loopback_address=None: Beam would otherwise offer AnyOf(DOCKER, EXTERNAL), and the DOCKER
     # alternative cannot run here. The EXTERNAL loopback is the service's only environment.
-    expansion = _servicer.GuardedExpansionServicer(options, concurrency=_EXPANSIONS)
+    expansion = _servicer.GuardedExpansionServicer(options, policy, concurrency=_EXPANSIONS)
     beam_expansion_api_pb2_grpc.add_ExpansionServiceServicer_to_server(expansion, server)
     beam_artifact_api_pb2_grpc.add_ArtifactRetrievalServiceServicer_to_server(
         _artifacts.OwnArtifactsRetrievalService(expansion.environment_artifacts()),

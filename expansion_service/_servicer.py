@@ -9,7 +9,9 @@ import time
 
 from apache_beam.portability.api import beam_expansion_api_pb2
 from apache_beam.runners.portability.expansion_service import ExpansionServiceServicer
+from apache_beam.transforms import environments
 
+from crossinfer import _policy
 from expansion_service import _guard, _isolation, _limits, _registry
 
 _LOGGER = logging.getLogger("expansion_service")
@@ -21,19 +23,24 @@ _EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<message>.*))
 class GuardedExpansionServicer(ExpansionServiceServicer):
     """Expands crossinfer.Inference with Beam's own machinery, after the guard has passed it.
 
-    At most ``concurrency`` expansions run at once (the others get RESOURCE_EXHAUSTED after a
-    second, so RPC threads stay free for health checks), and Beam's schema registry is swept
-    behind them.
+    Every request is built under the service's ``policy`` (allowlist, model repository,
+    inspectors). At most ``concurrency`` expansions run at once (the others get
+    RESOURCE_EXHAUSTED after a second, so RPC threads stay free for health checks), and Beam's
+    schema registry is swept behind them.
     """
 
-    def __init__(self, options, concurrency: int = 32) -> None:
+    def __init__(self, options, policy: _policy.Policy, concurrency: int = 32) -> None:
         super().__init__(options)
+        self._policy = policy
+        # The environment Beam's servicer gives expanded transforms: without a loopback
+        # address it is exactly this (Beam keeps its own copy in a private attribute).
+        self._environment = environments.Environment.from_options(options)
         self._slots = threading.BoundedSemaphore(concurrency)
         self._janitor = _registry.SchemaJanitor()
 
     def environment_artifacts(self) -> list:
         """The dependencies of the environment expanded transforms get (for artifact serving)."""
-        return list(self._default_environment.artifacts())
+        return list(self._environment.artifacts())
 
     def Expand(self, request, context=None):
         if not self._slots.acquire(timeout=1.0):
@@ -78,7 +85,10 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
             if inspected.dropped_options or inspected.dropped_output_coders:
                 _LOGGER.debug("ignored client pipeline options %s and output coder requests %s",
                               inspected.dropped_options, inspected.dropped_output_coders)
-            response = super().Expand(inspected.request, context)
+            # Beam constructs the transform from the request by name: the policy reaches its
+            # construction through this request's context, never through a global.
+            with _policy.applied(self._policy):
+                response = super().Expand(inspected.request, context)
             if response.error and _isolation.refused_busy():
                 response.error, outcome = "busy", "busy"
             elif response.error:

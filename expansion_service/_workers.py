@@ -32,6 +32,8 @@ import grpc
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.worker import sdk_worker, worker_pool_main
 
+from crossinfer import _beam
+
 _LOGGER = logging.getLogger("expansion_service")
 
 _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
@@ -44,6 +46,8 @@ _MAX_WORKERS = 64  # live in-process workers
 _PROBE_SECS = 2.0
 _CONNECT_SECS = 0.25
 _READY_SECS = 5.0  # for the control endpoint's gRPC handshake (Beam's harness waits 60 s)
+_STATE_CACHE_SIZE = 0  # Beam's defaults for an in-process worker pool
+_DATA_BUFFER_TIME_LIMIT_MS = 0
 
 
 def loopback_endpoint(url: str) -> Optional[tuple[str, int]]:
@@ -156,8 +160,10 @@ class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
     """Beam's in-process worker pool, starting workers only for loopback control endpoints."""
 
     def __init__(self) -> None:
-        super().__init__(use_process=False)
+        super().__init__(use_process=False, state_cache_size=_STATE_CACHE_SIZE,
+                         data_buffer_time_limit_ms=_DATA_BUFFER_TIME_LIMIT_MS)
         self._starting = threading.BoundedSemaphore(_MAX_STARTING)
+        self._workers = _beam.worker_threads(self)  # where Beam's StopWorker finds them
 
     def StartWorker(self, start_worker_request, unused_context=None):
         request = start_worker_request
@@ -167,9 +173,9 @@ class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
                                 "not host:port on this machine's loopback")
         if not _WORKER_ID.fullmatch(request.worker_id):
             return self._refuse("the worker id must be 1-256 printable ASCII characters")
-        if request.worker_id in self._worker_threads:
+        if request.worker_id in self._workers:
             return self._refuse(f"worker {request.worker_id[:100]!r} already exists")
-        if len(self._worker_threads) >= _MAX_WORKERS:
+        if len(self._workers) >= _MAX_WORKERS:
             return self._refuse(f"{_MAX_WORKERS} workers are running already")
         try:
             # Loopback: a closed port refuses at once; a full backlog costs _CONNECT_SECS.
@@ -193,18 +199,18 @@ class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
                 return
             worker = sdk_worker.SdkHarness(
                 request.control_endpoint.url, worker_id=request.worker_id,
-                state_cache_size=self._state_cache_size,
-                data_buffer_time_limit_ms=self._data_buffer_time_limit_ms)
+                state_cache_size=_STATE_CACHE_SIZE,
+                data_buffer_time_limit_ms=_DATA_BUFFER_TIME_LIMIT_MS)
         except Exception as e:  # noqa: BLE001 - e.g. the control channel never became ready
             _LOGGER.warning("worker %s did not start: %s", request.worker_id, e)
             return
         finally:
             self._starting.release()
-        self._worker_threads[request.worker_id] = worker
+        self._workers[request.worker_id] = worker
         try:
             worker.run()
         finally:
-            self._worker_threads.pop(request.worker_id, None)
+            self._workers.pop(request.worker_id, None)
 
     @staticmethod
     def _refuse(reason: str):

@@ -71,11 +71,11 @@ def run(rows: list[Any], on_built: Any = None, **kwargs: Any) -> tuple[list[Any]
 def plan_for(rows: list[Any], **kwargs: Any) -> Any:
     """The checked plan Inference(**kwargs) builds for ``rows`` (its handler is what Beam
     gets)."""
-    from crossinfer import _config, _plan
+    from crossinfer import _config, _plan, _policy
 
     p = beam.Pipeline()
     pcoll = p | beam.Create(rows)
-    return _plan.build(_config.parse(**kwargs), pcoll.element_type)
+    return _plan.build(_config.parse(**kwargs), pcoll.element_type, _policy.DEFAULT)
 
 
 def feature_rows(x: np.ndarray, start: int = 0) -> list[beam.Row]:

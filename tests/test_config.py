@@ -8,7 +8,7 @@ import apache_beam as beam
 import pytest
 
 from crossinfer import CallableNotAllowedError, ConfigurationError, Inference, ModelLoadError
-from crossinfer._callables import allowlist, resolve
+from crossinfer._policy import Policy, applied
 
 ROW = beam.Row(id=1, features=[0.0] * 8, name="x")
 
@@ -109,24 +109,23 @@ def test_unschemad_input_is_rejected(sk):
 
 
 def test_allowlist_admits_only_matching_functions_defined_in_their_module():
-    with allowlist(["tests.models.*"]):
-        assert resolve("tests.models:scaled_features", "preprocess").__name__ == "scaled_features"
-        with pytest.raises(CallableNotAllowedError, match="--allow 'os.*'"):
-            resolve("os:system", "preprocess")
-        with pytest.raises(CallableNotAllowedError, match="defined in 'tests.models' itself"):
-            resolve("tests.models:pickle", "preprocess")  # a module it imported
-        with pytest.raises(CallableNotAllowedError, match="dunder"):
-            resolve("tests.models:__loader__", "preprocess")
-    with allowlist([]):
-        with pytest.raises(CallableNotAllowedError, match="allowed now: nothing"):
-            resolve("tests.models:scaled_features", "preprocess")
+    policy = Policy(allowlist=("tests.models.*",))
+    assert policy.resolve("tests.models:scaled_features", "preprocess").__name__ == \
+        "scaled_features"
+    with pytest.raises(CallableNotAllowedError, match="--allow 'os.*'"):
+        policy.resolve("os:system", "preprocess")
+    with pytest.raises(CallableNotAllowedError, match="defined in 'tests.models' itself"):
+        policy.resolve("tests.models:pickle", "preprocess")  # a module it imported
+    with pytest.raises(CallableNotAllowedError, match="dunder"):
+        policy.resolve("tests.models:__loader__", "preprocess")
+    with pytest.raises(CallableNotAllowedError, match="allowed now: nothing"):
+        Policy(allowlist=()).resolve("tests.models:scaled_features", "preprocess")
     with pytest.raises(ConfigurationError, match="admits everything"):
-        with allowlist(["*"]):
-            pass
+        Policy(allowlist=("*",))
 
 
 def test_allowlist_is_enforced_at_construction(sk):
-    with allowlist(["mypkg.*"]):
+    with applied(Policy(allowlist=("mypkg.*",))):
         with pytest.raises(CallableNotAllowedError, match="not allowed by this expansion service"):
             _apply(**{**sk, "feature_field": None, "preprocess": "tests.models:scaled_features"})
 

@@ -20,6 +20,7 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 import crossinfer
 from crossinfer import _config, _plan, _repository, _updates
+from crossinfer._policy import DEFAULT, Policy
 from crossinfer._errors import ConfigurationError, ModelLoadError
 from tests import models
 
@@ -58,10 +59,10 @@ def _garbage(path: Path) -> None:
     path.write_bytes(b"\x80\x04 not a model")
 
 
-def _checks(model: Path, **extra: Any) -> _updates.Checks:
+def _checks(model: Path, under: Policy = DEFAULT, **extra: Any) -> _updates.Checks:
     config = _config.parse(framework="sklearn", model_uri=str(model), feature_field="features")
-    plan = _plan.build(config, models.FeatureRow)
-    return dataclasses.replace(_updates.checks_for(config, plan.signature), **extra)
+    plan = _plan.build(config, models.FeatureRow, under)
+    return dataclasses.replace(_updates.checks_for(config, plan.signature, under), **extra)
 
 
 # --- the checks, without a runner -----------------------------------------------------------
@@ -87,18 +88,16 @@ def test_roots_travel_with_the_checks(tmp_path: Path) -> None:
     models.train_sklearn(inside / "a.pkl")
     models.train_sklearn(outside / "b.pkl", seed=1)
     models.train_sklearn(inside / "c.pkl", seed=2)
-    _repository.set_repository(_repository.Repository(trusted_roots=[str(inside)]))
-    try:
-        checks = _checks(inside / "a.pkl")
-        _updates.check_pattern(str(inside / "*.pkl"))
-        for pattern in (str(outside / "*.pkl"), str(inside / ".." / "elsewhere" / "*.pkl"),
-                        "models/*.pkl"):
-            with pytest.raises(ModelLoadError, match="model_updates="):
-                _updates.check_pattern(pattern)
-    finally:
-        _repository.set_repository(None)
+    policy = Policy(repository=_repository.Repository(trusted_roots=[str(inside)]))
+    # (policy=None: as a worker in another process has them, the roots as plain data only)
+    checks = _checks(inside / "a.pkl", policy, policy=None)
+    _updates.check_pattern(str(inside / "*.pkl"), policy)
+    for pattern in (str(outside / "*.pkl"), str(inside / ".." / "elsewhere" / "*.pkl"),
+                    "models/*.pkl"):
+        with pytest.raises(ModelLoadError, match="model_updates="):
+            _updates.check_pattern(pattern, policy)
     assert checks.trusted_roots == (os.path.realpath(inside) + "/",)
-    # Applied where the worker runs, with no repository installed there.
+    # Applied where the worker runs, with no repository there.
     with pytest.raises(ModelLoadError, match="not a readable file under this service's"):
         _updates.check_model(checks, str(outside / "b.pkl"))
     assert _updates.check_model(checks, str(inside / "c.pkl")).output == "probabilities"
@@ -146,8 +145,8 @@ def test_an_accepted_onnx_model_is_the_one_that_predicts(tmp_path: Path) -> None
     models.export_onnx(second, tmp_path / "b.onnx", example)
     config = _config.parse(framework="onnx", model_uri=str(tmp_path / "a.onnx"),
                            feature_field="features", output="logits")
-    plan = _plan.build(config, models.FeatureRow)
-    checks = _updates.checks_for(config, plan.signature)
+    plan = _plan.build(config, models.FeatureRow, DEFAULT)
+    checks = _updates.checks_for(config, plan.signature, DEFAULT)
     assert _updates.check_model(checks, str(tmp_path / "b.onnx")).input_name == "x"
     rows = [_row(i) for i in range(16)]
     x = torch.tensor([r.features for r in rows], dtype=torch.float32)

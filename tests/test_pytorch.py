@@ -144,12 +144,13 @@ def test_a_worker_process_keeps_its_thread_cap(mlp_model, monkeypatch):
     from crossinfer import _handler
     from crossinfer.frameworks import _pytorch
     from crossinfer._config import parse
+    from crossinfer._policy import DEFAULT
     from crossinfer._features import Extractor
 
     path = str(mlp_model[0])
     config = parse(framework="pytorch", model_uri=path, model_class="tests.models:MLP",
                    feature_field="features")
-    fw = _pytorch.build(config, path, _pytorch.describe(config, path))
+    fw = _pytorch.build(config, path, _pytorch.describe(config, path, DEFAULT), DEFAULT)
     handler = _handler.RowHandler(fw, Extractor(feature_field="features"), {})
     handler._owner_pid = -1  # as when unpickled in a worker process
     monkeypatch.setenv("CROSSINFER_GC_FREEZE", "0")

@@ -303,18 +303,19 @@ def test_keyed_tensors_to_a_stacking_framework_fail_each_row_clearly(mlp_model):
 def test_each_fact_says_where_it_came_from(tmp_path, sklearn_model):
     from crossinfer._config import parse
     from crossinfer._inspect import describe
+    from crossinfer._policy import DEFAULT
 
     models.save_module(models.PadOne(), tmp_path / "pad1.pt")
     sig = describe(parse(framework="pytorch", model_uri=str(tmp_path / "pad1.pt"),
                          model_class="tests.models:PadOne", feature_field="tokens",
-                         postprocess="raw"), None)
+                         postprocess="raw"), None, DEFAULT)
     assert (sig.input_shape, sig.input_dtype, sig.pad_value) == ((-1,), "int64", 1)
     assert sig.source("pad_value") == "Embedding.padding_idx = 1"
     assert "Embedding(50, 8, padding_idx=1)" in sig.source("input_shape")
     assert sig.output == "logits" and sig.num_classes == 3
     assert "do not sum to 1" in sig.source("output")
     sig = describe(parse(framework="sklearn", model_uri=str(sklearn_model[0]),
-                         feature_field="features"), None)
+                         feature_field="features"), None, DEFAULT)
     assert (sig.input_shape, sig.input_dtype, sig.output, sig.allow_nan) == (
         (models.N_FEATURES,), "float64", "probabilities", False)
     assert sig.source("input_shape") == "LogisticRegression.n_features_in_ = 8"

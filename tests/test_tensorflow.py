@@ -109,23 +109,21 @@ def test_shared_model_in_process(classifier):
 def test_repository_treats_keras_files_as_code(classifier, tmp_path):
     from crossinfer import _inspect, _repository
     from crossinfer._config import parse
+    from crossinfer._policy import Policy
 
     data, trusted = tmp_path / "data", tmp_path / "trusted"
     data.mkdir()
     trusted.mkdir()
     (data / "m.keras").write_bytes(classifier[0].read_bytes())
     (trusted / "m.keras").write_bytes(classifier[0].read_bytes())
-    _repository.set_repository(_repository.Repository([str(data)], [str(trusted)]))
-    try:
-        with pytest.raises(ModelLoadError, match="a SavedModel or Keras file, a format that "
-                                                 "runs code"):
-            _inspect.admit(parse(framework="tensorflow", model_uri=str(data / "m.keras"),
-                                 feature_field="features"))
-        config = parse(framework="tensorflow", model_uri=str(trusted / "m.keras"),
-                       feature_field="features")
-        assert _inspect.admit(config) == {None: str((trusted / "m.keras").resolve())}
-    finally:
-        _repository.set_repository(None)
+    policy = Policy(repository=_repository.Repository([str(data)], [str(trusted)]))
+    with pytest.raises(ModelLoadError, match="a SavedModel or Keras file, a format that "
+                                             "runs code"):
+        _inspect.admit(parse(framework="tensorflow", model_uri=str(data / "m.keras"),
+                             feature_field="features"), policy)
+    config = parse(framework="tensorflow", model_uri=str(trusted / "m.keras"),
+                   feature_field="features")
+    assert _inspect.admit(config, policy) == {None: str((trusted / "m.keras").resolve())}
 
 
 def test_bad_file_fails_at_construction(tmp_path):

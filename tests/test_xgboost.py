@@ -120,21 +120,20 @@ def test_blocks_score_like_rows(tmp_path):
 def test_repository_reads_json_as_data(tmp_path):
     from crossinfer import _inspect, _repository
     from crossinfer._config import parse
+    from crossinfer._policy import Policy
 
     data = tmp_path / "data"
     data.mkdir()
     train(data / "m.json", "multi:softprob", num_class=3)
     config = parse(framework="xgboost", model_uri=str(data / "m.json"),
                    feature_field="features")
-    _repository.set_repository(_repository.Repository(roots=[str(data)]))
-    try:  # a root for data formats only admits it (a pickle there is refused)
-        assert _inspect.admit(config) == {None: str((data / "m.json").resolve())}
-        pickled = parse(framework="sklearn", model_uri=str(data / "m.json"),
-                        feature_field="features")
-        with pytest.raises(ModelLoadError, match="runs code when loaded"):
-            _inspect.admit(pickled)
-    finally:
-        _repository.set_repository(None)
+    policy = Policy(repository=_repository.Repository(roots=[str(data)]))
+    # A root for data formats only admits it (a pickle there is refused).
+    assert _inspect.admit(config, policy) == {None: str((data / "m.json").resolve())}
+    pickled = parse(framework="sklearn", model_uri=str(data / "m.json"),
+                    feature_field="features")
+    with pytest.raises(ModelLoadError, match="runs code when loaded"):
+        _inspect.admit(pickled, policy)
 
 
 @pytest.mark.java

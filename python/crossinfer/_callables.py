@@ -1,7 +1,7 @@
 """Resolve user callables named as "package.module:name", under an optional allowlist.
 
 In a Python pipeline the user's own code is trusted, so any importable function or class
-resolves. The expansion service installs an allowlist (``set_allowlist``): then a name
+resolves (allowlist ``None``). The expansion service's policy carries an allowlist: then a name
 resolves only if it matches one of the globs, only to a function or class defined in that very
 module (never something the module merely imported, like ``os.system``), and only from a
 module a glob names exactly ("mypkg.features.*" names mypkg.features): importing a module runs
@@ -11,19 +11,17 @@ imported. Which globs a service accepts at all is the service's own check.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import importlib
 import inspect
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from crossinfer._errors import CallableNotAllowedError, ConfigurationError
 
 _NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
-_allowlist: Optional[tuple[str, ...]] = None
 _WILDCARDS = set("*?[]")
 
 def _named_modules(globs: Sequence[str]) -> set[str]:
@@ -36,36 +34,20 @@ def _named_modules(globs: Sequence[str]) -> set[str]:
     return named
 
 
-def set_allowlist(globs: Optional[Sequence[str]]) -> None:
-    """Restrict named callables to these globs (``None``: no restriction, in-process use)."""
-    global _allowlist
-    if globs is not None:
-        for glob in globs:
-            if glob.strip("*.?[]") == "":
-                raise ConfigurationError(
-                    f"allowlist glob {glob!r} admits everything; name packages, "
-                    "e.g. 'mypkg.features.*'")
-    _allowlist = None if globs is None else tuple(globs)
+def check_allowlist(globs: Sequence[str]) -> None:
+    """Refuse a glob that admits everything (ConfigurationError)."""
+    for glob in globs:
+        if glob.strip("*.?[]") == "":
+            raise ConfigurationError(
+                f"allowlist glob {glob!r} admits everything; name packages, "
+                "e.g. 'mypkg.features.*'")
 
 
-def get_allowlist() -> Optional[tuple[str, ...]]:
-    """The globs in force, or ``None`` when every importable name resolves."""
-    return _allowlist
-
-
-@contextlib.contextmanager
-def allowlist(globs: Optional[Sequence[str]]) -> Iterator[None]:
-    """Apply an allowlist for the duration of a ``with`` block."""
-    old = _allowlist
-    set_allowlist(globs)
-    try:
-        yield
-    finally:
-        set_allowlist(old)
-
-
-def resolve(name: Any, argument: str, *, want_class: bool = False) -> Callable[..., Any]:
-    """Import the function (or class) that ``name`` ("package.module:attr") points at."""
+def resolve(name: Any, argument: str, *, allowlist: Optional[Sequence[str]],
+            want_class: bool = False) -> Callable[..., Any]:
+    """Import the function (or class) that ``name`` ("package.module:attr") points at, if
+    ``allowlist`` admits it (``None``: any importable name; a policy's ``resolve`` passes its
+    own)."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigurationError(
             f"{argument}={name!r} is not a callable name; give it as "
@@ -74,15 +56,15 @@ def resolve(name: Any, argument: str, *, want_class: bool = False) -> Callable[.
     dotted = f"{module_name}.{attr}"
     if attr.startswith("__"):
         raise CallableNotAllowedError(f"{argument}={name!r}: dunder names are never resolved")
-    if _allowlist is not None and not any(fnmatch.fnmatchcase(dotted, g) for g in _allowlist):
+    if allowlist is not None and not any(fnmatch.fnmatchcase(dotted, g) for g in allowlist):
         raise CallableNotAllowedError(
             f"{argument}={name!r} is not allowed by this expansion service; start it with "
-            f"--allow '{module_name}.*' (allowed now: {list(_allowlist) or 'nothing'})")
-    if _allowlist is not None:
+            f"--allow '{module_name}.*' (allowed now: {list(allowlist) or 'nothing'})")
+    if allowlist is not None:
         if "__main__" in module_name.split("."):
             raise CallableNotAllowedError(
                 f"{argument}={name!r}: __main__ modules are never imported")
-        if module_name not in _named_modules(_allowlist):
+        if module_name not in _named_modules(allowlist):
             raise CallableNotAllowedError(
                 f"{argument}={name!r}: module {module_name!r} is not named exactly by an --allow "
                 f"glob, and this service imports no module it was not named (importing runs "

@@ -27,8 +27,7 @@ class Postprocess(beam.DoFn):
         self._post = plan.postprocess
         self._many = plan.postprocess_many
         self._passthrough = plan.passthrough
-        fields = [name for name, _ in plan.prediction_type._fields]
-        self._result_names = fields[len(plan.passthrough):-1]  # between passthrough, model_id
+        self._result_names = list(plan.result_names)
         self._type = plan.prediction_type.user_type or beam.Row
 
     def start_bundle(self) -> None:

@@ -1,37 +1,20 @@
 """Where model files are opened at construction: in this process, or where a runner says.
 
-A Python pipeline opens its own model files in its own process (``describe_here``). The
-expansion service installs a model repository (``_repository.set_repository``): every model
-URI is then checked against it here, before any I/O, and a runner (``set_runner``) that opens
-the files in a child process out of reach of what a model file does when loaded; it gets back
-only the plain-data ``Signature``.
+A Python pipeline opens its own model files in its own process (``describe_here``). Under the
+expansion service's policy every model URI is first checked against its model repository,
+before any I/O, and the files are opened by its runner in a child process out of reach of what
+a model file does when loaded; it gets back only the plain-data ``Signature``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from crossinfer import _repository, frameworks
+from crossinfer import frameworks
 from crossinfer._config import Config, parse
+from crossinfer._policy import Policy
 from crossinfer._signature import Signature
-
-# (the transform's plain keyword arguments, model key) -> Signature.to_dict()
-Runner = Callable[[Mapping[str, Any], Optional[str]], Mapping[str, Any]]
-
-_runner: Optional[Runner] = None
-
-
-
-def set_runner(runner: Optional[Runner]) -> None:
-    """Open model files through ``runner`` from now on (``None``: in this process)."""
-    global _runner
-    _runner = runner
-
-
-def get_runner() -> Optional[Runner]:
-    """The runner model files are opened through, or ``None`` (this process)."""
-    return _runner
 
 
 def code_format(framework: str) -> str:
@@ -44,14 +27,15 @@ def framework_module(framework: str) -> Any:
     return frameworks.module(framework)
 
 
-def admit(config: Config) -> dict[Optional[str], Optional[str]]:
-    """Every model URI of ``config``, checked against the repository (if any) and normalised.
+def admit(config: Config, policy: Policy) -> dict[Optional[str], Optional[str]]:
+    """Every model URI of ``config``, checked against the policy's repository (if any) and
+    normalised.
 
     All of them are checked before any one is opened; nothing is looked up for a URI outside
     the roots.
     """
     uris = config.model_uris()
-    repository = _repository.get_repository()
+    repository = policy.repository
     if repository is None:
         return uris
     module = framework_module(config.framework)
@@ -67,28 +51,31 @@ def admit(config: Config) -> dict[Optional[str], Optional[str]]:
     return admitted
 
 
-def describe(config: Config, key: Optional[str]) -> Signature:
+def describe(config: Config, key: Optional[str], policy: Policy) -> Signature:
     """The signature of the model ``key`` names (``None``: the only model)."""
-    uris = admit(config)
-    if _runner is None:
-        return describe_here(config, key, uris[key])
+    uris = admit(config, policy)
+    if policy.runner is None:
+        return describe_here(config, key, policy, uris[key])
     kwargs = config.kwargs()
     # The runner opens exactly the files admitted here, symlinks already resolved.
     if config.models is not None:
         kwargs["models"] = {k: uris[k] for k in config.models}
     else:
         kwargs["model_uri"] = uris[None]
-    return Signature.from_dict(_runner(kwargs, key))
+    return Signature.from_dict(policy.runner(kwargs, key))
 
 
-def describe_here(config: Config, key: Optional[str], uri: Optional[str] = None) -> Signature:
+def describe_here(config: Config, key: Optional[str], policy: Policy,
+                  uri: Optional[str] = None) -> Signature:
     """Open the model in this process and read its signature."""
     if uri is None:
         uri = config.model_uris()[key]
-    return framework_module(config.framework).describe(config, uri)
+    return framework_module(config.framework).describe(config, uri, policy)
 
 
-def describe_kwargs(kwargs: Mapping[str, Any], key: Optional[str]) -> dict[str, Any]:
-    """``describe`` from plain arguments, as a runner's other side calls it (no runner there)."""
+def describe_kwargs(kwargs: Mapping[str, Any], key: Optional[str],
+                    policy: Policy) -> dict[str, Any]:
+    """``describe`` from plain arguments, as a runner's other side calls it (``policy`` has no
+    runner there)."""
     config = parse(**kwargs)
-    return describe_here(config, key, admit(config)[key]).to_dict()
+    return describe_here(config, key, policy, admit(config, policy)[key]).to_dict()

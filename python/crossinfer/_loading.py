@@ -8,12 +8,14 @@ expansion service sends only ``public`` to its clients.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from apache_beam.io.filesystems import FileSystems
 
-from crossinfer import _repository
 from crossinfer._errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from crossinfer._policy import Policy
 
 
 def _error(full: str, public: str) -> ModelLoadError:
@@ -53,11 +55,11 @@ _FORMATS = (
 _TORCH_ZIP = "a zip archive, as torch.save and TorchScript write (framework='pytorch')"
 
 
-def sniff(uri: str) -> str:
+def sniff(uri: str, policy: "Policy") -> str:
     """What the file looks like, for a message ('' when unknown)."""
     try:
         # Through the repository: the file it checked, never another one behind its name.
-        head = _repository.read(uri)[:4096]
+        head = policy.read(uri)[:4096]
     except Exception:  # pylint: disable=broad-except
         return ""
     for magic, what in _FORMATS:
@@ -82,15 +84,16 @@ def _looks_like_onnx(head: bytes) -> bool:
 
 
 def load_once(load: Callable[[], Any], uri: str, framework: str,
-              argument: str = "model_uri") -> Any:
-    """Run Beam's own loader once; wrap any failure into ModelLoadError."""
+              argument: str = "model_uri", *, policy: "Policy") -> Any:
+    """Run Beam's own loader once; wrap any failure into ModelLoadError (what the file looks
+    like is read through ``policy``)."""
     check_exists(uri, argument)
     try:
         return load()
     except ModelLoadError:
         raise  # crossinfer's own (the repository's, external data's): already says what
     except Exception as e:  # pylint: disable=broad-except
-        kind = sniff(uri)
+        kind = sniff(uri, policy)
         base = framework.split()[0].lower().replace("torchscript", "pytorch")
         if kind and f"framework='{base}'" not in kind:
             message = (f"{argument}={uri!r} did not load as a {framework} model: the file is "

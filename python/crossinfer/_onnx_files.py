@@ -5,7 +5,7 @@ the model, an offset, a length). Left to onnxruntime, such a location is resolve
 process's working directory, following links and ``sub/..``; the onnx package's own walk visits
 dense initializers only. So every external reference in the model (initializers, sparse
 initializers, tensor and sparse-tensor attributes, in every graph, subgraph, function and
-training graph) is resolved here, by the model repository's rules when one is in force (the
+training graph) is resolved here, by the model repository's rules when the policy has one (the
 model's own directory, a plain relative name, no link followed, a regular file, opened by
 descriptor), and copied into the model; onnxruntime is given bytes with no reference left.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
 
 from crossinfer import _repository
 from crossinfer._errors import ModelLoadError
@@ -23,11 +23,12 @@ from crossinfer._errors import ModelLoadError
 _MAX_EXTERNAL_BYTES = 16 * 1024 ** 3  # what a model's external data may add in all
 
 
-def self_contained(model_uri: str) -> bytes:
-    """The model's bytes with every external tensor's data copied in (or ModelLoadError)."""
+def self_contained(model_uri: str, repository: Optional[_repository.Repository]) -> bytes:
+    """The model's bytes with every external tensor's data copied in (or ModelLoadError),
+    read through ``repository`` when there is one."""
     import onnx
 
-    data = _repository.read(model_uri)
+    data = _repository.read(model_uri, repository)
     try:
         model = onnx.load_model_from_string(data)
     except Exception:  # noqa: BLE001 - a parse failure is the file's problem; load reports it
@@ -47,7 +48,7 @@ def self_contained(model_uri: str) -> bytes:
             raise _bad(model_uri, "an external data offset or length that is not a number")
         if offset < 0 or (length is not None and length < 0):
             raise _bad(model_uri, "a negative external data offset or length")
-        raw = _read_beside(model_uri, location, offset, length)
+        raw = _read_beside(model_uri, location, offset, length, repository)
         total += len(raw)
         if total > _MAX_EXTERNAL_BYTES:
             raise _bad(model_uri, "more external data than crossinfer reads")
@@ -63,8 +64,8 @@ def _bad(model_uri: str, what: str) -> ModelLoadError:
     return error
 
 
-def _read_beside(model_uri: str, location: str, offset: int, length: Any) -> bytes:
-    repository = _repository.get_repository()
+def _read_beside(model_uri: str, location: str, offset: int, length: Any,
+                 repository: Optional[_repository.Repository]) -> bytes:
     if repository is not None:
         fd = repository.open_beside(model_uri, location)
     else:

@@ -15,12 +15,12 @@ from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.typehints import row_type
 
 from crossinfer import _inspect, _postprocess, _schemas, frameworks
-from crossinfer._callables import resolve
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError, OutputError
 from crossinfer._blocks import Reader
 from crossinfer._features import Extractor, InputSpec
 from crossinfer._handler import Framework, KeyedRowHandler, RowHandler
+from crossinfer._policy import Policy
 from crossinfer._signature import Signature, unsample
 
 _LOG = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Plan:
     postprocess_many: Optional[Callable[[Any, str], _postprocess.Columns]]
     passthrough: tuple[str, ...]
     prediction_type: row_type.RowTypeConstraint
+    result_names: tuple[str, ...]  # the postprocess's fields (between passthrough and model_id)
     inference_args: Optional[dict[str, Any]] = None  # passed to the model on every call
     signature: Optional[Signature] = None  # the only model's (None: several models)
 
@@ -74,12 +75,13 @@ def _check_input(config: Config, fields: dict[str, Any]) -> None:
         need(config.model_key_field, "model_key_field")
 
 
-def _framework(config: Config, key: Optional[str]) -> tuple[Signature, Framework]:
-    signature = _inspect.describe(config, key)
+def _framework(config: Config, key: Optional[str],
+               policy: Policy) -> tuple[Signature, Framework]:
+    signature = _inspect.describe(config, key, policy)
     # What was inferred is stated, with where each fact came from.
     _LOG.info("crossinfer: model %s: %s", config.model_uris()[key], signature.explain())
     module = _inspect.framework_module(config.framework)
-    return signature, module.build(config, config.model_uris()[key], signature)
+    return signature, module.build(config, config.model_uris()[key], signature, policy)
 
 
 def _check_output(config: Config, uri: Optional[str], signature: Signature) -> None:
@@ -166,20 +168,22 @@ def _check_postprocess(config: Config, postprocess: Any, signatures: dict[str, S
                       config.postprocess, type(e).__name__, e)
 
 
-def build(config: Config, element_type: Any) -> Plan:
-    """Resolve, load and type-check everything ``config`` names, against the input schema."""
+def build(config: Config, element_type: Any, policy: Policy) -> Plan:
+    """Resolve, load and type-check everything ``config`` names, against the input schema,
+    under ``policy`` (which callables resolve, which files open, where)."""
     fields = _schemas.input_fields(element_type)
     _check_input(config, fields)
     extract = Extractor(
         feature_field=config.feature_field, feature_fields=config.feature_fields,
-        preprocess=resolve(config.preprocess, "preprocess") if config.preprocess else None)
+        preprocess=(policy.resolve(config.preprocess, "preprocess") if config.preprocess
+                    else None))
 
     if config.postprocess in _schemas.BUILTIN_FIELDS:
         post_fn = None
     else:
-        post_fn = resolve(config.postprocess, "postprocess")
+        post_fn = policy.resolve(config.postprocess, "postprocess")
 
-    described = {key: _framework(config, key) for key in config.model_uris()}
+    described = {key: _framework(config, key, policy) for key in config.model_uris()}
     for key, (signature, _) in described.items():
         _check_output(config, config.model_uris()[key], signature)
     frameworks = {key: fw for key, (_, fw) in described.items()}
@@ -235,5 +239,6 @@ def build(config: Config, element_type: Any) -> Plan:
         postprocess_many=many,
         passthrough=config.passthrough_fields,
         prediction_type=prediction_type,
+        result_names=tuple(name for name, _ in result_fields),
         inference_args=config.inference_args,
         signature=described[None][0] if None in described else None)

@@ -1,7 +1,7 @@
 """The model repository: where a service may open model files, and how it opens them.
 
 A Python pipeline opens its own files in its own process and needs no repository. The
-expansion service installs one (``set_repository``), like Triton's model repository: a
+expansion service's policy carries one, like Triton's model repository: a
 ``model_uri`` must then lie under one of the operator's roots (local directories or
 ``gs://bucket/path/`` prefixes), and a format that runs code when loaded (pickle, joblib,
 TorchScript, a custom handler's file) under a *trusted* root.
@@ -298,10 +298,9 @@ def _shown(uri: object) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def read(uri: str) -> bytes:
-    """The bytes of model file ``uri``: through the repository's descriptor walk when one is
-    in force, else with Beam's FileSystems (a pipeline's own files)."""
-    repository = _repository
+def read(uri: str, repository: Optional[Repository]) -> bytes:
+    """The bytes of model file ``uri``: through ``repository``'s descriptor walk, or with
+    Beam's FileSystems when there is none (a pipeline's own files)."""
     fd = repository.open(uri) if repository is not None else None
     if fd is None:
         from apache_beam.io.filesystems import FileSystems
@@ -313,11 +312,10 @@ def read(uri: str) -> bytes:
 
 
 @contextlib.contextmanager
-def opened(uri: str) -> Iterator[str]:
-    """A path that reads the very file the repository checked for ``uri`` while the block
+def opened(uri: str, repository: Optional[Repository]) -> Iterator[str]:
+    """A path that reads the very file ``repository`` checked for ``uri`` while the block
     runs (``/proc/self/fd/N`` of a descriptor opened by walking from the root), for loaders
-    that take a path; ``uri`` itself when no repository is in force or it is not local."""
-    repository = _repository
+    that take a path; ``uri`` itself when there is no repository or it is not local."""
     fd = repository.open(uri) if repository is not None else None
     if fd is None:
         yield uri
@@ -326,17 +324,3 @@ def opened(uri: str) -> Iterator[str]:
         yield f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
-
-
-_repository: Optional[Repository] = None
-
-
-def set_repository(repository: Optional[Repository]) -> None:
-    """Load models only from ``repository`` from now on (``None``: anywhere, in-process use)."""
-    global _repository
-    _repository = repository
-
-
-def get_repository() -> Optional[Repository]:
-    """The repository in force, or ``None`` when any path may be opened."""
-    return _repository

@@ -6,41 +6,44 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
-from crossinfer import _repository
 from crossinfer._errors import ModelLoadError
 
+if TYPE_CHECKING:
+    from crossinfer._policy import Policy
 
-def _holds_state_dict(uri: str) -> bool:
+
+def _holds_state_dict(uri: str, policy: "Policy") -> bool:
     """A file torch loads with weights_only=True into a dict (it runs no code)."""
     try:
-        obj = torch.load(io.BytesIO(_repository.read(uri)), weights_only=True,
+        obj = torch.load(io.BytesIO(policy.read(uri)), weights_only=True,
                          map_location="cpu")
     except Exception:  # pylint: disable=broad-except
         return False
     return isinstance(obj, Mapping)
 
 
-def _pickled_module(uri: str) -> bool:
+def _pickled_module(uri: str, policy: "Policy") -> bool:
     """A torch.save(module) file: a pickle that names the module's class (weights_only
     refuses it without running it)."""
     try:
-        torch.load(io.BytesIO(_repository.read(uri)), weights_only=True, map_location="cpu")
+        torch.load(io.BytesIO(policy.read(uri)), weights_only=True, map_location="cpu")
     except Exception as e:  # pylint: disable=broad-except
         return "Unsupported global" in str(e) or "GLOBAL" in str(e)
     return False
 
 
-def diagnose(config: Any, uri: str, argument: str, error: ModelLoadError) -> ModelLoadError:
+def diagnose(config: Any, uri: str, argument: str, error: ModelLoadError,
+             policy: "Policy") -> ModelLoadError:
     """The error to raise for a file that did not load: a precise one where the file says
     why, else ``error`` itself."""
     cause = error.__cause__
-    if config.model_class is None and _holds_state_dict(uri):
+    if config.model_class is None and _holds_state_dict(uri, policy):
         return state_dict_without_class(argument, uri)
-    if _pickled_module(uri):
+    if _pickled_module(uri, policy):
         return _public(_PICKLED_MODULE.format(argument=argument, uri=uri))
     if config.model_class is not None and isinstance(cause, RuntimeError) and \
             "state_dict" in str(cause):

@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
-from crossinfer import _config, _plan, _updates
+from crossinfer import _beam, _config, _plan, _policy, _updates
 from crossinfer._emit import FAILURES, Postprocess, failure
 from crossinfer._errors import InputError, describe
 from crossinfer._schemas import Failure
@@ -82,6 +82,10 @@ class Inference(beam.PTransform):
         client_version: Optional[str] = None,
     ) -> None:
         super().__init__()
+        _beam.check_library()
+        # What callables and model files this transform may use: a Python pipeline's own
+        # (the default), or the expansion service's, which builds the request under it.
+        self._policy = _policy.current()
         # A PCollection of ModelMetadata is not a plain value: kept aside, checked in expand.
         self._updates = model_updates if isinstance(model_updates, beam.PCollection) else None
         if self._updates is not None:
@@ -108,7 +112,7 @@ class Inference(beam.PTransform):
 
     def expand(self, pcoll: beam.PCollection) -> dict[str, beam.PCollection]:
         config = _config.parse(**self._kwargs)
-        plan = _plan.build(config, pcoll.element_type)
+        plan = _plan.build(config, pcoll.element_type, self._policy)
         failed: list[beam.PCollection] = []
         rows = pcoll
         if plan.key_field is not None:
@@ -118,7 +122,8 @@ class Inference(beam.PTransform):
             failed.append(keyed[FAILURES])
         # Rows go to RunInference as they are: the handler reads a whole batch's features at
         # once, and emits one Outcomes per batch.
-        updates = _updates.side_input(pcoll, config, plan.signature, self._updates)
+        updates = _updates.side_input(pcoll, config, plan.signature, self._updates,
+                                      self._policy)
         if updates is not None and config.model_updates is not None:
             rows = _updates.hold_until_window_end(rows)
         scored = rows | "RunInference" >> RunInference(

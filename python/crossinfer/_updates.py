@@ -34,9 +34,10 @@ from apache_beam import typehints
 from apache_beam.transforms import window
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
-from crossinfer import _callables, _inspect, _repository
+from crossinfer import _inspect, _repository
 from crossinfer._config import Config, parse
 from crossinfer._errors import ConfigurationError, ModelLoadError
+from crossinfer._policy import DEFAULT, Policy
 from crossinfer._signature import Signature
 
 _LOG = logging.getLogger(__name__)
@@ -59,21 +60,22 @@ class Checks:
     trusted_roots: tuple[str, ...] = ()
     allow: Optional[tuple[str, ...]] = None  # the service's callable allowlist
     isolate: bool = False  # open new files only in an isolated child, as the service does
+    # The policy the transform was built under: in the process that built it (the service's
+    # own workers) the live one, with the roots it holds open and its inspectors; elsewhere
+    # one without them, and the plain data above is rebuilt into a repository and inspectors.
+    policy: Optional[Policy] = None
 
 
-def checks_for(config: Config, signature: Signature) -> Checks:
-    """The checks in force now (at construction or expansion), for the workers."""
-    repository = _repository.get_repository()
-    roots = repository.roots if repository is not None else ()
+def checks_for(config: Config, signature: Signature, policy: Policy) -> Checks:
+    """The checks ``policy`` puts in force (at construction or expansion), for the workers."""
+    roots = policy.repository.roots if policy.repository is not None else ()
     kwargs = config.kwargs()
     kwargs.update(model_updates=None, model_update_interval_secs=None)
-    allow = _callables.get_allowlist()
     return Checks(
         kwargs=kwargs, expected=_facts(signature),
         roots=tuple(r.prefix for r in roots if not r.trusted),
         trusted_roots=tuple(r.prefix for r in roots if r.trusted),
-        allow=None if allow is None else tuple(allow),
-        isolate=_inspect.get_runner() is not None)
+        allow=policy.allowlist, isolate=policy.runner is not None, policy=policy)
 
 
 def _facts(signature: Signature) -> dict[str, Any]:
@@ -81,9 +83,9 @@ def _facts(signature: Signature) -> dict[str, Any]:
     return {k: d.get(k) for k in _COMPARED}
 
 
-def check_pattern(pattern: str) -> None:
-    """At construction: the pattern lies under the service's roots and matches a file now."""
-    repository = _repository.get_repository()
+def check_pattern(pattern: str, policy: Policy) -> None:
+    """At construction: the pattern lies under the policy's roots and matches a file now."""
+    repository = policy.repository
     if repository is not None:
         literal = _GLOB.split(pattern, 1)[0]
         outside = ModelLoadError(
@@ -119,21 +121,22 @@ _POOLS: dict[tuple, Any] = {}
 def _isolated(checks: Checks) -> Any:
     """The isolated inspection to use in this process: the service's own if it runs here
     (the service's workers are threads of it), else a pool of this worker's own children."""
-    runner = _inspect.get_runner()
+    runner = checks.policy.runner if checks.policy is not None else None
     if runner is not None:
         return runner
     key = (checks.roots, checks.trusted_roots, checks.allow)
     with _POOL_LOCK:
         if key not in _POOLS:
             try:
-                from expansion_service._isolation import InspectorPool, Limits, Policy
+                from expansion_service import _isolation
             except ImportError:
                 raise ModelLoadError(
                     "this worker cannot open model files in isolation (the expansion_service "
                     "package is not installed on it), so it loads no new model") from None
-            _POOLS[key] = InspectorPool(
-                Policy(allow=checks.allow or (), model_roots=checks.roots,
-                       trusted_model_roots=checks.trusted_roots), Limits(), size=1)
+            _POOLS[key] = _isolation.InspectorPool(
+                _isolation.Policy(allow=checks.allow or (), model_roots=checks.roots,
+                                  trusted_model_roots=checks.trusted_roots),
+                _isolation.Limits(), size=1)
         return _POOLS[key]
 
 
@@ -145,15 +148,16 @@ def check_model(checks: Checks, path: str) -> Signature:
         module = _inspect.framework_module(config.framework)
         # In the service's process its own repository is in force: the roots it opened at
         # start-up (a root renamed and re-created since is not the one it was given).
-        repository = _repository.get_repository() or _repository.Repository(
-            checks.roots, checks.trusted_roots)
+        repository = (checks.policy.repository if checks.policy is not None else None) or \
+            _repository.Repository(checks.roots, checks.trusted_roots)
         kwargs["model_uri"] = repository.admit(
             path, code=bool(module.loads_code(config, path)), argument="model_updates",
             what=_inspect.code_format(config.framework))
     if checks.isolate:
         signature = Signature.from_dict(_isolated(checks)(kwargs, None))
     else:
-        signature = Signature.from_dict(_inspect.describe_kwargs(kwargs, None))
+        signature = Signature.from_dict(_inspect.describe_kwargs(
+            kwargs, None, checks.policy or DEFAULT))
     found = _facts(signature)
     differ = [f"{k} {found[k]!r} (running: {checks.expected[k]!r})"
               for k in _COMPARED if found[k] != checks.expected[k]]
@@ -264,7 +268,8 @@ def hold_until_window_end(rows: beam.PCollection) -> beam.PCollection:
 
 
 def side_input(pcoll: beam.PCollection, config: Config, signature: Signature,
-               updates: Optional[beam.PCollection]) -> Optional[beam.PCollection]:
+               updates: Optional[beam.PCollection],
+               policy: Policy) -> Optional[beam.PCollection]:
     """RunInference's ``model_metadata_pcoll``: checked updates; None without updates."""
     if updates is None and config.model_updates is None:
         return None
@@ -278,13 +283,14 @@ def side_input(pcoll: beam.PCollection, config: Config, signature: Signature,
                 "model_updates is only for framework='sklearn', 'pytorch' or 'onnx' (a "
                 "custom handler's models cannot be checked before they are swapped in)")
         return updates | "CheckModelUpdates" >> beam.ParDo(
-            CheckUpdates(checks_for(config, signature))).with_output_types(ModelMetadata)
+            CheckUpdates(checks_for(config, signature, policy))
+        ).with_output_types(ModelMetadata)
     if isinstance(pcoll.windowing.windowfn, window.GlobalWindows):
         raise ConfigurationError(
             "model_updates needs windowed input: window the rows first (e.g. "
             "beam.WindowInto(FixedWindows(10)) / Window.into(FixedWindows.of(...)) in Java); "
             "each window is scored with the model current when it ends")
-    check_pattern(config.model_updates)
+    check_pattern(config.model_updates, policy)
     interval = config.model_update_interval_secs or DEFAULT_INTERVAL_SECS
     since = time.time()
     # Fixed windows of the poll interval, one tick each: the side input of a window is the
@@ -293,5 +299,5 @@ def side_input(pcoll: beam.PCollection, config: Config, signature: Signature,
     ticks = pcoll.pipeline | "ModelUpdateTicks" >> PeriodicImpulse(
         start_timestamp=since, fire_interval=interval, apply_windowing=True)
     return ticks | "NewestModel" >> beam.ParDo(
-        NewestModel(config.model_updates, since, checks_for(config, signature))
+        NewestModel(config.model_updates, since, checks_for(config, signature, policy))
     ).with_output_types(ModelMetadata)

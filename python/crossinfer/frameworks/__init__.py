@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 if TYPE_CHECKING:  # only for the protocol's annotations: no import cycle at run time
     from crossinfer._config import Config
     from crossinfer._handler import Framework
+    from crossinfer._policy import Policy
     from crossinfer._signature import Signature
 
 __all__ = ["FrameworkModule", "Plugin", "REGISTRY", "NAMES", "plugin", "module",
@@ -28,12 +29,15 @@ class FrameworkModule(Protocol):
     def loads_code(self, config: "Config", model_uri: Optional[str]) -> bool:
         """True if loading this file can run code (it then needs a trusted model root)."""
 
-    def describe(self, config: "Config", model_uri: Optional[str]) -> "Signature":
-        """Open the model once and read its signature (checked by a probe batch)."""
+    def describe(self, config: "Config", model_uri: Optional[str],
+                 policy: "Policy") -> "Signature":
+        """Open the model once and read its signature (checked by a probe batch); callables
+        and files through ``policy``."""
 
-    def build(self, config: "Config", model_uri: Optional[str],
-              signature: "Signature") -> "Framework":
-        """Beam's model handler for the model ``signature`` describes."""
+    def build(self, config: "Config", model_uri: Optional[str], signature: "Signature",
+              policy: "Policy") -> "Framework":
+        """Beam's model handler for the model ``signature`` describes (it carries ``policy``
+        to the workers where it opens files itself)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,12 +14,12 @@ from typing import Any, Optional
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from crossinfer import _probe
-from crossinfer._callables import resolve
+from crossinfer import _beam, _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
 from crossinfer._handler import Framework
 from crossinfer._loading import check_exists
+from crossinfer._policy import Policy
 from crossinfer._signature import Signature
 
 
@@ -28,7 +28,7 @@ def loads_code(config: Config, model_uri: Optional[str]) -> bool:
     return True
 
 
-def describe(config: Config, model_uri: Optional[str]) -> Signature:
+def describe(config: Config, model_uri: Optional[str], policy: Policy) -> Signature:
     """Only that the handler's file exists is checked; the rest is the arguments."""
     if model_uri is not None:
         check_exists(model_uri)
@@ -51,18 +51,19 @@ def _takes_tensors(handler: ModelHandler) -> bool:
     while handler is not None and seen < 16:
         if isinstance(handler, PytorchModelHandlerTensor):
             return True
-        handler, seen = getattr(handler, "_base", None), seen + 1
+        handler, seen = _beam.wrapped_handler(handler), seen + 1
     return False
 
 
-def build(config: Config, model_uri: Optional[str], signature: Signature) -> Framework:
+def build(config: Config, model_uri: Optional[str], signature: Signature,
+          policy: Policy) -> Framework:
     """Call ``factory(**model_params[, model_uri=...])``; it must return a ModelHandler.
 
     The handler receives the rows' model inputs as a list, exactly as Beam's RunInference
     would give them; its model is loaded on the workers (custom handlers may load lazily or
     call remote services, so it is not loaded here).
     """
-    factory = resolve(config.handler, "handler")
+    factory = policy.resolve(config.handler, "handler")
     kwargs = dict(config.model_params)
     if model_uri is not None:
         kwargs["model_uri"] = model_uri

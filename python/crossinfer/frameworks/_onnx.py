@@ -22,6 +22,7 @@ from crossinfer._errors import ConfigurationError
 from crossinfer._handler import Framework, model_threads
 from crossinfer._loading import argument_for, load_once
 from crossinfer._onnx_files import self_contained
+from crossinfer._policy import Policy
 from crossinfer._signature import Signature
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
@@ -51,11 +52,17 @@ def _dense(out: Any, keys: Optional[tuple[Any, ...]]) -> Any:
 
 class _OnnxHandler(OnnxModelHandlerNumpy):
     """Beam's handler; its SessionOptions are made at load time (they do not pickle), with
-    the thread count of the process that loads it."""
+    the thread count of the process that loads it. The model's path and providers are kept
+    here too: Beam keeps them in private attributes, and this class loads the model itself."""
+
+    def __init__(self, model_uri: str, *, policy: Policy, providers: list[str],
+                 **kwargs: Any) -> None:
+        super().__init__(model_uri, providers=providers, **kwargs)
+        self._uri, self._policy, self._ort_providers = model_uri, policy, list(providers)
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
-        # Beam's ONNX handler ignores model updates (no override); it loads _model_uri.
-        self._model_uri = model_path or self._model_uri
+        # Beam's ONNX handler ignores model updates (no override).
+        self._uri = model_path or self._uri
 
     def load_model(self, model: Optional[bytes] = None) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -64,10 +71,9 @@ class _OnnxHandler(OnnxModelHandlerNumpy):
         # Bytes with every external reference already read in (by descriptor, inside the
         # model's directory): onnxruntime opens no file of its own.
         if model is None:
-            model = self_contained(self._model_uri)
+            model = self_contained(self._uri, self._policy.repository)
         return ort.InferenceSession(model, sess_options=options,
-                                    providers=self._providers,
-                                    provider_options=self._provider_options)
+                                    providers=self._ort_providers)
 
 
 def _identity(batch: np.ndarray) -> np.ndarray:
@@ -118,13 +124,15 @@ def _classifier(outputs: list[Any], graph: Any) -> Optional[tuple[int, int]]:
     return None
 
 
-def describe(config: Config, model_uri: str) -> Signature:
+def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     """Open one session; read the graph's inputs, outputs and final ops; probe it."""
-    probe = _OnnxHandler(model_uri, providers=["CPUExecutionProvider"])
+    probe = _OnnxHandler(model_uri, policy=policy, providers=["CPUExecutionProvider"])
     argument = argument_for(config, model_uri)
     # Read once: the bytes the session runs are the bytes the graph is read from.
-    model = load_once(lambda: self_contained(model_uri), model_uri, "onnx", argument)
-    session = load_once(lambda: probe.load_model(model), model_uri, "onnx", argument)
+    model = load_once(lambda: self_contained(model_uri, policy.repository), model_uri, "onnx",
+                      argument, policy=policy)
+    session = load_once(lambda: probe.load_model(model), model_uri, "onnx", argument,
+                        policy=policy)
     what = f"the ONNX model ({model_uri})"
     inputs, outputs = session.get_inputs(), session.get_outputs()
     required = [i for i in inputs if i.name not in (config.inference_args or {})]
@@ -213,7 +221,7 @@ def _check_labels(session: Any, input_name: str, batch: np.ndarray, config: Conf
             "batch; set output='named' with a custom postprocess that reads both")
 
 
-def build(config: Config, model_uri: str, signature: Signature) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
     """Beam's handler for the graph ``signature`` describes."""
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if config.device == "GPU"
                  else ["CPUExecutionProvider"])
@@ -221,7 +229,7 @@ def build(config: Config, model_uri: str, signature: Signature) -> Framework:
         _infer, signature.input_name,
         signature.output_names if signature.output == "named" else None,
         index=signature.output_index, keys=signature.zipmap_keys)
-    handler = _OnnxHandler(model_uri, providers=providers, inference_fn=predict,
+    handler = _OnnxHandler(model_uri, policy=policy, providers=providers, inference_fn=predict,
                            large_model=config.large_model, model_copies=config.model_copies,
                            env_vars=dict(config.env_vars or {}))
     return Framework(

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
-from crossinfer import _callables, _probe, _repository, _torch_files
-from crossinfer._callables import resolve
+from crossinfer import _probe, _torch_files
 from crossinfer._config import Config
 from crossinfer._errors import CallableNotAllowedError, ConfigurationError, ModelLoadError
 from crossinfer._handler import Framework
 from crossinfer._loading import argument_for, check_exists, load_once
+from crossinfer._policy import Policy
 from crossinfer._signature import Signature
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -114,21 +114,23 @@ class _Handler(PytorchModelHandlerTensor):
     """Beam's handler, plus safetensors state dicts; the module computes no gradients (its
     outputs then pickle, as they must when a shared model answers from another process)."""
 
-    def __init__(self, *args: Any, safetensors: bool = False, crossinfer_device: str = "cpu",
-                 model_class: Optional[type] = None, model_params: Optional[dict] = None,
-                 state_dict_path: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, policy: Policy, safetensors: bool = False,
+                 crossinfer_device: str = "cpu", model_class: Optional[type] = None,
+                 model_params: Optional[dict] = None, state_dict_path: Optional[str] = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, model_class=model_class, model_params=model_params,
                          state_dict_path=state_dict_path, **kwargs)
         self._st = safetensors
         self._st_args = (state_dict_path, model_class, dict(model_params or {}))
         self._crossinfer_device = crossinfer_device
+        self._policy = policy  # reads a safetensors file (Beam's loader reads the others)
 
     def load_model(self) -> torch.nn.Module:
         if self._st:
             from safetensors.torch import load as load_safetensors
 
             path, model_class, params = self._st_args
-            state = load_safetensors(_repository.read(path))
+            state = load_safetensors(self._policy.read(path))
             model = model_class(**params)
             model.load_state_dict(state)
             model.to(self._crossinfer_device)
@@ -140,17 +142,17 @@ class _Handler(PytorchModelHandlerTensor):
         return model
 
 
-def _model_class(config: Config) -> Optional[type]:
+def _model_class(config: Config, policy: Policy) -> Optional[type]:
     """``model_class`` resolved; a class re-exported by a package (``torch.nn:Linear``) is
     accepted when the allowlist admits both the given name and the class's own."""
     if config.model_class is None:
         return None
     name = config.model_class
     try:
-        model_class = resolve(name, "model_class", want_class=True)
+        model_class = policy.resolve(name, "model_class", want_class=True)
     except CallableNotAllowedError:
         module_name, attr = name.split(":")
-        allowed = _callables.get_allowlist()
+        allowed = policy.allowlist
         module = sys.modules.get(module_name)
         obj = getattr(module, attr, None) if module is not None else None
         if (not inspect.isclass(obj) or attr.startswith("_") or (allowed is not None and not any(
@@ -159,7 +161,7 @@ def _model_class(config: Config) -> Optional[type]:
         own = f"{obj.__module__}:{obj.__qualname__}"
         if own == name or "." in obj.__qualname__:
             raise
-        model_class = resolve(own, "model_class", want_class=True)  # the allowlist again
+        model_class = policy.resolve(own, "model_class", want_class=True)  # the allowlist again
         if model_class is not obj:
             raise
     if not issubclass(model_class, torch.nn.Module):
@@ -199,7 +201,8 @@ def loads_code(config: Config, model_uri: str) -> bool:
     return config.model_class is None or not _load_model_args(config)["weights_only"]
 
 
-def _load(config: Config, model_uri: str, model_class: Optional[type]) -> torch.nn.Module:
+def _load(config: Config, model_uri: str, model_class: Optional[type],
+          policy: Policy) -> torch.nn.Module:
     argument = argument_for(config, model_uri)
     if model_class is None and _is_safetensors(config, model_uri):
         check_exists(model_uri, argument)
@@ -207,11 +210,12 @@ def _load(config: Config, model_uri: str, model_class: Optional[type]) -> torch.
     kind = "pytorch state_dict" if model_class is not None else "TorchScript"
     try:
         # The file the repository checked, by descriptor (its name may change meanwhile).
-        with _repository.opened(model_uri) as path:
-            return load_once(_handler(config, path, model_class, "CPU", named=model_uri
-                                      ).load_model, model_uri, kind, argument)
+        with policy.opened(model_uri) as path:
+            return load_once(_handler(config, path, model_class, "CPU", named=model_uri,
+                                      policy=policy).load_model, model_uri, kind, argument,
+                             policy=policy)
     except ModelLoadError as e:
-        diagnosed = _torch_files.diagnose(config, model_uri, argument, e)
+        diagnosed = _torch_files.diagnose(config, model_uri, argument, e, policy)
         if diagnosed is e:
             raise
         raise diagnosed from None
@@ -347,10 +351,10 @@ def _declared(config: Config, model: torch.nn.Module, what: str) -> _probe.Decla
     return d
 
 
-def describe(config: Config, model_uri: str) -> Signature:
+def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     """Load the module once on CPU; trace what it takes and returns; probe it."""
-    model_class = _model_class(config)
-    model = _load(config, model_uri, model_class)
+    model_class = _model_class(config, policy)
+    model = _load(config, model_uri, model_class, policy)
     what = f"{type(model).__name__ if model_class else 'the TorchScript module'} ({model_uri})"
     declared = _declared(config, model, what)
 
@@ -364,11 +368,11 @@ def describe(config: Config, model_uri: str) -> Signature:
     return _probe.complete(config, declared, run_named, what)
 
 
-def build(config: Config, model_uri: str, signature: Signature) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
     """Beam's handler for the module ``signature`` describes."""
     device = _device(config)
-    handler = _handler(config, model_uri, _model_class(config), config.device,
-                       crossinfer_device=device, large_model=config.large_model,
+    handler = _handler(config, model_uri, _model_class(config, policy), config.device,
+                       policy=policy, crossinfer_device=device, large_model=config.large_model,
                        model_copies=config.model_copies)
     return Framework(
         handler=handler, spec=signature.input_spec(), model_id=model_uri, to_model=_to_tensor,

@@ -16,11 +16,12 @@ from typing import Any, Optional
 import numpy as np
 from apache_beam.ml.inference.sklearn_inference import ModelFileType, SklearnModelHandlerNumpy
 
-from crossinfer import _probe, _repository
+from crossinfer import _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
 from crossinfer._handler import Framework
 from crossinfer._loading import argument_for, load_once
+from crossinfer._policy import Policy
 from crossinfer._signature import Signature
 
 
@@ -78,13 +79,13 @@ def _allow_nan(model: Any) -> bool:
         return False  # most estimators reject NaN
 
 
-def describe(config: Config, model_uri: str) -> Signature:
+def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     """Load the estimator once; read n_features_in_, classes_ and predict_proba; probe it."""
     # The file the repository checked, by descriptor (its name may change meanwhile).
-    with _repository.opened(model_uri) as path:
+    with policy.opened(model_uri) as path:
         probe = SklearnModelHandlerNumpy(path, _file_type(config, model_uri))
         model = load_once(probe.load_model, model_uri, "sklearn",
-                          argument_for(config, model_uri))
+                          argument_for(config, model_uri), policy=policy)
     name = type(model).__name__
     d = _probe.Declared(input_dtype="float64", allow_nan=_allow_nan(model))
     d.sources["input_dtype"] = "scikit-learn computes in float64"
@@ -121,7 +122,7 @@ def describe(config: Config, model_uri: str) -> Signature:
     return _probe.complete(config, d, run, f"{name} ({model_uri})")
 
 
-def build(config: Config, model_uri: str, signature: Signature) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
     """Beam's handler for the estimator ``signature`` describes."""
     predict = _predict_proba if signature.output == "probabilities" else _predict
     handler = SklearnModelHandlerNumpy(

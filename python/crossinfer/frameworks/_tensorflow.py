@@ -29,6 +29,7 @@ from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
 from crossinfer._handler import Framework
 from crossinfer._loading import load_once
+from crossinfer._policy import Policy
 from crossinfer._signature import Signature
 
 _SIGNATURE = "serving_default"
@@ -109,10 +110,10 @@ def _specs(model: Any, what: str) -> tuple[Any, list[Any], str]:
     return inputs[0], outputs, where
 
 
-def describe(config: Config, model_uri: str) -> Signature:
+def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     """Load the model once; read its input spec and final activation; probe it."""
     probe = _Handler(model_uri)
-    model = load_once(probe.load_model, model_uri, "tensorflow")
+    model = load_once(probe.load_model, model_uri, "tensorflow", policy=policy)
     what = f"the TensorFlow model ({model_uri})"
     if config.output == "named":
         raise ConfigurationError(f"output='named': {what} returns one array")
@@ -135,7 +136,7 @@ def describe(config: Config, model_uri: str) -> Signature:
     return _probe.complete(config, d, lambda b: _predict(model, b), what)
 
 
-def build(config: Config, model_uri: str, signature: Signature) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
     """Beam's handler for the model ``signature`` describes."""
     handler = _Handler(model_uri, large_model=config.large_model,
                        model_copies=config.model_copies)

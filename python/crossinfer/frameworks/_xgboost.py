@@ -24,6 +24,7 @@ from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
 from crossinfer._handler import Framework, model_threads
 from crossinfer._loading import load_once
+from crossinfer._policy import Policy
 from crossinfer._signature import Signature
 
 _PROBABILITIES = ("binary:logistic", "multi:softprob")
@@ -69,10 +70,10 @@ def _objective(booster: Any) -> str:
         return ""
 
 
-def describe(config: Config, model_uri: str) -> Signature:
+def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     """Load the booster once; read num_features and the objective; probe it."""
     probe = XGBoostModelHandlerNumpy(model_class=xgboost.Booster, model_state=model_uri)
-    booster = load_once(probe.load_model, model_uri, "xgboost")
+    booster = load_once(probe.load_model, model_uri, "xgboost", policy=policy)
     what = f"the XGBoost model ({model_uri})"
     objective = _objective(booster)
     if config.output not in (None, "value", _kind(objective, None)):
@@ -95,7 +96,7 @@ def describe(config: Config, model_uri: str) -> Signature:
     return _probe.complete(config, d, lambda b: _predict(kind, booster, b), what)
 
 
-def build(config: Config, model_uri: str, signature: Signature) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
     """Beam's handler for the booster ``signature`` describes."""
     kind = signature.output if signature.output in ("probabilities", "logits") else "value"
     handler = _Handler(model_class=xgboost.Booster, model_state=model_uri,
