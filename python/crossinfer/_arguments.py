@@ -130,16 +130,16 @@ ARGUMENTS: tuple[Argument, ...] = (
              reads_fields=True),
     Argument("preprocess", "string", Text(callable_ok=True),
              "`\"pkg.module:function\"`: row -> model input", "withPreprocess",
-             java_doc="The expansion service must admit it (withAllow); whole rows then cross "
-                      "to Python."),
+             java_doc="The expansion service must admit it (`withAllow`); whole rows then "
+                      "cross to Python."),
     Argument("postprocess", "string", Text(BUILTIN_POSTPROCESS, callable_ok=True),
              "`\"argmax\"` (`label`, `score`), `\"regression\"` (`value`), `\"raw\"` "
              "(`output: array<float64>`) or `\"pkg.module:function\"` taking Beam's "
              "`PredictionResult(example=<input row>, inference=<the model's output for the "
              "row>, model_id)` and returning a dict (sklearn: `predict_proba` for a classifier, "
              "`predict` with `output=\"value\"`)", "withPostprocess", default="argmax",
-             java_doc="A function must be admitted by the expansion service (withAllow) and "
-                      "needs withOutputSchema; whole rows then cross to Python.",
+             java_doc="A function must be admitted by the expansion service (`withAllow`) "
+                      "and needs `withOutputSchema`; whole rows then cross to Python.",
              rules=(needs(When("output_schema"),
                           "postprocess={postprocess!r} needs output_schema, a dict field -> "
                           "Beam type name (e.g. {{'label': 'string', 'score': 'float64'}}), so "
@@ -154,7 +154,7 @@ ARGUMENTS: tuple[Argument, ...] = (
              "Beam's batching: fewest rows per model call", "withMinBatchSize", limited=True),
     Argument("max_batch_size", "int", Integer(1, MAX_BATCH),
              "Beam's batching: most rows per model call", "withMaxBatchSize", limited=True,
-             java_doc="With withBlocks, the most rows of a block per model call."),
+             java_doc="With `withBlocks`, the most rows of a block per model call."),
     Argument("max_batch_duration_secs", "float",
              Number(positive=True, high=MAX_DURATION_SECS, as_float=True),
              "longest wait for a batch (streaming-friendly batching)",
@@ -178,7 +178,7 @@ ARGUMENTS: tuple[Argument, ...] = (
              "where the model runs", "withDevice", _frameworks.taking("device"),
              default="CPU"),
     Argument("blocks", "bool", Flag(),
-             "each input element holds many rows column by column (see below)", "withBlocks",
+             "each input element holds many rows column by column (see Blocks)", "withBlocks",
              _frameworks.taking("blocks"), default=False,
              java_doc="Every passthrough field and the feature field then hold one value per "
                       "row; predictions come out as one block row per input block, failures "
@@ -281,6 +281,8 @@ ARGUMENTS: tuple[Argument, ...] = (
 )
 
 BY_NAME: dict[str, Argument] = {a.name: a for a in ARGUMENTS}
+# What blocks cannot be combined with: the Java library groups rows only where none holds.
+BLOCKS_RULES: tuple[Rule, ...] = tuple(r for r in BY_NAME["blocks"].rules if r.why)
 
 
 def check_rules(values: dict[str, Any]) -> None:
