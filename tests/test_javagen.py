@@ -41,7 +41,7 @@ def test_a_stale_source_is_named_with_the_command(tmp_path):
 
 
 def test_every_one_value_argument_has_a_generated_setter():
-    source = _javagen.inference_arguments()
+    source = _javagen.framework_arguments() + _javagen.inference_arguments()
     generated = [a for a in ARGUMENTS if _javagen.setter(a)]
     assert len(generated) >= 20
     for a in generated:

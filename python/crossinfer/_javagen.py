@@ -1,6 +1,7 @@
 """The Java library's argument surface, generated from the argument table and the framework
-registry: ``FrameworkFactories.java`` and ``InferenceArguments.java`` (the framework factories
-and ``with…`` methods of ``CrossInference``, its base classes) and ``ArgumentRules.java`` (the built-in postprocess names, the fields
+registry: ``FrameworkArguments.java`` (the framework factories and the ``with…`` methods of
+the arguments only some frameworks take) and ``InferenceArguments.java`` (those every framework
+takes), the base classes of ``CrossInference``, and ``ArgumentRules.java`` (the built-in postprocess names, the fields
 Python reads, what blocks cannot be combined with).
 
 ``python -m crossinfer._javagen`` rewrites both under java/src/main/java/io/crossinfer/;
@@ -12,6 +13,7 @@ not named ``with`` + its name) is written by hand in ``CrossInference``.
 from __future__ import annotations
 
 import html
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from crossinfer import frameworks
-from crossinfer._arguments import ARGUMENTS, BLOCKS_RULES, BUILTIN_POSTPROCESS, WHOLE_ROWS, Argument
+from crossinfer._arguments import (
+    ARGUMENTS, BLOCKS_RULES, BUILTIN_POSTPROCESS, FRAMEWORKS, WHOLE_ROWS, Argument)
 from crossinfer._rules import When
 
 PACKAGE_DIR = Path("java/src/main/java/io/crossinfer")
@@ -139,43 +142,61 @@ def _factories() -> list[str]:
     return out
 
 
-def framework_factories() -> str:
-    """The source of FrameworkFactories.java."""
-    lines = [_HEADER, "import org.apache.beam.sdk.transforms.PTransform;",
-             "import org.apache.beam.sdk.transforms.WithFailures;",
-             "import org.apache.beam.sdk.values.PCollection;",
-             "import org.apache.beam.sdk.values.Row;", ""]
-    lines += _comment("The framework factories of {@link CrossInference}, one per framework of "
-                      "crossinfer's framework registry ({@code CrossInference.custom} and {@code "
-                      "CrossInference.of} are written by hand).", indent="")
-    lines += ["abstract class FrameworkFactories",
-              "    extends PTransform<PCollection<Row>, WithFailures.Result<PCollection<Row>, "
-              "Row>> {", "  private static final long serialVersionUID = 1L;", "",
-              "  FrameworkFactories(String name) {", "    super(name);", "  }", ""]
-    return "\n".join(lines + _factories()).rstrip() + "\n}\n"
+def _setters(common: bool) -> list[str]:
+    """The generated setters of the arguments every framework takes (``common``), or of those
+    only some take."""
+    out = []
+    for a in ARGUMENTS:
+        method = setter(a)
+        if method and (a.frameworks == FRAMEWORKS) == common:
+            out += _setter(a, method)
+    return out
+
+
+_IMPORTS = ("java.util.Arrays", "java.util.List", "java.util.Map",
+            "org.apache.beam.sdk.transforms.PTransform", "org.apache.beam.sdk.transforms.WithFailures",
+            "org.apache.beam.sdk.values.PCollection", "org.apache.beam.sdk.values.Row")
+
+
+def _class(name: str, base: str, doc: str, body: list[str]) -> str:
+    code = [line for line in body if not line.lstrip().startswith(("/**", "*"))]
+    text = "\n".join([base, *code])
+    imports = [f"import {i};" for i in _IMPORTS
+               if re.search(r"\b" + i.rsplit(".", 1)[1] + r"\b", text)]
+    lines = [_HEADER, *imports, ""] if imports else [_HEADER]
+    lines += _comment(doc, indent="")
+    declaration = f"abstract class {name} extends {base} {{"
+    lines += [declaration] if len(declaration) <= 100 else [
+        f"abstract class {name}", f"    extends {base} {{"]
+    lines += ["  private static final long serialVersionUID = 1L;", "",
+              f"  {name}(String name) {{", "    super(name);", "  }", ""]
+    return "\n".join(lines + body).rstrip() + "\n}\n"
+
+
+def framework_arguments() -> str:
+    """The source of FrameworkArguments.java."""
+    body = _comment("This transform, with keyword argument {@code name} set to the wire value "
+                    "{@code value}.", ["@param name the Python keyword argument",
+                                       "@param value its value, in its wire type",
+                                       "@return a new transform with this setting"])
+    body += ["  abstract CrossInference with(String name, Object value);", ""]
+    return _class(
+        "FrameworkArguments", "PTransform<PCollection<Row>, WithFailures.Result<PCollection<Row>, "
+        "Row>>", "The framework factories of {@link CrossInference}, one per framework of "
+        "crossinfer's framework registry ({@code CrossInference.custom} and {@code "
+        "CrossInference.of} are written by hand), and the {@code with…} methods of the arguments "
+        "only some frameworks take, generated from the registry and the argument table.",
+        body + _factories() + _setters(False))
 
 
 def inference_arguments() -> str:
     """The source of InferenceArguments.java."""
-    lines = [_HEADER, "import java.util.Arrays;", "import java.util.List;",
-             "import java.util.Map;", ""]
-    lines += _comment("The {@code with…} methods of {@link CrossInference} that send one keyword "
-                      "argument of {@code crossinfer.Inference} each, generated from its argument "
-                      "table. Each checks only what encoding the value needs; the Python side "
-                      "checks what it means when the transform is expanded.", indent="")
-    lines += ["abstract class InferenceArguments extends FrameworkFactories {",
-              "  private static final long serialVersionUID = 1L;", "",
-              "  InferenceArguments(String name) {", "    super(name);", "  }", ""]
-    lines += _comment("This transform, with keyword argument {@code name} set to the wire value "
-                      "{@code value}.", ["@param name the Python keyword argument",
-                                         "@param value its value, in its wire type",
-                                         "@return a new transform with this setting"])
-    lines += ["  abstract CrossInference with(String name, Object value);", ""]
-    for a in ARGUMENTS:
-        method = setter(a)
-        if method:
-            lines += _setter(a, method)
-    return "\n".join(lines).rstrip() + "\n}\n"
+    return _class(
+        "InferenceArguments", "FrameworkArguments", "The {@code with…} methods of {@link "
+        "CrossInference} that send one keyword argument of {@code crossinfer.Inference} each, "
+        "for the arguments every framework takes, generated from its argument table. Each "
+        "checks only what encoding the value needs; the Python side checks what it means when "
+        "the transform is expanded.", _setters(True))
 
 
 def _list(values: Sequence[object]) -> str:
@@ -225,7 +246,7 @@ def argument_rules() -> str:
     return "\n".join(lines) + "\n}\n"
 
 
-SOURCES = {"FrameworkFactories.java": framework_factories,
+SOURCES = {"FrameworkArguments.java": framework_arguments,
            "InferenceArguments.java": inference_arguments, "ArgumentRules.java": argument_rules}
 
 

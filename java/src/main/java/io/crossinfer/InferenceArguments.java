@@ -8,47 +8,15 @@ import java.util.Map;
 
 /**
  * The {@code with…} methods of {@link CrossInference} that send one keyword argument of {@code
- * crossinfer.Inference} each, generated from its argument table. Each checks only what encoding the
- * value needs; the Python side checks what it means when the transform is expanded.
+ * crossinfer.Inference} each, for the arguments every framework takes, generated from its argument
+ * table. Each checks only what encoding the value needs; the Python side checks what it means when
+ * the transform is expanded.
  */
-abstract class InferenceArguments extends FrameworkFactories {
+abstract class InferenceArguments extends FrameworkArguments {
   private static final long serialVersionUID = 1L;
 
   InferenceArguments(String name) {
     super(name);
-  }
-
-  /**
-   * This transform, with keyword argument {@code name} set to the wire value {@code value}.
-   *
-   * @param name the Python keyword argument
-   * @param value its value, in its wire type
-   * @return a new transform with this setting
-   */
-  abstract CrossInference with(String name, Object value);
-
-  /**
-   * pytorch state_dict: {@code "pkg.module:Class"}, the {@code torch.nn.Module} to load it into.
-   * Sends {@code model_class}.
-   *
-   * @param modelClass the value of {@code model_class}
-   * @return a new transform with this setting
-   */
-  public CrossInference withModelClass(String modelClass) {
-    return with("model_class", WireValues.notNull("withModelClass", "modelClass", modelClass));
-  }
-
-  /**
-   * Keyword arguments for {@code model_class} (pytorch) or the handler factory (custom). Values may
-   * be String, Integer, Long, Float, Double, Boolean, a List of one of those, or a nested Map of
-   * the same; sent as a row, one field per key (Beam's kwargs encoding needs one type per field),
-   * which Python receives as a dict. Sends {@code model_params}.
-   *
-   * @param modelParams the value of {@code model_params}
-   * @return a new transform with this setting
-   */
-  public CrossInference withModelParams(Map<String, ?> modelParams) {
-    return with("model_params", WireValues.params("withModelParams", modelParams));
   }
 
   /**
@@ -195,28 +163,6 @@ abstract class InferenceArguments extends FrameworkFactories {
   }
 
   /**
-   * Where the model runs. Sends {@code device}.
-   *
-   * @param device the value of {@code device}
-   * @return a new transform with this setting
-   */
-  public CrossInference withDevice(String device) {
-    return with("device", WireValues.notNull("withDevice", "device", device));
-  }
-
-  /**
-   * Each input element holds many rows column by column (see Blocks). Every passthrough field and
-   * the feature field then hold one value per row; predictions come out as one block row per input
-   * block, failures one row each. Sends {@code blocks}.
-   *
-   * @param blocks the value of {@code blocks}
-   * @return a new transform with this setting
-   */
-  public CrossInference withBlocks(boolean blocks) {
-    return with("blocks", blocks);
-  }
-
-  /**
    * One row's model input, stated instead of read off the model: {@code [32]} (fixed width), {@code
    * [-1]} (a sequence), {@code [-1, 16]}. Sends {@code input_shape}.
    *
@@ -240,27 +186,6 @@ abstract class InferenceArguments extends FrameworkFactories {
   }
 
   /**
-   * The value sequences are padded with (e.g. the tokenizer's pad id); stated instead of read off
-   * the model ({@code Embedding.padding_idx}). Sends {@code pad_value}.
-   *
-   * @param padValue the value of {@code pad_value}
-   * @return a new transform with this setting
-   */
-  public CrossInference withPadValue(double padValue) {
-    return with("pad_value", padValue);
-  }
-
-  /**
-   * Same as {@link #withPadValue(double)}, sent as an int.
-   *
-   * @param padValue the value of {@code pad_value}
-   * @return a new transform with this setting
-   */
-  public CrossInference withPadValue(long padValue) {
-    return with("pad_value", padValue);
-  }
-
-  /**
    * What the model returns per row: {@code "probabilities"}, {@code "logits"}, {@code "value"}
    * (regression) or {@code "named"} (a dict of arrays, for a custom postprocess); read off the
    * model where its metadata says, else needed by {@code argmax}. Sends {@code output}.
@@ -270,19 +195,6 @@ abstract class InferenceArguments extends FrameworkFactories {
    */
   public CrossInference withOutput(String output) {
     return with("output", WireValues.notNull("withOutput", "output", output));
-  }
-
-  /**
-   * Plain values passed to the model call on every batch (Beam's {@code inference_args}). Values
-   * may be String, Integer, Long, Float, Double, Boolean, a List of one of those, or a nested Map
-   * of the same; sent as a row, one field per key (Beam's kwargs encoding needs one type per
-   * field), which Python receives as a dict. Sends {@code inference_args}.
-   *
-   * @param inferenceArgs the value of {@code inference_args}
-   * @return a new transform with this setting
-   */
-  public CrossInference withInferenceArgs(Map<String, ?> inferenceArgs) {
-    return with("inference_args", WireValues.params("withInferenceArgs", inferenceArgs));
   }
 
   /**
@@ -309,59 +221,6 @@ abstract class InferenceArguments extends FrameworkFactories {
   }
 
   /**
-   * A model that returns several outputs (a tuple, several ONNX outputs): the one to use, by
-   * position; the others are then ignored at your request (or {@code output="named"} passes them
-   * all to a custom postprocess, a tuple's by position {@code "0"}, {@code "1"}, …). Sends {@code
-   * output_index}.
-   *
-   * @param outputIndex the value of {@code output_index}
-   * @return a new transform with this setting
-   */
-  public CrossInference withOutputIndex(int outputIndex) {
-    return with("output_index", (long) outputIndex);
-  }
-
-  /**
-   * Environment variables set on each worker before the model loads (Beam's {@code env_vars}); not
-   * set where the pipeline is built; not {@code LD_*}, {@code PYTHON*}, {@code PATH} and others
-   * that change which code runs. Sends {@code env_vars}.
-   *
-   * @param envVars the value of {@code env_vars}
-   * @return a new transform with this setting
-   */
-  public CrossInference withEnvVars(Map<String, String> envVars) {
-    return with("env_vars", WireValues.stringMap("withEnvVars", envVars));
-  }
-
-  /**
-   * pytorch state_dict: keyword arguments for {@code torch.load} (Beam's {@code load_model_args}):
-   * {@code weights_only} (default {@code true}; {@code false} runs the file's code, so the file
-   * must be trusted). Values may be String, Integer, Long, Float, Double, Boolean, a List of one of
-   * those, or a nested Map of the same; sent as a row, one field per key (Beam's kwargs encoding
-   * needs one type per field), which Python receives as a dict. Sends {@code load_model_args}.
-   *
-   * @param loadModelArgs the value of {@code load_model_args}
-   * @return a new transform with this setting
-   */
-  public CrossInference withLoadModelArgs(Map<String, ?> loadModelArgs) {
-    return with("load_model_args", WireValues.params("withLoadModelArgs", loadModelArgs));
-  }
-
-  /**
-   * The model file's format, stated instead of read off its name: sklearn {@code "pickle"} or
-   * {@code "joblib"} (Beam's {@code ModelFileType}); pytorch {@code "state_dict"}, {@code
-   * "safetensors"} (both with {@code model_class}) or {@code "torchscript"}. Sends {@code
-   * model_file_type}.
-   *
-   * @param modelFileType the value of {@code model_file_type}
-   * @return a new transform with this setting
-   */
-  public CrossInference withModelFileType(String modelFileType) {
-    return with(
-        "model_file_type", WireValues.notNull("withModelFileType", "modelFileType", modelFileType));
-  }
-
-  /**
    * With {@code models}: at most this many models held in memory per worker at once (Beam's {@code
    * max_models_per_worker_hint}; others are loaded when their rows come). Sends {@code
    * max_models_per_worker_hint}.
@@ -371,20 +230,5 @@ abstract class InferenceArguments extends FrameworkFactories {
    */
   public CrossInference withMaxModelsPerWorkerHint(int maxModelsPerWorkerHint) {
     return with("max_models_per_worker_hint", (long) maxModelsPerWorkerHint);
-  }
-
-  /**
-   * Swap the model while the job runs: a file pattern ({@code /models/*.onnx}, {@code
-   * gs://b/m/*.pkl}) polled every {@code model_update_interval_secs}; the newest file written since
-   * the job started that passes the first model's checks and has its signature replaces it, from
-   * the next window on (windowed input; see Model updates). Python also takes a PCollection of
-   * Beam's {@code ModelMetadata}. Sends {@code model_updates}.
-   *
-   * @param modelUpdates the value of {@code model_updates}
-   * @return a new transform with this setting
-   */
-  public CrossInference withModelUpdates(String modelUpdates) {
-    return with(
-        "model_updates", WireValues.notNull("withModelUpdates", "modelUpdates", modelUpdates));
   }
 }
