@@ -187,10 +187,10 @@ ARGUMENTS: tuple[Argument, ...] = (
                  excludes("blocks", When("framework", _frameworks.taking("blocks"),
                                          negate=True, label="a framework without blocks"),
                           "custom: its handler takes one input per row"),
-                 excludes("blocks", When("preprocess"), "a function of one row; name the "
-                          "block's array in feature_field"),
-                 excludes("blocks", CUSTOM_POSTPROCESS,
-                          f"a function of one row; use one of {', '.join(BUILTIN_POSTPROCESS)}"),
+                 excludes("blocks", When("preprocess"), "a function of one row",
+                          "name the block's array in feature_field"),
+                 excludes("blocks", CUSTOM_POSTPROCESS, "a function of one row",
+                          f"use one of {', '.join(BUILTIN_POSTPROCESS)}"),
                  excludes("blocks", MODELS, "each row picks its model"),
                  excludes("blocks", When("min_batch_size"), "a block is scored as it comes; "
                           "max_batch_size caps the rows per model call"),

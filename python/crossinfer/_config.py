@@ -34,8 +34,9 @@ def _model_uris(self: Any) -> dict[Optional[str], Optional[str]]:
 
 
 # A checked value's type, by wire type (lists become tuples; absent values None).
-_FIELD_TYPES = {"string": "Optional[str]", "int": "Optional[int]", "float": "Optional[float]",
-                "bool": "bool", "list<string>": "Optional[tuple[str, ...]]",
+_FIELD_TYPES = {"string": "Optional[str]", "int": "Optional[int]",
+                "float": "Optional[float]", "bool": "bool",
+                "list<string>": "Optional[tuple[str, ...]]",
                 "list<int>": "Optional[tuple[int, ...]]",
                 "map<string,string>": "Optional[dict[str, str]]",
                 "map<string,any>": "Optional[dict[str, Any]]"}
@@ -80,7 +81,8 @@ def parse(**kw: Any) -> Config:
         named = " and ".join(sources) if sources else "none of them"
         raise ConfigurationError(
             "name exactly one input source: feature_field (one array field), feature_fields "
-            f"(scalar fields stacked in order) or preprocess ('package.module:function'); got {named}")
+            "(scalar fields stacked in order) or preprocess ('package.module:function'); "
+            f"got {named}")
     low, high = v["min_batch_size"], v["max_batch_size"]
     if low is not None and high is not None and low > high:
         raise ConfigurationError(f"min_batch_size={low} is larger than max_batch_size={high}")

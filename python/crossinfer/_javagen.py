@@ -1,13 +1,15 @@
 """The Java library's argument surface, generated from the argument table and the framework
-registry: ``FrameworkArguments.java`` (the framework factories and the ``with…`` methods of
-the arguments only some frameworks take) and ``InferenceArguments.java`` (those every framework
-takes), the base classes of ``CrossInference``, and ``ArgumentRules.java`` (the built-in postprocess names, the fields
-Python reads, what blocks cannot be combined with).
+registry: ``FrameworkArguments.java`` (the framework factories, and the ``with…`` methods of
+the arguments only some frameworks take) and ``InferenceArguments.java`` (those of the
+arguments every framework takes), the generated bases of ``CrossInference``; and
+``ArgumentRules.java`` (the built-in postprocess names, the fields Python reads, what blocks
+cannot be combined with), which ``Rules.java`` applies.
 
-``python -m crossinfer._javagen`` rewrites both under java/src/main/java/io/crossinfer/;
-``--check`` says whether the checked-in files are current (tests/test_javagen.py runs it).
-An argument whose Java method does more than send one value (``java_written``, or a method
-not named ``with`` + its name) is written by hand in ``CrossInference``.
+``python -m crossinfer._javagen`` (from the repository root) rewrites them under
+java/src/main/java/io/crossinfer/; ``--check`` says whether the checked-in files are current
+(tests/test_javagen.py runs it). An argument whose Java method does more than send one value
+(``java_written``, or a method not named ``with`` + its name) is written by hand in
+``CrossInferenceOptions``.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def _return(call: str, args: Sequence[str]) -> list[str]:
     rest = f"        {', '.join(args)});"
     if len(rest) <= 100:
         return [f"    return {call}(", rest]
-    return [f"    return {call}("] + [f"        {a}," for a in args[:-1]] + [f"        {args[-1]});"]
+    return [f"    return {call}(", *(f"        {a}," for a in args[:-1]),
+            f"        {args[-1]});"]
 
 
 def _setter(a: Argument, method: str) -> list[str]:
@@ -154,7 +157,8 @@ def _setters(common: bool) -> list[str]:
 
 
 _IMPORTS = ("java.util.Arrays", "java.util.List", "java.util.Map",
-            "org.apache.beam.sdk.transforms.PTransform", "org.apache.beam.sdk.transforms.WithFailures",
+            "org.apache.beam.sdk.transforms.PTransform",
+            "org.apache.beam.sdk.transforms.WithFailures",
             "org.apache.beam.sdk.values.PCollection", "org.apache.beam.sdk.values.Row")
 
 

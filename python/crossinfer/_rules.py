@@ -68,10 +68,12 @@ def conflicts(other: When, message: str, *when: When) -> Rule:
     return Rule(other, False, message, when)
 
 
-def excludes(owner: str, other: When, why: str) -> Rule:
+def excludes(owner: str, other: When, why: str, fix: str = "") -> Rule:
     """``owner=True`` cannot be combined with ``other``, because ``why``: the conflicts that
-    both languages list (the Java library names its own method for ``other``)."""
+    both languages list (the Java library names its own method for ``other``); ``fix`` is
+    Python's advice only."""
     what = other.label or other.name
+    because = f"{why}; {fix}" if fix else why
     return Rule(other, False,
-                f"{owner}=True cannot be combined with {what} ({why})".replace(
+                f"{owner}=True cannot be combined with {what} ({because})".replace(
                     "{", "{{").replace("}", "}}"), why=why)

@@ -58,13 +58,13 @@ final class ArgumentRules {
               Arrays.asList(),
               false,
               "withPreprocess",
-              "a function of one row; name the block's array in feature_field"),
+              "a function of one row"),
           new Rules.Condition(
               "postprocess",
               Arrays.asList("argmax", "regression", "raw"),
               true,
               "a custom postprocess",
-              "a function of one row; use one of argmax, regression, raw"),
+              "a function of one row"),
           new Rules.Condition(
               "models",
               Arrays.asList(),

@@ -159,7 +159,10 @@ public final class CrossInference extends CrossInferenceOptions {
         "CrossInference needs rows with a schema: call setRowSchema(schema) on the input");
     BeamVersions.checkOneVersion(CrossInference.class.getClassLoader());
     ContainerRuns.check(
-        input.getPipeline().getOptions(), kwargs, expansionService == null, service.sdkContainerImage);
+        input.getPipeline().getOptions(),
+        kwargs,
+        expansionService == null,
+        service.sdkContainerImage);
     LocalRuns.prepare(input.getPipeline().getOptions());
     String address =
         expansionService != null

@@ -73,7 +73,8 @@ abstract class CrossInferenceOptions extends InferenceArguments {
    * @return a transform for that handler
    */
   public static CrossInference custom(String handlerFqn) {
-    return CrossInference.of("custom").with("handler", WireValues.notNull("custom", "handlerFqn", handlerFqn));
+    return CrossInference.of("custom")
+        .with("handler", WireValues.notNull("custom", "handlerFqn", handlerFqn));
   }
 
   /**
