@@ -2,8 +2,9 @@
 registry: ``FrameworkArguments.java`` (the framework factories, and the ``with…`` methods of
 the arguments only some frameworks take) and ``InferenceArguments.java`` (those of the
 arguments every framework takes), the generated bases of ``CrossInference``; and
-``ArgumentRules.java`` (the built-in postprocess names, the fields Python reads, what blocks
-cannot be combined with), which ``Rules.java`` applies.
+``ArgumentRules.java`` (when Python reads whole rows, else which fields, and what blocks cannot
+be combined with: the built-in postprocess names come with those), which ``Rules.java``
+applies.
 
 ``python -m crossinfer._javagen`` (from the repository root) rewrites them under
 java/src/main/java/io/crossinfer/; ``--check`` says whether the checked-in files are current
@@ -24,7 +25,7 @@ from typing import Optional
 
 from crossinfer import frameworks
 from crossinfer._arguments import (
-    ARGUMENTS, BLOCKS_RULES, BUILTIN_POSTPROCESS, FRAMEWORKS, WHOLE_ROWS, Argument)
+    ARGUMENTS, BLOCKS_RULES, FRAMEWORKS, WHOLE_ROWS, Argument)
 from crossinfer._rules import When
 
 PACKAGE_DIR = Path("java/src/main/java/io/crossinfer")
@@ -235,9 +236,6 @@ def argument_rules() -> str:
     lines += _comment("The rules of crossinfer's argument table that the Java library applies "
                       "itself (see {@link Rules}), generated from the table.", indent="")
     lines += ["final class ArgumentRules {", "  private ArgumentRules() {}", ""]
-    lines += _comment("The built-in postprocess names; any other postprocess is a function.")
-    lines += [f"  static final List<String> BUILTIN_POSTPROCESS = {_list(BUILTIN_POSTPROCESS)};",
-              ""]
     lines += _comment("The arguments whose values name input fields Python reads.")
     lines += ["  static final List<String> FIELD_ARGUMENTS =", f"      {_list(fields)};", ""]
     lines += _comment("Python reads whole rows when one of these holds.")

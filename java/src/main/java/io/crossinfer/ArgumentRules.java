@@ -13,11 +13,6 @@ final class ArgumentRules {
   private ArgumentRules() {}
 
   /**
-   * The built-in postprocess names; any other postprocess is a function.
-   */
-  static final List<String> BUILTIN_POSTPROCESS = Arrays.asList("argmax", "regression", "raw");
-
-  /**
    * The arguments whose values name input fields Python reads.
    */
   static final List<String> FIELD_ARGUMENTS =
