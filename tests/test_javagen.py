@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _check(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT)])}
-    return subprocess.run([sys.executable, "-m", "crossinfer._javagen", "--check"], cwd=root,
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", "crossinfer._javagen", "--check", "--root",
+                           str(root)], capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_the_checked_in_java_sources_are_current():

@@ -15,6 +15,7 @@ java/src/main/java/io/crossinfer/; ``--check`` says whether the checked-in files
 
 from __future__ import annotations
 
+import argparse
 import html
 import re
 import sys
@@ -260,15 +261,25 @@ def stale(root: Path) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    root = Path.cwd()
-    if argv == ["--check"]:
-        old = stale(root)
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="only say whether the checked-in sources are current")
+    parser.add_argument("--root", type=Path, default=_checkout(),
+                        help="the repository root (default: this checkout's)")
+    args = parser.parse_args(argv)
+    if args.check:
+        old = stale(args.root)
         if old:
-            sys.exit(f"{', '.join(old)} not current: run `{COMMAND}` in the repository root")
+            sys.exit(f"{', '.join(old)} not current: run `{COMMAND}`")
         return
     for name, make in SOURCES.items():
-        (root / PACKAGE_DIR / name).write_text(make(), encoding="utf-8")
+        (args.root / PACKAGE_DIR / name).write_text(make(), encoding="utf-8")
+
+
+def _checkout() -> Path:
+    """The repository this module lies in (python/crossinfer/), else the working directory."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / PACKAGE_DIR).is_dir() else Path.cwd()
 
 
 if __name__ == "__main__":
