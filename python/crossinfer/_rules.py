@@ -40,8 +40,9 @@ class When:
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """While ``when`` holds (every part of it; none given: the owning argument is given),
-    ``other`` must hold (``needs``) or must not (a conflict). ``message`` is formatted with the
-    checked values; ``why`` (conflicts) says in a few words why, for both languages."""
+    ``other`` must hold (``needs``) or must not (a conflict). ``message`` is a ``str.format``
+    template over the checked values (``{postprocess!r}``; a literal brace doubled); ``why``
+    (conflicts the Java library applies too) says in a few words why, for both languages."""
 
     other: When
     needs: bool
