@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 from apache_beam.portability.api import beam_expansion_api_pb2, schema_pb2
 
+from crossinfer._arguments import service_caps
+
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # also gRPC's max_receive_message_length
 MAX_ROW_DEPTH = 8  # rows within rows (the payload itself is 1, its kwargs 2)
 MAX_TYPE_DEPTH = 24  # any type within a type
@@ -58,13 +60,9 @@ def clip(text: str, most: int = 2000) -> str:
     text = _QUOTED.sub(lambda m: m.group(0)[:MAX_SHOWN - 4] + "...'", text)
     text = _LONG_WORD.sub(lambda m: m.group(0)[:MAX_SHOWN - 3] + "...", text)
     return text if len(text) <= most else text[:most - 3] + "..."
-# Numbers that make the service (its in-process worker pool) spend memory or time.
-NUMBER_CAPS: dict[str, tuple[float, float]] = {
-    "model_copies": (1, 8),
-    "min_batch_size": (1, 100_000),
-    "max_batch_size": (1, 100_000),
-    "max_batch_duration_secs": (0, 3_600),
-}
+# Numbers that make the service (its in-process worker pool) spend memory or time: their one
+# ceiling is the argument table's, checked here before the transform is built.
+NUMBER_CAPS: dict[str, tuple[float, float]] = service_caps()
 
 
 class TooLarge(Exception):

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import json
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
 
 from crossinfer import ConfigurationError, Inference
-from crossinfer._arguments import ARGUMENTS, WIRE_TYPES, markdown
+from crossinfer._arguments import ARGUMENTS, WIRE_TYPES, markdown, service_caps
 from crossinfer._config import Config, parse
+from expansion_service._limits import TooLarge, check_values
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,8 +43,8 @@ def test_readme_table_is_the_rendered_table():
 
 
 @pytest.mark.parametrize("change, words", [
-    (dict(model_copies=65), r"model_copies must be an integer in \[1, 64\]"),
-    (dict(max_batch_size=10**7), r"max_batch_size must be an integer in \[1, 1000000\]"),
+    (dict(model_copies=9), r"model_copies must be an integer in \[1, 8\]"),
+    (dict(max_batch_size=10**7), r"max_batch_size must be an integer in \[1, 100000\]"),
     (dict(input_shape=[-1, -1]), "one variable-length axis"),
     (dict(input_shape=[0]), "input_shape must list"),
     (dict(input_dtype="object"), "input_dtype='object' is not supported"),
@@ -56,3 +60,37 @@ def test_constraints(change, words):
     kw = dict(framework="sklearn", model_uri="m.pkl", feature_field="f")
     with pytest.raises(ConfigurationError, match=words):
         parse(**{**kw, **change})
+
+
+def test_inference_keeps_its_type_hints():
+    hints = typing.get_type_hints(Inference.__init__)
+    assert hints["feature_fields"] == typing.Optional[collections.abc.Sequence[str]]
+    assert hints["large_model"] is bool
+    assert hints["model_updates"] == typing.Optional[typing.Union[str, beam.PCollection]]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'feature_feld'"):
+        Inference("sklearn", "m.pkl", feature_feld="f")
+
+
+@pytest.mark.parametrize("name", sorted(service_caps()))
+def test_one_ceiling_for_the_library_and_the_service(name):
+    # The service refuses, before building anything, exactly what the transform refuses.
+    low, high = service_caps()[name]
+    kw = dict(framework="sklearn", model_uri="m.pkl", feature_field="f")
+    over = high + 1 if isinstance(high, int) else high * 1.5
+    with pytest.raises(TooLarge, match=name):
+        check_values({name: over})
+    with pytest.raises(ConfigurationError, match=name):
+        parse(**kw, **{name: over})
+    check_values({name: high})
+    assert getattr(parse(**kw, **{name: high}), name) == high
+
+
+def test_zero_and_false_count_as_given_or_not_as_python_says():
+    kw = dict(framework="onnx", model_uri="m.onnx", feature_field="f")
+    with pytest.raises(ConfigurationError, match="output_index picks one"):
+        parse(**kw, output_index=0, output="named", postprocess="a.b:c",
+              output_schema={"x": "int64"})
+    assert parse(**kw, model_copies=1, large_model=False).model_copies == 1
+    with pytest.raises(ConfigurationError, match="model_copies cannot be combined with models"):
+        parse(framework="onnx", models={"a": "m.onnx"}, model_key_field="k", feature_field="f",
+              model_copies=2)

@@ -42,7 +42,7 @@ def sk(sklearn_model):
      ConfigurationError, "not a Beam type name"),
     (dict(output_schema={"a": "int64"}), ConfigurationError, "output_schema is for a custom"),
     (dict(min_batch_size=10, max_batch_size=5), ConfigurationError, "larger than max_batch_size"),
-    (dict(max_batch_size=0), ConfigurationError, "max_batch_size must be an integer in [1, 1000000]"),
+    (dict(max_batch_size=0), ConfigurationError, "max_batch_size must be an integer in [1, 100000]"),
     (dict(max_batch_duration_secs=-1), ConfigurationError, "max_batch_duration_secs must be a positive number"),
     (dict(device="TPU"), ConfigurationError, "device='TPU'"),
     (dict(device="GPU"), ConfigurationError, "device is only for framework='pytorch'"),

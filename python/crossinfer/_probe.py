@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from crossinfer._arguments import BUILTIN_POSTPROCESS
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
 from crossinfer._signature import Signature, sample
@@ -191,7 +192,7 @@ def _non_numeric(config: Config, out: np.ndarray, output: Optional[str], what: s
     """A model output of strings (a classifier's predict): only a custom postprocess reads it."""
     first = out.ravel()[0] if out.size else ""
     first = first.item() if isinstance(first, np.generic) else first
-    if config.postprocess not in ("argmax", "regression", "raw"):
+    if config.postprocess not in BUILTIN_POSTPROCESS:
         return
     if config.postprocess == "argmax" and output == "value":
         fix = ("leave out output='value': argmax then scores the classes, and a string class "

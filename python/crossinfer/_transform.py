@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+import inspect
+from collections.abc import Mapping, Sequence  # noqa: F401 - the signature's annotations
+from typing import Any, Optional, Union  # noqa: F401 - the signature's annotations
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from crossinfer import _beam, _config, _plan, _policy, _updates
+from crossinfer._arguments import ARGUMENTS
 from crossinfer._emit import FAILURES, Postprocess, failure
 from crossinfer._errors import InputError, describe
 from crossinfer._schemas import Failure
 
 PREDICTIONS = "predictions"
+
+
+def _signature() -> inspect.Signature:
+    """``Inference.__init__``'s signature, one parameter per row of the argument table."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for a in ARGUMENTS:
+        kind = (inspect.Parameter.POSITIONAL_OR_KEYWORD if a.positional
+                else inspect.Parameter.KEYWORD_ONLY)
+        params.append(inspect.Parameter(a.name, kind, default=a.default,
+                                        annotation=a.annotation()))
+    return inspect.Signature(params, return_annotation="None")
+
+
+_SIGNATURE = _signature()
 
 
 class _KeyRows(beam.DoFn):
@@ -36,76 +52,33 @@ class _KeyRows(beam.DoFn):
 
 
 class Inference(beam.PTransform):
-    """Run a PyTorch, scikit-learn, ONNX or custom model over schema'd rows.
+    """Run a PyTorch, scikit-learn, ONNX, TensorFlow, XGBoost or custom model over schema'd
+    rows.
 
-    Every argument is a plain value, described in ``crossinfer._arguments``. Applying it
+    Every argument is a plain value, one row of the table in ``crossinfer._arguments`` (the
+    signature is that table's: ``inspect.signature(Inference)``). Applying it
     checks them all, loads each model once and types both outputs; it returns
     ``{"predictions": ..., "failures": ...}``, and every input row lands in exactly one.
     """
 
-    def __init__(
-        self,
-        framework: Optional[str] = None,
-        model_uri: Optional[str] = None,
-        *,
-        model_class: Optional[str] = None,
-        model_params: Optional[Mapping[str, Any]] = None,
-        handler: Optional[str] = None,
-        feature_field: Optional[str] = None,
-        feature_fields: Optional[Sequence[str]] = None,
-        passthrough_fields: Optional[Sequence[str]] = None,
-        preprocess: Optional[str] = None,
-        postprocess: str = "argmax",
-        output_schema: Optional[Mapping[str, str]] = None,
-        min_batch_size: Optional[int] = None,
-        max_batch_size: Optional[int] = None,
-        max_batch_duration_secs: Optional[Union[int, float]] = None,
-        large_model: bool = False,
-        model_copies: Optional[int] = None,
-        model_key_field: Optional[str] = None,
-        models: Optional[Mapping[str, str]] = None,
-        device: str = "CPU",
-        blocks: bool = False,
-        input_shape: Optional[Sequence[int]] = None,
-        input_dtype: Optional[str] = None,
-        pad_value: Optional[Union[int, float]] = None,
-        output: Optional[str] = None,
-        inference_args: Optional[Mapping[str, Any]] = None,
-        labels: Optional[Sequence[str]] = None,
-        output_index: Optional[int] = None,
-        env_vars: Optional[Mapping[str, str]] = None,
-        load_model_args: Optional[Mapping[str, Any]] = None,
-        model_file_type: Optional[str] = None,
-        max_models_per_worker_hint: Optional[int] = None,
-        model_updates: Optional[Union[str, beam.PCollection]] = None,
-        model_update_interval_secs: Optional[Union[int, float]] = None,
-        client_version: Optional[str] = None,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The signature is the argument table's (``__signature__`` below): bound here, so a
+        # misspelt or doubled argument is Python's own TypeError.
+        given = _SIGNATURE.bind(self, *args, **kwargs)
+        given.apply_defaults()
         super().__init__()
         _beam.check_library()
         # What callables and model files this transform may use: a Python pipeline's own
         # (the default), or the expansion service's, which builds the request under it.
         self._policy = _policy.current()
+        arguments = dict(list(given.arguments.items())[1:])
         # A PCollection of ModelMetadata is not a plain value: kept aside, checked in expand.
-        self._updates = model_updates if isinstance(model_updates, beam.PCollection) else None
+        updates = arguments.get("model_updates")
+        self._updates = updates if isinstance(updates, beam.PCollection) else None
         if self._updates is not None:
-            model_updates = None
+            arguments["model_updates"] = None
         # Stored as given; checked in one place, expand(), like scikit-learn's fit().
-        self._kwargs = dict(
-            framework=framework, model_uri=model_uri, model_class=model_class,
-            model_params=model_params, handler=handler, feature_field=feature_field,
-            feature_fields=feature_fields, passthrough_fields=passthrough_fields,
-            preprocess=preprocess, postprocess=postprocess, output_schema=output_schema,
-            min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-            max_batch_duration_secs=max_batch_duration_secs, large_model=large_model,
-            model_copies=model_copies, model_key_field=model_key_field, models=models,
-            device=device, blocks=blocks, input_shape=input_shape, input_dtype=input_dtype,
-            pad_value=pad_value, output=output, inference_args=inference_args,
-            labels=labels, output_index=output_index, env_vars=env_vars,
-            load_model_args=load_model_args, model_file_type=model_file_type,
-            max_models_per_worker_hint=max_models_per_worker_hint,
-            client_version=client_version, model_updates=model_updates,
-            model_update_interval_secs=model_update_interval_secs)
+        self._kwargs = arguments
 
     def default_label(self) -> str:
         return f"Inference({self._kwargs['framework']})"
@@ -135,3 +108,8 @@ class Inference(beam.PTransform):
         failed.append(post[FAILURES])
         failures = tuple(failed) | "Failures" >> beam.Flatten().with_output_types(Failure)
         return {PREDICTIONS: predictions, FAILURES: failures}
+
+
+Inference.__init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+Inference.__init__.__annotations__ = {
+    **{a.name: a.annotation() for a in ARGUMENTS}, "return": "None"}

@@ -1,12 +1,8 @@
 package io.crossinfer;
 
-import static org.apache.beam.vendor.guava.v32_1_2_jre.com.google.common.base.Preconditions.checkNotNull;
-
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.Collection;
+import java.util.Collections;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -32,7 +28,8 @@ import org.checkerframework.checker.nullness.qual.Nullable;
  *
  * <p>A feature array of plain numbers (non-nullable {@code DOUBLE}, {@code FLOAT}, {@code INT64}
  * or {@code INT32} elements) crosses packed: one row of {@link #PACKED} per block, its numbers
- * little-endian row after row, so neither side boxes, encodes or decodes them one by one.
+ * little-endian row after row ({@link Packer}), so neither side boxes, encodes or decodes them one
+ * by one.
  */
 final class BoundaryBlocks {
 
@@ -61,9 +58,6 @@ final class BoundaryBlocks {
           .addStringField("dtype")
           .build();
 
-  private static final List<String> BUILTIN_POSTPROCESS =
-      Arrays.asList("argmax", "regression", "raw");
-
   private BoundaryBlocks() {}
 
   /**
@@ -71,7 +65,12 @@ final class BoundaryBlocks {
    * the configuration. With the switch on, a configuration it does not take is an error.
    */
   static boolean applies(SortedMap<String, Object> kwargs) {
-    String conflict = conflict(kwargs);
+    // The Python block path's conflicts (generated from its argument table), and one of Java's:
+    // rows that are blocks already.
+    String conflict =
+        Boolean.TRUE.equals(kwargs.get("blocks"))
+            ? "withBlocks(true) (the input rows are blocks already)"
+            : Rules.blocksConflict(kwargs);
     Object on = kwargs.get(SWITCH);
     if (Boolean.TRUE.equals(on) && conflict != null) {
       throw new IllegalArgumentException(
@@ -82,52 +81,10 @@ final class BoundaryBlocks {
     return conflict == null && !Boolean.FALSE.equals(on);
   }
 
-  /** What in the configuration keeps rows from crossing in blocks, or null. */
-  static @Nullable String conflict(Map<String, Object> kwargs) {
-    if (Boolean.TRUE.equals(kwargs.get("blocks"))) {
-      return "withBlocks(true) (the input rows are blocks already)";
-    }
-    if ("custom".equals(kwargs.get("framework"))) {
-      return "custom(...) (a custom handler takes one input per row)";
-    }
-    if (kwargs.containsKey("preprocess")) {
-      return "withPreprocess (a function of one row)";
-    }
-    Object post = kwargs.get("postprocess");
-    if (post != null && !BUILTIN_POSTPROCESS.contains(post)) {
-      return "a custom postprocess (a function of one row)";
-    }
-    if (kwargs.containsKey("models")) {
-      return "withModels (each row picks its model)";
-    }
-    if (kwargs.containsKey("min_batch_size")) {
-      return "withBatchSize (a block is scored as it comes; withMaxBatchSize caps a model call)";
-    }
-    if (kwargs.containsKey("max_batch_duration_secs")) {
-      return "withMaxBatchDurationSecs (blocks are not batched further)";
-    }
-    return null;
-  }
-
   /** The input fields Python reads: passthrough and feature fields, in the input's order. */
-  @SuppressWarnings("unchecked")
   static List<String> fields(Schema input, Map<String, Object> kwargs) {
-    List<String> named = new ArrayList<>();
-    for (String key : Arrays.asList("passthrough_fields", "feature_field", "feature_fields")) {
-      Object value = kwargs.get(key);
-      if (value instanceof String) {
-        named.add((String) value);
-      } else if (value instanceof Collection) {
-        named.addAll((Collection<String>) value);
-      }
-    }
-    List<String> ordered = new ArrayList<>();
-    for (String name : input.getFieldNames()) {
-      if (named.contains(name)) {
-        ordered.add(name);
-      }
-    }
-    return ordered;
+    List<String> named = Rules.fieldsPythonReads(kwargs);
+    return Rules.inInputOrder(input, named == null ? Collections.emptyList() : named);
   }
 
   /**
@@ -303,75 +260,6 @@ final class BoundaryBlocks {
         return 16 + ((byte[]) value).length;
       }
       return 8;
-    }
-  }
-
-  /** A block's feature arrays packed little-endian, row after row, and their lengths. */
-  static final class Packer {
-    private final String dtype;
-    private final Schema.TypeName element;
-    private ByteBuffer values = ByteBuffer.allocate(1 << 16).order(ByteOrder.LITTLE_ENDIAN);
-    private ByteBuffer lengths = ByteBuffer.allocate(1 << 12).order(ByteOrder.LITTLE_ENDIAN);
-
-    /** For an array type that {@link #dtype} packs. */
-    Packer(Schema.FieldType array) {
-      this.dtype = checkNotNull(dtype(array), "not a packed type: %s", array);
-      this.element = array.getCollectionElementType().getTypeName();
-    }
-
-    /** Appends one row's array (null: a null row); returns the bytes it took. */
-    long add(@Nullable Iterable<?> array) {
-      lengths = room(lengths, 4);
-      if (array == null) {
-        lengths.putInt(-1);
-        return 4;
-      }
-      int start = values.position();
-      int n = 0;
-      for (Object item : array) {
-        values = room(values, 8);
-        Number number = (Number) item;
-        if (number == null) { // the schema says non-null; Beam's RowCoder would refuse it too
-          throw new IllegalArgumentException(
-              "a feature array holds a null, but its schema's elements are not nullable");
-        }
-        switch (element) {
-          case DOUBLE:
-            values.putDouble(number.doubleValue());
-            break;
-          case FLOAT:
-            values.putFloat(number.floatValue());
-            break;
-          case INT64:
-            values.putLong(number.longValue());
-            break;
-          default:
-            values.putInt(number.intValue());
-        }
-        n++;
-      }
-      lengths.putInt(n);
-      return 4L + values.position() - start;
-    }
-
-    Row toRow() {
-      return Row.withSchema(PACKED)
-          .attachValues(
-              Arrays.asList(
-                  Arrays.copyOf(values.array(), values.position()),
-                  Arrays.copyOf(lengths.array(), lengths.position()),
-                  dtype));
-    }
-
-    private static ByteBuffer room(ByteBuffer buffer, int bytes) {
-      if (buffer.remaining() >= bytes) {
-        return buffer;
-      }
-      ByteBuffer bigger =
-          ByteBuffer.allocate(Math.max(buffer.capacity() * 2, buffer.position() + bytes))
-              .order(ByteOrder.LITTLE_ENDIAN);
-      bigger.put(buffer.array(), 0, buffer.position());
-      return bigger;
     }
   }
 

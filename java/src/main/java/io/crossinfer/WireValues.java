@@ -55,6 +55,21 @@ final class WireValues {
     }
   }
 
+  /** {@code value}, or an IllegalArgumentException naming the method and parameter. */
+  static <T> T notNull(String method, String param, @Nullable T value) {
+    checkArgument(value != null, "%s: %s is null", method, param);
+    return value;
+  }
+
+  /**
+   * A map of plain values as it travels: a row ({@link #toRow}), or an empty map (an empty row
+   * has no fields to decode into a dict; an empty map arrives as {}).
+   */
+  static Object params(String method, @Nullable Map<String, ?> params) {
+    notNull(method, "the map", params);
+    return params.isEmpty() ? Collections.<String, String>emptyMap() : toRow(method, params);
+  }
+
   static List<String> names(String method, @Nullable List<String> names) {
     checkArgument(names != null, "%s: the list is null; pass a list of names", method);
     for (String name : names) {

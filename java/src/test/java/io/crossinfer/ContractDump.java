@@ -47,7 +47,7 @@ public final class ContractDump {
         continue;
       }
       Object[] sample = new Object[method.getParameterCount()];
-      Type[] types = method.getGenericParameterTypes();
+      Type[] types = declared(method).getGenericParameterTypes();
       for (int i = 0; i < sample.length; i++) {
         sample[i] = sampleFor(types[i]);
       }
@@ -78,6 +78,21 @@ public final class ContractDump {
       }
     }
     System.out.println(json.writerWithDefaultPrettyPrinter().writeValueAsString(out));
+  }
+
+  // The method as declared: javac makes a public bridge in CrossInference for each public method
+  // of its generated package-private base classes, and a bridge has no generic types.
+  private static Method declared(Method method) {
+    for (Class<?> c = method.getDeclaringClass().getSuperclass();
+        method.isBridge() && c != null;
+        c = c.getSuperclass()) {
+      try {
+        return c.getDeclaredMethod(method.getName(), method.getParameterTypes());
+      } catch (NoSuchMethodException e) {
+        // declared further up
+      }
+    }
+    return method;
   }
 
   private static Object sampleFor(Type type) {
