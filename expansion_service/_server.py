@@ -75,7 +75,6 @@ def serve(config: ServiceConfig) -> int:
         print(f"crossinfer-expansion-service: --model-root: {e}", file=sys.stderr)
         return 2
     _repository.set_repository(repository)
-    _warm_up()
 
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
     # Expansions take at most _EXPANSIONS threads; the rest stay free for health and artifacts.
@@ -114,6 +113,9 @@ def serve(config: ServiceConfig) -> int:
                           memory_mb=config.inspect_memory_mb),
         size=config.inspectors, digest=_isolation.content_digest(repository))
     _inspect.set_runner(inspectors)
+    # After the inspectors' zygote has started: it imports the same libraries in its own
+    # process, so the two imports overlap instead of adding up before the first inspection.
+    _warm_up()
     # The in-process workers resolve nothing against a directory that holds files.
     os.chdir(inspectors.workdir)
     if not config.container_image:
