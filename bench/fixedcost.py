@@ -54,8 +54,9 @@ def _runs(stack, workdir: Path, step: int, repeats: int, src: Path, model: str) 
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         wall = time.perf_counter() - t0
-        if "rows=2000 failures=0" not in done.stdout:
-            raise RuntimeError(f"step {step}: {done.stdout[-300:]} {done.stderr[-500:]}")
+        if done.returncode or "rows=2000 failures=0" not in done.stdout:
+            raise RuntimeError(f"step {step}: exit {done.returncode}: {done.stdout[-300:]} "
+                               f"{done.stderr[-500:]}")
         found = [float(x) for x in re.findall(r"Completed job in ([0-9.]+)", stack.log("job_server"))]
         if i == 0:  # warm-up (and, for step 4, the run that writes the class archive)
             continue
@@ -93,9 +94,11 @@ def _matrix(workdir: Path, runners: list[str], repeats: int, src: Path, model: s
                     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                                           env=java_env)
                     wall = time.perf_counter() - t0
-                    if "rows=2000 failures=0" not in done.stdout:
-                        raise RuntimeError(f"{runner}/{service}: {done.stdout[-300:]} "
-                                           f"{done.stderr[-800:]}")
+                    # The exit code too: a JVM that cannot write its class archive exits 1
+                    # after a complete run.
+                    if done.returncode or "rows=2000 failures=0" not in done.stdout:
+                        raise RuntimeError(f"{runner}/{service}: exit {done.returncode}: "
+                                           f"{done.stdout[-300:]} {done.stderr[-800:]}")
                     if i:  # the first run warms up (and writes the JVM's class archive)
                         walls.append(wall)
                 median = statistics.median(walls)

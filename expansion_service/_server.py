@@ -80,7 +80,6 @@ def serve(config: ServiceConfig) -> int:
     except ValueError as e:
         print(f"crossinfer-expansion-service: --model-root: {e}", file=sys.stderr)
         return 2
-    _warm_up()
 
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
     # Expansions take at most _EXPANSIONS threads; the rest stay free for health and artifacts.
@@ -121,6 +120,9 @@ def serve(config: ServiceConfig) -> int:
     # The service's whole policy, one value handed to every expansion (never set globally).
     policy = _policy.Policy(allowlist=tuple(config.allow), repository=repository,
                             runner=inspectors)
+    # After the inspectors' zygote has started: it imports the same libraries in its own
+    # process, so the two imports overlap instead of adding up before the first inspection.
+    _warm_up()
     # The in-process workers resolve nothing against a directory that holds files.
     os.chdir(inspectors.workdir)
     if not config.container_image:

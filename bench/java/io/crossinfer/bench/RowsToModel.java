@@ -24,7 +24,6 @@ import org.apache.beam.sdk.options.PipelineOptions;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
 import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.options.Validation;
-import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.transforms.Count;
 import org.apache.beam.sdk.transforms.DoFn;
 import org.apache.beam.sdk.transforms.Impulse;
@@ -128,17 +127,6 @@ public final class RowsToModel {
     void setSharding(String sharding);
   }
 
-  static final Schema ROW =
-      Schema.builder().addInt64Field("id").addArrayField("features", Schema.FieldType.DOUBLE).build();
-  static final Schema FEATURES =
-      Schema.builder().addArrayField("features", Schema.FieldType.DOUBLE).build();
-  // What Beam's RunInference returns per row, declared by hand: PredictionResult's fields.
-  static final Schema PEER_OUT =
-      Schema.builder()
-          .addArrayField("example", Schema.FieldType.FLOAT)
-          .addInt64Field("inference")
-          .build();
-
   /**
    * Runs the pipeline and prints the summary line.
    *
@@ -162,8 +150,8 @@ public final class RowsToModel {
       PCollection<Row> rows =
           pipeline
               .apply("Impulse", Impulse.create())
-              .apply("Generate", ParDo.of(new GenerateRows(n)))
-              .setRowSchema(ROW);
+              .apply("Generate", ParDo.of(new BenchRows.Generate(n)))
+              .setRowSchema(BenchRows.ROW);
       WithFailures.Result<PCollection<Row>, Row> result = rows.apply("Model", model(options));
       count(result.output(), options.getOutput() + "-predictions.count");
       count(result.failures(), options.getOutput() + "-failures.count");
@@ -204,7 +192,10 @@ public final class RowsToModel {
 
   private static void crossinfer(PCollection<String> lines, Options options) {
     WithFailures.Result<PCollection<Row>, Row> result =
-        lines.apply("Parse", ParDo.of(new ParseRow())).setRowSchema(ROW).apply("Model", model(options));
+        lines
+            .apply("Parse", ParDo.of(new BenchRows.Parse()))
+            .setRowSchema(BenchRows.ROW)
+            .apply("Model", model(options));
     formatAndWrite(result, options);
   }
 
@@ -243,36 +234,6 @@ public final class RowsToModel {
     return Long.parseLong(lines(path).get(0).trim());
   }
 
-  /** N rows (id, 32 float32-valued features) from a fixed pool, as a source would give them. */
-  static final class GenerateRows extends DoFn<byte[], Row> {
-    private final long n;
-    private transient List<List<Double>> pool;
-
-    GenerateRows(long n) {
-      this.n = n;
-    }
-
-    @Setup
-    public void setup() {
-      java.util.Random random = new java.util.Random(1);
-      pool = new ArrayList<>(4096);
-      for (int i = 0; i < 4096; i++) {
-        Double[] values = new Double[32];
-        for (int j = 0; j < values.length; j++) {
-          values[j] = (double) (float) random.nextGaussian();
-        }
-        pool.add(java.util.Arrays.asList(values));
-      }
-    }
-
-    @ProcessElement
-    public void process(OutputReceiver<Row> out) {
-      for (long i = 0; i < n; i++) {
-        out.output(Row.withSchema(ROW).addValues(i, pool.get((int) (i % 4096))).build());
-      }
-    }
-  }
-
   private static void formatAndWrite(
       WithFailures.Result<PCollection<Row>, Row> result, Options options) {
     result
@@ -304,12 +265,12 @@ public final class RowsToModel {
   private static void peer(PCollection<String> lines, Options options) {
     PCollection<KV<Long, Row>> keyed =
         lines
-            .apply("Parse", ParDo.of(new ParseKeyed()))
-            .setCoder(KvCoder.of(VarLongCoder.of(), RowCoder.of(FEATURES)));
+            .apply("Parse", ParDo.of(new BenchRows.ParseKeyed()))
+            .setCoder(KvCoder.of(VarLongCoder.of(), RowCoder.of(BenchRows.FEATURES)));
     keyed
         .apply(
             "Model",
-            RunInference.ofKVs(peerHandler(options), PEER_OUT, VarLongCoder.of())
+            RunInference.ofKVs(peerHandler(options), BenchRows.PEER_OUT, VarLongCoder.of())
                 .withKwarg("model_uri", options.getModelUri())
                 .withExpansionService(options.getExpansionService()))
         .apply(
@@ -372,35 +333,6 @@ public final class RowsToModel {
         return head
             + "  from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy\n"
             + "  return " + String.format(keyed, "SklearnModelHandlerNumpy(model_uri)", toArray, "");
-    }
-  }
-
-  static List<Double> features(String[] parts) {
-    List<Double> values = new ArrayList<>(parts.length - 1);
-    for (int i = 1; i < parts.length; i++) {
-      values.add(Double.parseDouble(parts[i]));
-    }
-    return values;
-  }
-
-  /** "id,f0,...": one row (id, features). */
-  static final class ParseRow extends DoFn<String, Row> {
-    @ProcessElement
-    public void process(@Element String line, OutputReceiver<Row> out) {
-      String[] parts = line.split(",");
-      out.output(Row.withSchema(ROW).addValues(Long.parseLong(parts[0]), features(parts)).build());
-    }
-  }
-
-  /** "id,f0,...": (id, row of features), as Beam's keyed RunInference takes them. */
-  static final class ParseKeyed extends DoFn<String, KV<Long, Row>> {
-    @ProcessElement
-    public void process(@Element String line, OutputReceiver<KV<Long, Row>> out) {
-      String[] parts = line.split(",");
-      out.output(
-          KV.of(
-              Long.parseLong(parts[0]),
-              Row.withSchema(FEATURES).addValue(features(parts)).build()));
     }
   }
 

@@ -40,7 +40,7 @@ final class JobEndpoint {
           String.format(
               "CrossInference: no job server accepts connections at --jobEndpoint=%s (%s). "
                   + "Start one first, e.g. Beam's Prism runner: "
-                  + "\"$(python3 -m expansion_service._prism)\" --job_port=%d --serve_http=false "
+                  + "\"$(crossinfer-prism)\" --job_port=%d --serve_http=false "
                   + "(streaming and batch), or Beam's Python job server: python3 -m "
                   + "apache_beam.runners.portability.local_job_service_main --port %d (batch)",
               endpoint, e.getClass().getSimpleName(), port, port),

@@ -157,7 +157,9 @@ final class LocalExpansionService {
 
   private static LocalExpansionService start(Settings settings, String libraryVersion) {
     String python = settings.resolvedPython();
-    checkPython(python, libraryVersion);
+    // The check runs beside the service's start: each is a Python start (a second or more on a
+    // busy machine). A service whose Python fails the check is stopped before anything uses it.
+    Process probe = startProbe(python);
     List<String> command = new ArrayList<>();
     command.add(python);
     command.add("-m");
@@ -176,11 +178,18 @@ final class LocalExpansionService {
       builder.redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")));
       process = builder.start();
     } catch (IOException e) {
+      probe.destroyForcibly();
       throw new IllegalStateException(
           String.format(
               "CrossInference could not start the crossinfer expansion service with %s: %s",
               command, e.getMessage()),
           e);
+    }
+    try {
+      checkProbe(probe, python, libraryVersion);
+    } catch (RuntimeException e) {
+      stop(process);
+      throw e;
     }
     Runtime.getRuntime().addShutdownHook(new Thread(() -> stop(process), "crossinfer-stop"));
     String address = awaitAddress(process, log);
@@ -249,29 +258,15 @@ final class LocalExpansionService {
 
   /** Fails with what to do when {@code python} cannot run the service or has another version. */
   static void checkPython(String python, String libraryVersion) {
-    String how =
-        String.format(
-            "install it into that Python with `%s -m pip install crossinfer==%s`, or name "
-                + "another Python with CrossInference.withPython(\"/path/to/python\") or the "
-                + "environment variable %s",
-            python, libraryVersion, PYTHON_ENV);
-    List<String> out = new ArrayList<>();
-    int code;
+    checkProbe(startProbe(python), python, libraryVersion);
+  }
+
+  private static Process startProbe(String python) {
     try {
-      Process probe =
-          new ProcessBuilder(python, "-c", PROBE)
-              .redirectErrorStream(true)
-              .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
-              .start();
-      try (BufferedReader reader =
-          new BufferedReader(
-              new InputStreamReader(probe.getInputStream(), StandardCharsets.UTF_8))) {
-        String line;
-        while ((line = reader.readLine()) != null) {
-          out.add(line);
-        }
-      }
-      code = probe.waitFor();
+      return new ProcessBuilder(python, "-c", PROBE)
+          .redirectErrorStream(true)
+          .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
+          .start();
     } catch (IOException e) {
       throw new IllegalStateException(
           String.format(
@@ -282,7 +277,33 @@ final class LocalExpansionService {
                   + "withExpansionService",
               python, e.getMessage(), PYTHON_ENV),
           e);
+    }
+  }
+
+  private static void checkProbe(Process probe, String python, String libraryVersion) {
+    String how =
+        String.format(
+            "install it into that Python with `%s -m pip install crossinfer==%s`, or name "
+                + "another Python with CrossInference.withPython(\"/path/to/python\") or the "
+                + "environment variable %s",
+            python, libraryVersion, PYTHON_ENV);
+    List<String> out = new ArrayList<>();
+    int code;
+    try {
+      try (BufferedReader reader =
+          new BufferedReader(
+              new InputStreamReader(probe.getInputStream(), StandardCharsets.UTF_8))) {
+        String line;
+        while ((line = reader.readLine()) != null) {
+          out.add(line);
+        }
+      }
+      code = probe.waitFor();
+    } catch (IOException e) {
+      probe.destroyForcibly();
+      throw new IllegalStateException("could not read what " + python + " says", e);
     } catch (InterruptedException e) {
+      probe.destroyForcibly();
       Thread.currentThread().interrupt();
       throw new IllegalStateException("interrupted while checking " + python, e);
     }

@@ -23,15 +23,15 @@ import org.junit.Test;
 import org.junit.runner.RunWith;
 import org.junit.runners.JUnit4;
 
-/** Tests for the input parsing of {@link ClassifyRows}: no line is dropped silently. */
+/** Input parsing of {@link ClassifyRows} ({@link JsonRows}): no line is dropped silently. */
 @RunWith(JUnit4.class)
-public class ClassifyRowsTest {
+public class JsonRowsTest {
 
   @Rule public final transient TestPipeline pipeline = TestPipeline.create();
 
   @Test
   public void everyLineBecomesARowOrAParseFailure() {
-    Schema schema = ClassifyRows.inputSchema("features", "float64", null);
+    Schema schema = JsonRows.inputSchema("features", "float64", null);
     JsonToRow.ParseResult parsed =
         pipeline
             .apply(
@@ -73,7 +73,7 @@ public class ClassifyRowsTest {
   @Test
   public void parseFailuresLookLikeModelFailures() throws Exception {
     JsonNode record =
-        new ObjectMapper().readTree(ClassifyRows.parseFailure("{bad", "Unable to parse Row"));
+        new ObjectMapper().readTree(JsonRows.parseFailure("{bad", "Unable to parse Row"));
     Map<String, String> fields = new TreeMap<>();
     record.fields().forEachRemaining(e -> fields.put(e.getKey(), e.getValue().asText()));
     assertEquals("{bad", fields.get("element"));
@@ -83,14 +83,14 @@ public class ClassifyRowsTest {
 
   @Test
   public void tokenIdsAreInt64AndAModelKeyIsAString() {
-    Schema schema = ClassifyRows.inputSchema("tokens", "int64", "lang");
+    Schema schema = JsonRows.inputSchema("tokens", "int64", "lang");
     assertEquals(
         Schema.FieldType.INT64, schema.getField("tokens").getType().getCollectionElementType());
     assertEquals(Schema.FieldType.STRING.withNullable(true), schema.getField("lang").getType());
     IllegalArgumentException e =
         assertThrows(
             IllegalArgumentException.class,
-            () -> ClassifyRows.inputSchema("features", "float32", null));
+            () -> JsonRows.inputSchema("features", "float32", null));
     assertThat(e.getMessage(), containsString("--featureType=float32: give float64 or int64"));
   }
 }
