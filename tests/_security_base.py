@@ -14,8 +14,8 @@ from apache_beam.portability.api import (
     external_transforms_pb2,
     schema_pb2,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests._security_helpers import channel, healthy  # noqa: F401 - channel: a fixture
 from tests._service_helpers import (
     Service,
     fqn_payload,
@@ -69,15 +69,6 @@ def service(place):
     svc.stop()
 
 
-@pytest.fixture(scope="module")
-def channel(service):
-    with service.channel() as ch:
-        yield ch
-
-
-def healthy(channel) -> bool:
-    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @pytest.fixture(autouse=True)
