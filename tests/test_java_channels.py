@@ -8,7 +8,8 @@ After the run the audit forces both, with a canary channel of its own that it ne
 made during the run are on stderr, except while Beam's in-process Java worker runs (it sends
 the JVM's logs to the runner meanwhile). Beam's own LOOPBACK worker leaves one channel per
 worker it starts (``ExternalWorkerService.startWorker`` asks the runner's provision service
-through a channel it never shuts down): that one is Beam's, not a failure here.
+through a channel it never shuts down, and others, see BEAMS_WORKER): those are Beam's, not
+a failure here.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from tests._java import EXAMPLES_TEST_CLASSPATH, PrismJobServer, classpath, run_
 pytestmark = pytest.mark.java
 
 CANARY = "io.crossinfer.examples.ChannelAudit.canary"
-# Beam's Java worker (LOOPBACK, in the submitting JVM): where the channels it never shuts down
-# are built (beam-sdks-java-harness 2.65).
-BEAMS = {"org.apache.beam.fn.harness.ExternalWorkerService.startWorker",
-         "org.apache.beam.fn.harness.FnHarness.main"}
+# Beam's Java worker (LOOPBACK, in the submitting JVM), whose channels are not ours to close:
+# seen are ExternalWorkerService.startWorker, FnHarness.main and, in some runs,
+# BeamFnDataGrpcClient (beam-sdks-java-harness 2.65).
+BEAMS_WORKER = "org.apache.beam.fn.harness."
 
 
 def _builders_on_stderr(stderr: str) -> list[str]:
@@ -63,5 +64,6 @@ def test_a_run_leaves_no_channel_of_ours_unclosed(tmp_path, sklearn_model):
     assert CANARY in audited, f"the audit did not see its own orphan: {done.stdout[-2000:]}"
     builders = [b for b in audited + _builders_on_stderr(done.stderr) if b != CANARY]
     assert [b for b in builders if b.startswith("io.crossinfer.")] == [], builders
-    assert set(builders) <= BEAMS, \
-        f"a channel left unclosed by another part of Beam (say where in the README): {builders}"
+    others = [b for b in builders if not b.startswith(BEAMS_WORKER)]
+    assert others == [], \
+        f"a channel left unclosed outside Beam's Java worker (say where in the README): {others}"
