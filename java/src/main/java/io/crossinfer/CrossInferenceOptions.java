@@ -237,15 +237,8 @@ abstract class CrossInferenceOptions extends InferenceArguments {
    * @return a new transform with this setting
    */
   public CrossInference withPython(String python) {
-    LocalExpansionService.Settings s = serviceSettings();
-    return withService(
-        expansionService(),
-        new LocalExpansionService.Settings(
-            WireValues.notNull("withPython", "python", python),
-            s.allow,
-            s.modelRoots,
-            s.trustedModelRoots,
-            s.sdkContainerImage));
+    String checked = WireValues.notNull("withPython", "python", python);
+    return withService(expansionService(), serviceSettings().withPython(checked));
   }
 
   /**
@@ -257,12 +250,8 @@ abstract class CrossInferenceOptions extends InferenceArguments {
    * @return a new transform with this setting
    */
   public CrossInference withAllow(String... globs) {
-    LocalExpansionService.Settings s = serviceSettings();
-    return withService(
-        expansionService(),
-        new LocalExpansionService.Settings(
-            s.python, list("withAllow", globs), s.modelRoots, s.trustedModelRoots,
-            s.sdkContainerImage));
+    List<String> checked = list("withAllow", globs);
+    return withService(expansionService(), serviceSettings().withAllow(checked));
   }
 
   /**
@@ -274,12 +263,8 @@ abstract class CrossInferenceOptions extends InferenceArguments {
    * @return a new transform with this setting
    */
   public CrossInference withModelRoots(String... roots) {
-    LocalExpansionService.Settings s = serviceSettings();
-    return withService(
-        expansionService(),
-        new LocalExpansionService.Settings(
-            s.python, s.allow, list("withModelRoots", roots), s.trustedModelRoots,
-            s.sdkContainerImage));
+    List<String> checked = list("withModelRoots", roots);
+    return withService(expansionService(), serviceSettings().withModelRoots(checked));
   }
 
   /**
@@ -290,12 +275,8 @@ abstract class CrossInferenceOptions extends InferenceArguments {
    * @return a new transform with this setting
    */
   public CrossInference withTrustedModelRoots(String... roots) {
-    LocalExpansionService.Settings s = serviceSettings();
-    return withService(
-        expansionService(),
-        new LocalExpansionService.Settings(
-            s.python, s.allow, s.modelRoots, list("withTrustedModelRoots", roots),
-            s.sdkContainerImage));
+    List<String> checked = list("withTrustedModelRoots", roots);
+    return withService(expansionService(), serviceSettings().withTrustedModelRoots(checked));
   }
 
   /**
@@ -307,12 +288,8 @@ abstract class CrossInferenceOptions extends InferenceArguments {
    * @return a new transform with this setting
    */
   public CrossInference withSdkContainerImage(String image) {
-    LocalExpansionService.Settings s = serviceSettings();
-    return withService(
-        expansionService(),
-        new LocalExpansionService.Settings(
-            s.python, s.allow, s.modelRoots, s.trustedModelRoots,
-            WireValues.notNull("withSdkContainerImage", "image", image)));
+    String checked = WireValues.notNull("withSdkContainerImage", "image", image);
+    return withService(expansionService(), serviceSettings().withSdkContainerImage(checked));
   }
 
   private static List<String> list(String method, String[] values) {

@@ -79,6 +79,26 @@ final class LocalExpansionService {
       this.sdkContainerImage = sdkContainerImage;
     }
 
+    Settings withPython(String python) {
+      return new Settings(python, allow, modelRoots, trustedModelRoots, sdkContainerImage);
+    }
+
+    Settings withAllow(List<String> globs) {
+      return new Settings(python, globs, modelRoots, trustedModelRoots, sdkContainerImage);
+    }
+
+    Settings withModelRoots(List<String> roots) {
+      return new Settings(python, allow, roots, trustedModelRoots, sdkContainerImage);
+    }
+
+    Settings withTrustedModelRoots(List<String> roots) {
+      return new Settings(python, allow, modelRoots, roots, sdkContainerImage);
+    }
+
+    Settings withSdkContainerImage(String image) {
+      return new Settings(python, allow, modelRoots, trustedModelRoots, image);
+    }
+
     static Settings defaults() {
       List<String> none = Collections.emptyList();
       return new Settings(null, none, none, none, null);
