@@ -79,6 +79,17 @@ def _chain_text(error: BaseException) -> str:
 
 
 def _zygote_main(config_json: str, control_fd: int) -> int:
+    config = json.loads(config_json)
+    policy, limits = Policy(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in config["policy"].items()}), Limits(
+        **config["limits"])
+    return run_zygote(policy, limits, control_fd)
+
+
+def run_zygote(policy: Policy, limits: Limits, control_fd: int) -> int:
+    """The zygote's life, from the fences' inside: stdout (fd 1) takes the ready line, stderr
+    (fd 2) the log. Started with ``python -m``, or forked from the service once it has
+    imported the same libraries (``_processes._Zygote``): then the imports below are done."""
     import resource
 
     from expansion_service import _sandbox
@@ -89,10 +100,6 @@ def _zygote_main(config_json: str, control_fd: int) -> int:
     os.dup2(devnull, 0)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    config = json.loads(config_json)
-    policy, limits = Policy(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in config["policy"].items()}), Limits(
-        **config["limits"])
 
     from crossinfer import _policy, _repository
 

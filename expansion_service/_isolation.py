@@ -104,7 +104,7 @@ class InspectorPool:
     """
 
     def __init__(self, policy: Policy, limits: Limits, size: int = 2,
-                 digest: Optional[Any] = None) -> None:
+                 digest: Optional[Any] = None, fork: bool = False) -> None:
         from expansion_service import _sandbox
 
         self.policy, self.limits, self.size = policy, limits, size
@@ -123,18 +123,23 @@ class InspectorPool:
         self.fences: dict[str, bool] = {}
         self._zygote: Optional[_Zygote] = None
         self._zygote_ready = threading.Event()
-        self._replace()
+        if fork and threading.active_count() == 1:
+            # ``fork``: the caller has imported the libraries; its fork needs no import of
+            # its own (a fork is safe only while this process runs no other thread).
+            self._start_zygote(fork=True)
+        else:
+            self._replace()
 
     def _replace(self) -> None:
         # (Re)start the zygote in the background; it is ready once its imports are done.
         self._zygote_ready.clear()
         threading.Thread(target=self._start_zygote, name="zygote-start", daemon=True).start()
 
-    def _start_zygote(self) -> None:
+    def _start_zygote(self, fork: bool = False) -> None:
         with self._lock:
             if self._closed:
                 return
-            zygote = _Zygote(self.policy, self.limits, self.workdir)
+            zygote = _Zygote(self.policy, self.limits, self.workdir, fork=fork)
             self._zygote = zygote
         try:
             ready = zygote.ready(time.monotonic() + 600)

@@ -29,20 +29,29 @@ class _Overrun(Exception):
 
 
 class _Zygote:
-    """The one sandboxed process that forks inspectors (``_inspector``)."""
+    """The one sandboxed process that forks inspectors (``_inspector``).
 
-    def __init__(self, policy: Policy, limits: Limits, workdir: str) -> None:
+    ``fork``: a fork of this process, which must have imported what inspectors use and run
+    no thread of its own yet (the service, at start: one import of the libraries serves
+    both); else a fresh interpreter that imports them (a replacement, later).
+    """
+
+    def __init__(self, policy: Policy, limits: Limits, workdir: str,
+                 fork: bool = False) -> None:
         from expansion_service import _sandbox
 
-        config = json.dumps({"policy": asdict(policy), "limits": asdict(limits)})
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = tuple(held[3] for held in policy.held if held[3] >= 0) + (theirs.fileno(),)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "expansion_service._inspector", config,
-             str(theirs.fileno())],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            close_fds=True, pass_fds=fds, cwd=workdir,
-            preexec_fn=lambda: _sandbox.preexec(policy.hidden, policy.network))
+        if fork:
+            self.proc = _Forked(policy, limits, workdir, fds)
+        else:
+            config = json.dumps({"policy": asdict(policy), "limits": asdict(limits)})
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "expansion_service._inspector", config,
+                 str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                close_fds=True, pass_fds=fds, cwd=workdir,
+                preexec_fn=lambda: _sandbox.preexec(policy.hidden, policy.network))
         theirs.close()
         threading.Thread(target=_relay, args=(self.proc.stderr, self.proc.pid), daemon=True,
                          name="zygote-output").start()
@@ -83,6 +92,61 @@ class _Zygote:
         if self.proc.poll() is None:
             self.proc.kill()
         self.control.close()
+
+
+class _Forked:
+    """The zygote as a fork of the service: what ``_Zygote`` uses of a ``Popen``."""
+
+    def __init__(self, policy: Policy, limits: Limits, workdir: str, keep: tuple) -> None:
+        from expansion_service import _inspector, _sandbox
+
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the child writes the service's buffered lines again
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                # As Popen(close_fds, pass_fds, cwd, preexec_fn) does for the exec'd zygote.
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                _close_all_but({0, 1, 2, *keep})
+                os.chdir(workdir)
+                _sandbox.preexec(policy.hidden, policy.network)
+                code = _inspector.run_zygote(policy, limits, keep[-1])
+            finally:
+                os._exit(code)
+        os.close(out_w)
+        os.close(err_w)
+        self.pid, self.returncode = pid, None
+        self.stdout, self.stderr = os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb")
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is None:
+            try:
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = self.pid, 0
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+        except OSError:
+            pass
+
+
+def _close_all_but(keep: set) -> None:
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def _read_line(fd: int, deadline: float) -> bytes:

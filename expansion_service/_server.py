@@ -81,6 +81,26 @@ def serve(config: ServiceConfig) -> int:
         print(f"crossinfer-expansion-service: --model-root: {e}", file=sys.stderr)
         return 2
 
+    # The worker pool (local runs) listens on a Unix socket in a private directory, not on
+    # the service's TCP port: only the pipeline's job server, as the same user, reaches it.
+    pool_socket = pool_server = None
+    if not config.container_image:
+        pool_socket = _workers.PrivateSocket()
+    # Imports what the first expansion needs, and what the inspectors' zygote needs: it is
+    # forked from this process next, before gRPC (or anything) starts a thread, so one import
+    # serves both.
+    _warm_up()
+    # Inspectors get the roots as the descriptors opened above, and cannot see the pool's
+    # directory (nor, without gs:// roots, any network).
+    inspectors = _isolation.InspectorPool(
+        _isolation.Policy(allow=tuple(config.allow), model_roots=config.model_roots,
+                          trusted_model_roots=config.trusted_model_roots,
+                          held=tuple(repository.held()),
+                          hidden=(pool_socket.directory,) if pool_socket else (),
+                          network=any(r.scheme for r in repository.roots)),
+        _isolation.Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
+                          memory_mb=config.inspect_memory_mb),
+        size=config.inspectors, digest=_isolation.content_digest(repository), fork=True)
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
     # Expansions take at most _EXPANSIONS threads; the rest stay free for health and artifacts.
     from expansion_service._limits import MAX_REQUEST_BYTES
@@ -96,33 +116,15 @@ def serve(config: ServiceConfig) -> int:
     except RuntimeError:
         port = 0
     if not port:
+        inspectors.close()
         print(f"crossinfer-expansion-service: cannot listen on "
               f"{_hostport(config.host, config.port)}", file=sys.stderr)
         return 1
     address = _hostport(config.host, port)
 
-    # The worker pool (local runs) listens on a Unix socket in a private directory, not on
-    # the service's TCP port: only the pipeline's job server, as the same user, reaches it.
-    pool_socket = pool_server = None
-    if not config.container_image:
-        pool_socket = _workers.PrivateSocket()
-    # Inspectors get the roots as the descriptors opened above, and cannot see the pool's
-    # directory (nor, without gs:// roots, any network).
-    inspectors = _isolation.InspectorPool(
-        _isolation.Policy(allow=tuple(config.allow), model_roots=config.model_roots,
-                          trusted_model_roots=config.trusted_model_roots,
-                          held=tuple(repository.held()),
-                          hidden=(pool_socket.directory,) if pool_socket else (),
-                          network=any(r.scheme for r in repository.roots)),
-        _isolation.Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
-                          memory_mb=config.inspect_memory_mb),
-        size=config.inspectors, digest=_isolation.content_digest(repository))
     # The service's whole policy, one value handed to every expansion (never set globally).
     policy = _policy.Policy(allowlist=tuple(config.allow), repository=repository,
                             runner=inspectors)
-    # After the inspectors' zygote has started: it imports the same libraries in its own
-    # process, so the two imports overlap instead of adding up before the first inspection.
-    _warm_up()
     # The in-process workers resolve nothing against a directory that holds files.
     os.chdir(inspectors.workdir)
     if not config.container_image:
@@ -132,6 +134,7 @@ def serve(config: ServiceConfig) -> int:
         beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(
             _workers.GuardedWorkerPool(), pool_server)
         if not pool_server.add_insecure_port(pool_socket.address):
+            inspectors.close()
             print("crossinfer-expansion-service: cannot create the worker pool's socket",
                   file=sys.stderr)
             return 1

@@ -5,7 +5,9 @@ service log lines, and change what later requests from other clients get."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,16 @@ try:
 except OSError as e:
     out["tcp"] = type(e).__name__
 out["cwd"] = os.listdir(".")
+s.close()
+t.close()
+# What this process holds open of the service's: no socket of it (its port, its control line).
+out["sockets"] = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        if os.readlink("/proc/self/fd/" + fd).startswith("socket:"):
+            out["sockets"].append(fd)
+    except OSError:  # the listing's own descriptor, closed by now
+        pass
 sys.stderr.write("2026-01-01 00:00:00,000 INFO expansion_service: FORGED service line\\n")
 print("FORGED on stdout")
 open({result!r}, "w").write(json.dumps(out))
@@ -97,6 +109,7 @@ def test_code_in_an_inspector_stays_there(channel, service, place):
     assert out["pool"] != "connected", "the inspector reached the worker pool"
     assert out["tcp"] != "connected", "the inspector reached the service's port"
     assert out["cwd"] == []
+    assert out["sockets"] == [], "the inspector holds a socket of the service's"
     forged = [line for line in service.log().splitlines() if "FORGED" in line]
     assert forged and all(" said: " in line for line in forged), forged
     assert healthy(channel)
@@ -160,3 +173,45 @@ def _expect_failure(channel, req) -> bool:
     except Exception:  # noqa: BLE001 - the RPC dies with the service: what is expected
         return True
     return bool(response.error)
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(c) for c in found.stdout.split()]
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def test_the_zygote_is_a_fork_of_the_service_and_is_replaced_when_killed(place):
+    """One import serves the service and its inspectors' zygote (forked from it at start);
+    a zygote that dies is replaced by a fresh interpreter, inside the same fences."""
+    svc = start(place, log="zygote.log")
+    try:
+        with svc.channel() as ch:
+            model = str(place / "roots/trusted/model.pkl")
+            assert expand(ch, request(model_uri=model)).error == ""
+            (zygote,) = _children(svc.proc.pid)
+            assert _cmdline(zygote) == _cmdline(svc.proc.pid), "not a fork of the service"
+            os.kill(zygote, signal.SIGKILL)
+            # The next inspection finds it gone and starts a replacement; until that is
+            # ready, requests are answered with "try again", never with a wrong signature.
+            answers = []
+
+            def served() -> bool:
+                error = expand(ch, request(model_uri=model, min_batch_size=len(answers) + 2)
+                               ).error
+                answers.append(error)
+                return error == ""
+
+            assert wait_until(served, 90.0), answers[-3:]
+            assert all(a == "" or "try again" in a for a in answers), answers
+            (replacement,) = [c for c in _children(svc.proc.pid) if c != zygote]
+            assert "expansion_service._inspector" in _cmdline(replacement)
+            fences = [line for line in svc.log().splitlines()
+                      if "model inspectors run with" in line]
+            assert len(fences) == 1 and "network namespace yes" in fences[0], fences
+            assert healthy(ch)
+    finally:
+        svc.stop()
