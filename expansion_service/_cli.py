@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
         help=("run the expanded Python stages in this Docker image (for Dataflow). Without it "
               "they run in a worker pool inside this process (local, no Docker)."))
     parser.add_argument(
+        "--idle-exit", type=float, default=0.0, metavar="SECONDS",
+        help=("exit (cleanly) once no request has come and no job has run for SECONDS "
+              "(default 0: never); for a service kept between local runs"))
+    parser.add_argument(
+        "--state-file", default=None, metavar="PATH",
+        help=("once listening, write where (address, pid, version) to PATH as JSON, readable "
+              "by this user only; removed at exit"))
+    parser.add_argument(
         "--log-level", default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default INFO)")
@@ -92,7 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"crossinfer-expansion-service: {problem}", file=sys.stderr)
             return 2
     for name, low, high in (("inspect_timeout", 1, 3600), ("inspect_cpu_seconds", 1, 3600),
-                            ("inspect_memory_mb", 64, 1 << 20), ("inspectors", 1, 64)):
+                            ("inspect_memory_mb", 64, 1 << 20), ("inspectors", 1, 64),
+                            ("idle_exit", 0, 7 * 86400)):
         value = getattr(args, name)
         if not low <= value <= high:
             print(f"crossinfer-expansion-service: --{name.replace('_', '-')} {value} is out of "
@@ -121,4 +130,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         inspect_cpu_seconds=args.inspect_cpu_seconds,
         inspect_memory_mb=args.inspect_memory_mb,
         inspectors=args.inspectors,
+        idle_exit=args.idle_exit,
+        state_file=args.state_file,
     ))

@@ -34,6 +34,8 @@ class ServiceConfig:
     inspect_cpu_seconds: int = 30
     inspect_memory_mb: int = 2048
     inspectors: int = 2
+    idle_exit: float = 0.0  # seconds unused before the service exits; 0: never
+    state_file: Optional[str] = None  # where a kept service says where it listens
 
 
 def _hostport(host: str, port: int) -> str:
@@ -61,7 +63,7 @@ def serve(config: ServiceConfig) -> int:
     from crossinfer import _beam, _callables, _policy, _repository
     from crossinfer._errors import ConfigurationError
     from expansion_service import (
-        _artifacts, _guard, _isolation, _options, _registry, _servicer, _workers)
+        _artifacts, _guard, _isolation, _kept, _options, _registry, _servicer, _workers)
 
     try:
         _beam.check_service()  # the Beam internals it relies on were read from these releases
@@ -105,9 +107,16 @@ def serve(config: ServiceConfig) -> int:
     # Expansions take at most _EXPANSIONS threads; the rest stay free for health and artifacts.
     from expansion_service._limits import MAX_REQUEST_BYTES
 
+    workers = None if config.container_image else _workers.GuardedWorkerPool()
+    # A kept service (started by one JVM, used by the next) exits once unused.
+    activity = _kept.Activity(config.idle_exit, busy=lambda: bool(
+        workers and workers.running())) if config.idle_exit > 0 else None
+    interceptors = [activity] if activity else []
+
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=_EXPANSIONS + 16,
                                    thread_name_prefix="expansion-rpc"),
+        interceptors=interceptors,
         options=[("grpc.so_reuseport", 0),
                  ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                  ("grpc.max_send_message_length", 64 * 1024 * 1024)])
@@ -130,9 +139,10 @@ def serve(config: ServiceConfig) -> int:
     if not config.container_image:
         pool_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="worker-pool"),
+            interceptors=interceptors,
             options=[("grpc.max_receive_message_length", 1024 * 1024)])
         beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(
-            _workers.GuardedWorkerPool(), pool_server)
+            workers, pool_server)
         if not pool_server.add_insecure_port(pool_socket.address):
             inspectors.close()
             print("crossinfer-expansion-service: cannot create the worker pool's socket",
@@ -174,9 +184,18 @@ def serve(config: ServiceConfig) -> int:
             "ready in %.1f s; environment %s; allowed callables: %s; model roots: %s",
             time.perf_counter() - started, environment, list(config.allow) or "none",
             repository.describe() or "none (every model is refused)")
+        if config.state_file:
+            from crossinfer import _version
+
+            _kept.write_state(config.state_file, address, _version.installed() or "")
+            _LOGGER.info("kept: exits after %g s unused; where it listens is in %s",
+                         config.idle_exit, config.state_file)
         print(f"crossinfer expansion service listening on {address}", flush=True)
         while not stop.wait(0.5):
-            pass
+            if activity is not None and activity.should_stop():
+                _LOGGER.info("unused for %g s: exiting", config.idle_exit)
+                break
+        _kept.remove_state(config.state_file)
         _LOGGER.info("shutting down")
         health_servicer.enter_graceful_shutdown()
         inspectors.close()
@@ -199,16 +218,13 @@ def _warm_up() -> None:
         _LOGGER.warning("crossinfer has no Inference: every expansion will fail")
     with contextlib.suppress(ImportError):
         importlib.import_module("apache_beam.ml.inference.base")
-    # The framework modules (checking a model URI needs its framework's), and what Beam
-    # imports when the first transform is applied (IPython, to see if it runs in a notebook):
-    # imported now, they are part of what _registry.settle() makes permanent.
-    # Frameworks whose import takes seconds (TensorFlow) are imported on first use only.
+    # What Beam imports when the first transform is applied (IPython, to see if it runs in a
+    # notebook): imported now, it is part of what _registry.settle() makes permanent. The
+    # framework modules are not: a request imports the one it names (an ONNX import costs a
+    # sklearn job 0.7 s of start), and the inspectors' zygote, forked next, imports the warm
+    # ones on its own core while this process starts serving.
     from crossinfer import _inspect, frameworks  # noqa: F401 - imported to be warm
 
-    for plugin in frameworks.REGISTRY:
-        if plugin.warm:
-            with contextlib.suppress(Exception):
-                plugin.load()
     with contextlib.suppress(Exception):
         from apache_beam.utils import interactive_utils
 

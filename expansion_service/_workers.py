@@ -165,6 +165,10 @@ class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
         self._starting = threading.BoundedSemaphore(_MAX_STARTING)
         self._workers = _beam.worker_threads(self)  # where Beam's StopWorker finds them
 
+    def running(self) -> int:
+        """How many workers run (a job in progress)."""
+        return len(self._workers)
+
     def StartWorker(self, start_worker_request, unused_context=None):
         request = start_worker_request
         endpoint = loopback_endpoint(request.control_endpoint.url)

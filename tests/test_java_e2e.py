@@ -135,6 +135,38 @@ def test_sklearn_with_nothing_started_by_hand(runner, request, tmp_path, sklearn
     assert _pids_with(marker) == [], "the auto-started expansion service outlived the JVM"
 
 
+def test_a_kept_service_serves_the_next_jvm_and_exits_once_unused(prism, tmp_path,
+                                                                 sklearn_model):
+    """CROSSINFER_KEEP_SERVICE: the first JVM's service outlives it; the next JVM with the same
+    settings uses it (no Python of its own); unused for the keep time, it exits cleanly and
+    removes its state file."""
+    path, _ = sklearn_model
+    x, _ = models.dataset(n=50, seed=43)
+    cache = tmp_path / "cache"
+    started = []
+    for i in range(2):
+        marker = str(uuid.uuid4())
+        env = java_env(CROSSINFER_TEST_RUN=marker, CROSSINFER_KEEP_SERVICE="15",
+                       XDG_CACHE_HOME=str(cache))
+        (tmp_path / f"run{i}").mkdir()
+        _, _, done = _classify(prism, tmp_path / f"run{i}", _feature_lines(x),
+                               f"--modelUri={path}", env=env)
+        assert "predictions=50 failures=4" in done.stdout
+        started.append(_pids_with(marker))
+    (state,) = (cache / "crossinfer" / "services").glob("*.json")
+    kept = json.loads(state.read_text())["pid"]
+    # The second run succeeded and started no process of its own: the kept one served it.
+    assert kept in started[0] and started[1] == [], started
+    log = state.with_suffix(".log").read_text()
+    assert log.count("constructor='crossinfer.Inference' outcome=ok") == 2, log[-3000:]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{kept}"):
+        time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{kept}"), "the kept service did not exit once unused"
+    assert not state.exists()
+    assert "unused for 15 s: exiting" in state.with_suffix(".log").read_text()
+
+
 def test_torchscript(job_server, tmp_path, mlp_model):
     _, mlp = mlp_model
     path = tmp_path / "mlp.ts.pt"

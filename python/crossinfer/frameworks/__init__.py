@@ -2,8 +2,8 @@
 
 A framework is one module here (``_<name>.py``) that implements ``FrameworkModule`` plus one
 ``Plugin`` row in ``REGISTRY``. The row is plain data, so everything that needs to know which
-frameworks exist (the argument table, the model repository's code check, the expansion
-service's warm-up, the README, the Java contract test) reads it without importing any
+frameworks exist (the argument table, the model repository's code check, the model
+inspectors' warm-up, the README, the Java contract test) reads it without importing any
 framework's library; the module itself is imported only when its framework is used.
 """
 
@@ -51,7 +51,9 @@ class Plugin:
     java: str  # the Java factory, CrossInference.<java>(modelUri)
     takes: tuple[str, ...] = ()  # framework-specific arguments it honours
     extra: Optional[str] = None  # the pyproject extra that installs its library; None: core
-    warm: bool = True  # imported when the expansion service starts (cheap imports only)
+    # Imported by the service's model inspectors before the first inspection (cheap imports
+    # only); else by the first inspection that needs it. The service imports it on first use.
+    warm: bool = True
     # The model's own metadata says what it returns (a classifier's predict_proba, an
     # objective): messages advise other postprocesses, not setting ``output``.
     output_from_model: bool = False

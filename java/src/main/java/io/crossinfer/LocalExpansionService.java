@@ -27,7 +27,8 @@ import org.slf4j.LoggerFactory;
 /**
  * The crossinfer expansion service this JVM starts for itself when no address is given: {@code
  * python -m expansion_service} (the {@code crossinfer-expansion-service} command) from a Python
- * the user names, on a free loopback port, one per distinct {@link Settings}, stopped at JVM exit.
+ * the user names, on a free loopback port, one per distinct {@link Settings}, stopped at JVM exit,
+ * or, with {@code CROSSINFER_KEEP_SERVICE}, kept for the next JVM ({@link KeptServices}).
  *
  * <p>Beam's own {@code PythonService} is not used: it bootstraps a virtualenv and pip-installs
  * Beam into it, and Beam's auto-started service admits every Python callable ({@code *}).
@@ -154,14 +155,12 @@ final class LocalExpansionService {
     }
   }
 
-  private final Process process;
+  private final ProcessHandle process;
   private final String address;
-  private final Path log;
 
-  private LocalExpansionService(Process process, String address, Path log) {
+  private LocalExpansionService(ProcessHandle process, String address) {
     this.process = process;
     this.address = address;
-    this.log = log;
   }
 
   /** The address of the running service for {@code settings}, starting it if needed. */
@@ -176,6 +175,20 @@ final class LocalExpansionService {
   }
 
   private static LocalExpansionService start(Settings settings, String libraryVersion) {
+    long keep = KeptServices.keepSeconds(System.getenv(KeptServices.KEEP_ENV));
+    Path state = keep > 0 ? KeptServices.stateFile(settings.toString(), libraryVersion) : null;
+    if (state != null) {
+      KeptServices.Found kept = KeptServices.find(state, libraryVersion);
+      if (kept != null) {
+        LOG.info(
+            "CrossInference uses the crossinfer expansion service kept at {} (pid {}, {}); {}",
+            kept.address,
+            kept.process.pid(),
+            settings,
+            state);
+        return new LocalExpansionService(kept.process, kept.address);
+      }
+    }
     String python = settings.resolvedPython();
     // The check runs beside the service's start: each is a Python start (a second or more on a
     // busy machine). A service whose Python fails the check is stopped before anything uses it.
@@ -187,11 +200,18 @@ final class LocalExpansionService {
     command.add("--port");
     command.add("0"); // the service binds a free port on 127.0.0.1 and prints it
     command.addAll(settings.flags());
+    if (state != null) {
+      command.addAll(KeptServices.flags(keep, state));
+    }
     Path log;
     Process process;
     try {
-      log = Files.createTempFile("crossinfer-expansion-service-", ".log");
-      log.toFile().deleteOnExit();
+      if (state != null) { // it outlives this JVM: its log too
+        log = state.resolveSibling(state.getFileName().toString().replace(".json", ".log"));
+      } else {
+        log = Files.createTempFile("crossinfer-expansion-service-", ".log");
+        log.toFile().deleteOnExit();
+      }
       ProcessBuilder builder = new ProcessBuilder(command);
       builder.environment().put("PYTHONUNBUFFERED", "1");
       builder.redirectError(ProcessBuilder.Redirect.appendTo(log.toFile()));
@@ -211,14 +231,20 @@ final class LocalExpansionService {
       stop(process);
       throw e;
     }
-    Runtime.getRuntime().addShutdownHook(new Thread(() -> stop(process), "crossinfer-stop"));
+    if (state == null) {
+      Runtime.getRuntime().addShutdownHook(new Thread(() -> stop(process), "crossinfer-stop"));
+    }
     String address = awaitAddress(process, log);
     LOG.info(
-        "CrossInference started the crossinfer expansion service at {} ({}); log {}",
+        "CrossInference started the crossinfer expansion service at {} ({}); log {}{}",
         address,
         settings,
-        log);
-    return new LocalExpansionService(process, address, log);
+        log,
+        state == null
+            ? ""
+            : String.format(
+                "; kept for the next run until unused for %d s (pid %d)", keep, process.pid()));
+    return new LocalExpansionService(process.toHandle(), address);
   }
 
   // The service prints "crossinfer expansion service listening on HOST:PORT" on stdout once it
@@ -385,6 +411,6 @@ final class LocalExpansionService {
 
   @Override
   public String toString() {
-    return "crossinfer expansion service at " + address + " (log " + log + ")";
+    return "crossinfer expansion service at " + address + " (pid " + process.pid() + ")";
   }
 }

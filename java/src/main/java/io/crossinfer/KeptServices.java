@@ -1,0 +1,195 @@
+package io.crossinfer;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.FileAlreadyExistsException;
+import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.nio.file.attribute.PosixFileAttributes;
+import java.nio.file.attribute.PosixFilePermission;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Optional;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.ManagedChannel;
+import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.ManagedChannelBuilder;
+import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.StatusRuntimeException;
+import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.health.v1.HealthCheckRequest;
+import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.health.v1.HealthCheckResponse;
+import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.health.v1.HealthGrpc;
+import org.checkerframework.checker.nullness.qual.Nullable;
+
+/**
+ * Expansion services kept between local runs ({@code CROSSINFER_KEEP_SERVICE=SECONDS}): the
+ * first JVM starts one with {@code --idle-exit} and {@code --state-file}; a later JVM with the
+ * same settings and version finds it through that file and uses it after a health check. The
+ * files live in a directory only this user can open; the service removes its file when it exits.
+ */
+final class KeptServices {
+  /** Environment variable: seconds a started service stays after its last use; unset or 0: off. */
+  static final String KEEP_ENV = "CROSSINFER_KEEP_SERVICE";
+
+  private static final long MAX_KEEP_SECONDS = 7 * 86400;
+  private static final Pattern ADDRESS = Pattern.compile("\"address\":\\s*\"([^\"]{1,300})\"");
+  private static final Pattern PID = Pattern.compile("\"pid\":\\s*(\\d{1,10})");
+  private static final Pattern VERSION = Pattern.compile("\"version\":\\s*\"([^\"]{0,100})\"");
+
+  private KeptServices() {}
+
+  /**
+   * Seconds to keep a started service, from {@value #KEEP_ENV}; 0 when unset.
+   *
+   * @param value the variable's value, or null
+   * @return seconds, 0 for off
+   */
+  static long keepSeconds(@Nullable String value) {
+    if (value == null || value.trim().isEmpty()) {
+      return 0;
+    }
+    long seconds;
+    try {
+      seconds = Long.parseLong(value.trim());
+    } catch (NumberFormatException e) {
+      seconds = -1;
+    }
+    if (seconds < 0 || seconds > MAX_KEEP_SECONDS) {
+      throw new IllegalArgumentException(
+          String.format(
+              "%s=%s: give the seconds a started crossinfer expansion service stays after its "
+                  + "last use (0 to %d; 0 or unset: stopped when the JVM exits)",
+              KEEP_ENV, value, MAX_KEEP_SECONDS));
+    }
+    return seconds;
+  }
+
+  /** The state file of the service for these settings and version (its directory is made). */
+  static Path stateFile(String settings, String version) {
+    return directory().resolve(key(settings, version) + ".json");
+  }
+
+  /** A kept service that answered. */
+  static final class Found {
+    final String address;
+    final ProcessHandle process;
+
+    private Found(String address, ProcessHandle process) {
+      this.address = address;
+      this.process = process;
+    }
+  }
+
+  /**
+   * The kept service of {@code stateFile} if it answers a health check as serving, else null.
+   * The answered check counts as use, so the service stays for its whole idle time.
+   */
+  static @Nullable Found find(Path stateFile, String version) {
+    String text;
+    try {
+      text = new String(Files.readAllBytes(stateFile), StandardCharsets.UTF_8);
+    } catch (IOException e) {
+      return null; // none yet, or it just exited
+    }
+    Matcher address = ADDRESS.matcher(text);
+    Matcher pid = PID.matcher(text);
+    Matcher found = VERSION.matcher(text);
+    if (!address.find() || !pid.find() || !found.find() || !found.group(1).equals(version)) {
+      return null;
+    }
+    Optional<ProcessHandle> process = ProcessHandle.of(Long.parseLong(pid.group(1)));
+    if (!process.isPresent() || !process.get().isAlive()) {
+      return null;
+    }
+    return serving(address.group(1)) ? new Found(address.group(1), process.get()) : null;
+  }
+
+  private static boolean serving(String address) {
+    ManagedChannel channel = ManagedChannelBuilder.forTarget(address).usePlaintext().build();
+    try {
+      HealthCheckResponse response =
+          HealthGrpc.newBlockingStub(channel)
+              .withDeadlineAfter(3, TimeUnit.SECONDS)
+              .check(HealthCheckRequest.getDefaultInstance());
+      return response.getStatus() == HealthCheckResponse.ServingStatus.SERVING;
+    } catch (StatusRuntimeException e) {
+      return false; // gone, stopping (UNAVAILABLE), or not ours
+    } finally {
+      channel.shutdownNow();
+      try {
+        channel.awaitTermination(5, TimeUnit.SECONDS);
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+      }
+    }
+  }
+
+  /** The flags that make a started service a kept one. */
+  static List<String> flags(long keepSeconds, Path stateFile) {
+    List<String> flags = new ArrayList<>();
+    flags.add("--idle-exit");
+    flags.add(Long.toString(keepSeconds));
+    flags.add("--state-file");
+    flags.add(stateFile.toString());
+    return flags;
+  }
+
+  // $XDG_CACHE_HOME/crossinfer/services, else ~/.cache/...: owner-only, or refused.
+  private static Path directory() {
+    String cache = System.getenv("XDG_CACHE_HOME");
+    Path base =
+        cache != null && !cache.isEmpty()
+            ? Paths.get(cache)
+            : Paths.get(System.getProperty("user.home"), ".cache");
+    Path dir = base.resolve("crossinfer").resolve("services");
+    try {
+      Files.createDirectories(dir.getParent());
+      try {
+        Files.createDirectory(
+            dir, PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rwx------")));
+      } catch (FileAlreadyExistsException e) {
+        // checked below
+      }
+      PosixFileAttributes attributes =
+          Files.readAttributes(dir, PosixFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
+      boolean mine =
+          attributes.isDirectory()
+              && attributes.owner().getName().equals(System.getProperty("user.name"));
+      boolean shared = false;
+      for (PosixFilePermission p : attributes.permissions()) {
+        shared |= p.name().startsWith("GROUP") || p.name().startsWith("OTHERS");
+      }
+      if (!mine || shared) {
+        throw new IllegalStateException(
+            String.format(
+                "%s: %s must be a directory of yours that no one else can open (chmod 700 "
+                    + "it), since it says where your kept services listen",
+                KEEP_ENV, dir));
+      }
+    } catch (IOException e) {
+      throw new UncheckedIOException(KEEP_ENV + ": cannot make " + dir, e);
+    }
+    return dir;
+  }
+
+  private static String key(String settings, String version) {
+    try {
+      byte[] digest =
+          MessageDigest.getInstance("SHA-256")
+              .digest((settings + "\0" + version).getBytes(StandardCharsets.UTF_8));
+      StringBuilder hex = new StringBuilder();
+      for (int i = 0; i < 8; i++) {
+        hex.append(String.format("%02x", digest[i]));
+      }
+      return hex.toString();
+    } catch (NoSuchAlgorithmException e) {
+      throw new IllegalStateException(e);
+    }
+  }
+}
