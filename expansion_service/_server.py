@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -83,6 +84,10 @@ def serve(config: ServiceConfig) -> int:
         print(f"crossinfer-expansion-service: --model-root: {e}", file=sys.stderr)
         return 2
 
+    if not _port_free(config.host, config.port):  # said before seconds of imports
+        print(f"crossinfer-expansion-service: cannot listen on "
+              f"{_hostport(config.host, config.port)}: in use", file=sys.stderr)
+        return 1
     # The worker pool (local runs) listens on a Unix socket in a private directory, not on
     # the service's TCP port: only the pipeline's job server, as the same user, reaches it.
     pool_socket = pool_server = None
@@ -126,6 +131,8 @@ def serve(config: ServiceConfig) -> int:
         port = 0
     if not port:
         inspectors.close()
+        if pool_socket is not None:
+            pool_socket.remove()
         print(f"crossinfer-expansion-service: cannot listen on "
               f"{_hostport(config.host, config.port)}", file=sys.stderr)
         return 1
@@ -205,6 +212,20 @@ def serve(config: ServiceConfig) -> int:
             pool_socket.remove()
         stopped.wait(_SHUTDOWN_GRACE_SECS + 0.5)
     _exit(0)
+
+
+def _port_free(host: str, port: int) -> bool:
+    if port == 0:
+        return True
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as e:
+        return e.errno not in (errno.EADDRINUSE, errno.EACCES)
+    return True
 
 
 def _warm_up() -> None:

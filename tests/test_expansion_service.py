@@ -175,6 +175,18 @@ def test_allow_refuses_globs_that_reach_beyond_user_packages(glob, says):
     assert says in done.stderr and "listening" not in done.stdout
 
 
+def test_a_port_in_use_fails_naming_it():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "expansion_service", "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: in use" in done.stderr
+    assert "listening" not in done.stdout
+
+
 # --- what it refuses, before Beam decodes anything ------------------------------------------
 
 @pytest.mark.parametrize("constructor, args, kwargs, says", [
