@@ -188,7 +188,7 @@ public class CrossInferenceTest {
     IllegalStateException missing =
         assertThrows(
             IllegalStateException.class,
-            () -> LocalExpansionService.checkPython("/nonexistent/python3", "0.1.0"));
+            () -> PythonCheck.checkPython("/nonexistent/python3", "0.1.0"));
     assertThat(missing.getMessage(), containsString("cannot be run"));
     assertThat(missing.getMessage(), containsString("withPython"));
   }
