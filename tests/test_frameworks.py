@@ -1,6 +1,6 @@
 """The framework registry: every registered framework has a module that implements the
 protocol, the README's table is the rendered registry, and TensorFlow is imported only when a
-TensorFlow transform is built (not by `import crossinfer` nor the expansion service's warm-up)."""
+TensorFlow transform is built (not by `import crossinfer` nor the expansion service's start)."""
 
 from __future__ import annotations
 
@@ -48,16 +48,27 @@ def test_argument_table_reads_the_registry():
     assert "xgboost" not in BY_NAME["pad_value"].frameworks
 
 
-def test_tensorflow_is_not_imported_until_used():
-    code = (
-        "import sys, crossinfer\n"
-        "from crossinfer import _inspect, _plan\n"
-        "from expansion_service import _server\n"
-        "_server._warm_up()\n"
-        "assert 'tensorflow' not in sys.modules, 'imported at start'\n"
-        "assert 'crossinfer.frameworks._sklearn' in sys.modules, 'warm-up did not warm'\n"
-        "print('ok')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT)])}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+def test_the_service_imports_frameworks_on_use_and_its_inspectors_ahead(tmp_path):
+    """The service imports no framework library at start (a request imports the one it names);
+    its inspectors' zygote, forked from it, imports the warm ones ahead of the first
+    inspection; TensorFlow (not warm) is in neither until used."""
+    import time
+
+    from tests._service_helpers import Service
+
+    svc = Service("--port", "0", log_path=tmp_path / "service.log")
+    try:
+        deadline = time.monotonic() + 60
+        while "model inspectors run with" not in svc.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        zygote = subprocess.run(["pgrep", "-P", str(svc.proc.pid)], capture_output=True,
+                                text=True).stdout.split()
+        assert len(zygote) == 1, zygote
+        service_maps = Path(f"/proc/{svc.proc.pid}/maps").read_text()
+        zygote_maps = Path(f"/proc/{zygote[0]}/maps").read_text()
+    finally:
+        svc.stop()
+    for library in ("onnxruntime", "sklearn"):
+        assert f"/{library}/" in zygote_maps, f"the inspectors did not import {library}"
+        assert f"/{library}/" not in service_maps, f"the service imported {library} at start"
+    assert "/tensorflow/" not in zygote_maps + service_maps

@@ -140,13 +140,17 @@ final class KeptServices {
     return flags;
   }
 
-  // $XDG_CACHE_HOME/crossinfer/services, else ~/.cache/...: owner-only, or refused.
+  // $XDG_CACHE_HOME/crossinfer/services, else ~/.cache/...
   private static Path directory() {
     String cache = System.getenv("XDG_CACHE_HOME");
-    Path base =
+    return directory(
         cache != null && !cache.isEmpty()
             ? Paths.get(cache)
-            : Paths.get(System.getProperty("user.home"), ".cache");
+            : Paths.get(System.getProperty("user.home"), ".cache"));
+  }
+
+  /** {@code base}/crossinfer/services, made owner-only if new; refused if others can open it. */
+  static Path directory(Path base) {
     Path dir = base.resolve("crossinfer").resolve("services");
     try {
       Files.createDirectories(dir.getParent());
@@ -158,9 +162,7 @@ final class KeptServices {
       }
       PosixFileAttributes attributes =
           Files.readAttributes(dir, PosixFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
-      boolean mine =
-          attributes.isDirectory()
-              && attributes.owner().getName().equals(System.getProperty("user.name"));
+      boolean mine = attributes.isDirectory() && ownedByThisProcess(dir);
       boolean shared = false;
       for (PosixFilePermission p : attributes.permissions()) {
         shared |= p.name().startsWith("GROUP") || p.name().startsWith("OTHERS");
@@ -176,6 +178,18 @@ final class KeptServices {
       throw new UncheckedIOException(KEEP_ENV + ": cannot make " + dir, e);
     }
     return dir;
+  }
+
+  // By uid (this process's is that of /proc/self): a user name can be missing in a container.
+  private static boolean ownedByThisProcess(Path dir) throws IOException {
+    Path self = Paths.get("/proc/self");
+    if (Files.exists(self)) {
+      return Files.getAttribute(dir, "unix:uid", LinkOption.NOFOLLOW_LINKS)
+          .equals(Files.getAttribute(self, "unix:uid"));
+    }
+    return Files.getOwner(dir, LinkOption.NOFOLLOW_LINKS)
+        .getName()
+        .equals(System.getProperty("user.name"));
   }
 
   private static String key(String settings, String version) {

@@ -9,6 +9,7 @@ import static org.junit.Assert.assertThrows;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
 import org.junit.Rule;
 import org.junit.Test;
 import org.junit.rules.TemporaryFolder;
@@ -49,6 +50,17 @@ public class KeptServicesTest {
     assertNull(KeptServices.find(state, "1"));
     assertNull(KeptServices.find(state, "2"));
     assertNull(KeptServices.find(tmp.getRoot().toPath().resolve("none.json"), "1"));
+  }
+
+  @Test
+  public void theStateDirectoryIsMadeOwnerOnlyAndRefusedWhenOthersCanOpenIt() throws Exception {
+    Path base = tmp.newFolder("cache").toPath();
+    Path dir = KeptServices.directory(base);
+    assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(dir)));
+    Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxrwx---"));
+    IllegalStateException e =
+        assertThrows(IllegalStateException.class, () -> KeptServices.directory(base));
+    assertThat(e.getMessage(), containsString("chmod 700"));
   }
 
   private static void write(Path path, String text) throws Exception {
