@@ -60,13 +60,19 @@ def _tally(lines):
 
 
 def _first_windows_complete(lines) -> bool:
-    """The earliest AWAITED windows have both counts (each 3-s window at 20 rows/s has bad
-    rows) and every row they count has been printed. Printing is a side effect, which a
-    runner may repeat when it retries a bundle: rows are compared as distinct ids."""
+    """The earliest AWAITED windows are counted and every row they count has been printed.
+    Each full 3-s window at 20 rows/s holds bad rows, so has both counts; the first window
+    (the job starts anywhere in it) may hold fewer than 7 rows and so no failure, and Beam's
+    count prints nothing for none: its failures count is 0 once the next window's counts are
+    out (windows fire in order). Printing is a side effect, which a runner may repeat when it
+    retries a bundle: rows are compared as distinct ids."""
     rows, counts = _tally(lines)
-    first = sorted(set(rows) | set(counts))[:AWAITED]
-    return len(first) == AWAITED and all(
-        len(counts[w]) == 2 and sum(counts[w].values()) == len(rows[w]) for w in first)
+    first = sorted(set(rows) | set(counts))[:AWAITED + 1]
+    if len(first) <= AWAITED or "predictions" not in counts[first[AWAITED]]:
+        return False
+    return all(
+        "predictions" in counts[w] and ("failures" in counts[w] or i == 0)
+        and sum(counts[w].values()) == len(rows[w]) for i, w in enumerate(first[:AWAITED]))
 
 
 def _cancel_all(endpoint: str) -> list[str]:
@@ -119,7 +125,7 @@ def test_windows_stream_out_of_a_running_java_job(tmp_path, sklearn_model):
         window_ids = [i for _, i in seen]
         assert len(window_ids) == len(set(window_ids)), "a row is both a prediction and a failure"
         assert counts[window]["predictions"] == sum(k == "PREDICTION" for k, _ in seen)
-        assert counts[window]["failures"] == sum(k == "FAILURE" for k, _ in seen)
+        assert counts[window].get("failures", 0) == sum(k == "FAILURE" for k, _ in seen)
         assert all((k == "FAILURE") == (i % 7 == 6) for k, i in seen), window
         ids += window_ids
     assert len(ids) == len(set(ids)), "a row came out in two windows"
