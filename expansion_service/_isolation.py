@@ -123,12 +123,15 @@ class InspectorPool:
         self.fences: dict[str, bool] = {}
         self._zygote: Optional[_Zygote] = None
         self._zygote_ready = threading.Event()
+        # ``fork``: the caller has imported the libraries; its fork needs no import of its
+        # own (a fork is safe only while this process runs no other thread).
         if fork and threading.active_count() == 1:
-            # ``fork``: the caller has imported the libraries; its fork needs no import of
-            # its own (a fork is safe only while this process runs no other thread).
             self._start_zygote(fork=True)
-        else:
-            self._replace()
+            return
+        if fork:
+            _LOGGER.warning("threads already run: the inspectors' zygote imports the "
+                            "libraries itself instead of being forked")
+        self._replace()
 
     def _replace(self) -> None:
         # (Re)start the zygote in the background; it is ready once its imports are done.

@@ -86,6 +86,12 @@ final class KeptServices {
     }
   }
 
+  /** The log of the service of {@code stateFile}, beside it (it outlives the JVM too). */
+  static Path logFile(Path stateFile) {
+    String name = stateFile.getFileName().toString();
+    return stateFile.resolveSibling(name.substring(0, name.length() - ".json".length()) + ".log");
+  }
+
   /**
    * The kept service of {@code stateFile} if it answers a health check as serving, else null.
    * The answered check counts as use, so the service stays for its whole idle time.

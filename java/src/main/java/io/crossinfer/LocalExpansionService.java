@@ -196,7 +196,7 @@ final class LocalExpansionService {
     Process process;
     try {
       if (state != null) { // it outlives this JVM: its log too
-        log = state.resolveSibling(state.getFileName().toString().replace(".json", ".log"));
+        log = KeptServices.logFile(state);
       } else {
         log = Files.createTempFile("crossinfer-expansion-service-", ".log");
         log.toFile().deleteOnExit();
