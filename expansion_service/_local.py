@@ -132,7 +132,7 @@ class LocalStack:
 
     def _start_job_server(self) -> None:
         if self.runner == "prism":
-            from expansion_service._prism import Prism
+            from crossinfer._prism import Prism
 
             prism = Prism(self.workdir / "job_server.log", timeout=self._timeout).start()
             self._procs.append(prism.proc)

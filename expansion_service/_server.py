@@ -62,9 +62,11 @@ def serve(config: ServiceConfig) -> int:
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from crossinfer import _beam, _callables, _policy, _repository
+    from crossinfer._sandbox import pool as _isolation
+    from crossinfer._sandbox.settings import Confinement, Limits
     from crossinfer._errors import ConfigurationError
     from expansion_service import (
-        _artifacts, _guard, _isolation, _kept, _options, _registry, _servicer, _workers)
+        _artifacts, _guard, _kept, _options, _registry, _servicer, _workers)
 
     try:
         _beam.check_service()  # the Beam internals it relies on were read from these releases
@@ -100,12 +102,12 @@ def serve(config: ServiceConfig) -> int:
     # Inspectors get the roots as the descriptors opened above, and cannot see the pool's
     # directory (nor, without gs:// roots, any network).
     inspectors = _isolation.InspectorPool(
-        _isolation.Policy(allow=tuple(config.allow), model_roots=config.model_roots,
+        Confinement(allow=tuple(config.allow), model_roots=config.model_roots,
                           trusted_model_roots=config.trusted_model_roots,
                           held=tuple(repository.held()),
                           hidden=(pool_socket.directory,) if pool_socket else (),
                           network=any(r.scheme for r in repository.roots)),
-        _isolation.Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
+        Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
                           memory_mb=config.inspect_memory_mb),
         size=config.inspectors, digest=_isolation.content_digest(repository), fork=True)
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.

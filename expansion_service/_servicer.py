@@ -12,7 +12,8 @@ from apache_beam.runners.portability.expansion_service import ExpansionServiceSe
 from apache_beam.transforms import environments
 
 from crossinfer import _policy
-from expansion_service import _guard, _isolation, _limits, _registry
+from crossinfer._sandbox import pool as _isolation
+from expansion_service import _guard, _limits, _registry
 
 _LOGGER = logging.getLogger("expansion_service")
 

@@ -53,7 +53,7 @@ def make_data(work: Path, rows: int) -> tuple[Path, Path]:
 
 def start_prism(log: Path) -> tuple[subprocess.Popen, str]:
     """Beam's Prism runner (the binary scripts/setup.sh provides) on a free port."""
-    from expansion_service._prism import Prism
+    from crossinfer._prism import Prism
 
     prism = Prism(log).start()
     return prism.proc, prism.job_endpoint

@@ -16,7 +16,7 @@ echo "== Python packages (apache-beam[gcp]==2.77.0, torch, scikit-learn, onnxrun
 # version, else a build kept in ~/.cache/crossinfer/prism/v<version>/, else built there from
 # Beam's Go module with `go install` (needs Go; about 8 minutes on 2 cores, once).
 echo "== Prism runner of apache-beam $("$PYTHON" -c 'import importlib.metadata as m; print(m.version("apache-beam"))')"
-"$PYTHON" -m expansion_service._prism
+"$PYTHON" -m crossinfer._prism
 
 if ! command -v gradle >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1 \
     || ! command -v mvn >/dev/null 2>&1; then

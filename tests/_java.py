@@ -93,7 +93,7 @@ class PrismJobServer:
     runs streaming pipelines."""
 
     def __init__(self, workdir: Path) -> None:
-        from expansion_service._prism import Prism
+        from crossinfer._prism import Prism
 
         self._prism = Prism(workdir / "prism.log").start()
         self.endpoint = self._prism.job_endpoint

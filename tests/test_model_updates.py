@@ -28,7 +28,7 @@ from tests import models
 def prism_binary() -> str:
     """The Prism binary scripts/setup.sh provides (its locator if present, else the env)."""
     try:
-        from expansion_service import _prism  # added with Prism support
+        from crossinfer import _prism  # added with Prism support
         return str(_prism.locate())
     except ImportError:
         pass

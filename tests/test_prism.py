@@ -14,7 +14,7 @@ import pytest
 
 import crossinfer
 
-from expansion_service import _prism
+from crossinfer import _prism
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -17,7 +17,7 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from apache_beam.transforms.window import FixedWindows
 
 from crossinfer import Inference
-from expansion_service import _prism
+from crossinfer import _prism
 from tests import models
 from tests.conftest import collect, collected, failure_ids, feature_rows
 

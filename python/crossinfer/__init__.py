@@ -26,7 +26,7 @@ __all__ = [
 def prism_location() -> str:
     """The path of a Prism runner binary of the installed Beam release, for ``PrismRunner``'s
     ``prism_location``; raises an error saying how to get one when there is none."""
-    from expansion_service._prism import locate
+    from crossinfer._prism import locate
 
     return str(locate())
 

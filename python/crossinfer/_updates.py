@@ -127,16 +127,13 @@ def _isolated(checks: Checks) -> Any:
     key = (checks.roots, checks.trusted_roots, checks.allow)
     with _POOL_LOCK:
         if key not in _POOLS:
-            try:
-                from expansion_service import _isolation
-            except ImportError:
-                raise ModelLoadError(
-                    "this worker cannot open model files in isolation (the expansion_service "
-                    "package is not installed on it), so it loads no new model") from None
-            _POOLS[key] = _isolation.InspectorPool(
-                _isolation.Policy(allow=checks.allow or (), model_roots=checks.roots,
-                                  trusted_model_roots=checks.trusted_roots),
-                _isolation.Limits(), size=1)
+            from crossinfer._sandbox.pool import InspectorPool
+            from crossinfer._sandbox.settings import Confinement, Limits
+
+            _POOLS[key] = InspectorPool(
+                Confinement(allow=checks.allow or (), model_roots=checks.roots,
+                            trusted_model_roots=checks.trusted_roots),
+                Limits(), size=1)
         return _POOLS[key]
 
 

@@ -1,5 +1,5 @@
 """The inspector side: a zygote that imports the libraries once and forks one fresh process
-per inspection (``python -m expansion_service._inspector``).
+per inspection (``python -m crossinfer._sandbox.inspector``).
 
 The service starts one zygote inside the fences of ``_sandbox`` (own session, no_new_privs,
 namespaces), with the model roots as inherited descriptors and an empty working directory.
@@ -22,8 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional
 
-from expansion_service._isolation import (
-    _ALLOCATION_FAILED, Limits, Policy, _unplain)
+from crossinfer._sandbox.settings import ALLOCATION_FAILED, Confinement, Limits, unplain
 
 if TYPE_CHECKING:
     from crossinfer import _policy
@@ -63,7 +62,7 @@ def _refused_allocation(error: BaseException) -> Optional[str]:
         seen.add(id(cause))
         if isinstance(cause, MemoryError):
             return "python"
-        if _ALLOCATION_FAILED.search(str(cause)):
+        if ALLOCATION_FAILED.search(str(cause)):
             found = "library"
         cause = cause.__cause__ or cause.__context__
     return found
@@ -80,19 +79,19 @@ def _chain_text(error: BaseException) -> str:
 
 def _zygote_main(config_json: str, control_fd: int) -> int:
     config = json.loads(config_json)
-    policy, limits = Policy(**{
+    policy, limits = Confinement(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in config["policy"].items()}), Limits(
         **config["limits"])
     return run_zygote(policy, limits, control_fd)
 
 
-def run_zygote(policy: Policy, limits: Limits, control_fd: int) -> int:
+def run_zygote(policy: Confinement, limits: Limits, control_fd: int) -> int:
     """The zygote's life, from the fences' inside: stdout (fd 1) takes the ready line, stderr
     (fd 2) the log. Started with ``python -m``, or forked from the service once it has
-    imported the same libraries (``_processes._Zygote``): then the imports below are done."""
+    imported the same libraries (``processes.Zygote``): then the imports below are done."""
     import resource
 
-    from expansion_service import _sandbox
+    from crossinfer._sandbox import fences as _sandbox
 
     _die_with_parent()
     ready = os.fdopen(os.dup(1), "wb")
@@ -186,7 +185,7 @@ def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits,
     _die_with_parent()
     requests = os.fdopen(request_r, "rb")
     answers = os.fdopen(answer_w, "wb")
-    log = logging.getLogger("expansion_service.inspector")
+    log = logging.getLogger("crossinfer.sandbox.inspector")
     for line in requests:
         # CPU: this inspection's budget (a fork starts at nothing used); hard fixed, so code
         # in the model cannot raise it.
@@ -198,7 +197,7 @@ def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits,
         try:
             request = json.loads(line)
             answer = {"signature": _inspect.describe_kwargs(
-                _unplain(request["kwargs"]), request["key"], files)}
+                unplain(request["kwargs"]), request["key"], files)}
         except MemoryError:
             os.write(2, b"model inspection hit the memory limit\n")
             os._exit(3)
@@ -207,7 +206,7 @@ def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits,
             refused = _refused_allocation(e)
             if refused == "library":
                 # The service cuts each line of ours: say first what was refused.
-                found = _ALLOCATION_FAILED.search(_chain_text(e))
+                found = ALLOCATION_FAILED.search(_chain_text(e))
                 if found:
                     text = _chain_text(e)
                     log.warning("allocation refused: %s", text[found.start():found.start() + 120])

@@ -3,7 +3,7 @@
 Opening a model file can run code (pickle, joblib, TorchScript), loop forever, or allocate
 without bound (an ONNX graph that constant-folds into gigabytes). The service therefore never
 loads one itself: a fresh process does, forked for that **one** inspection by a sandboxed
-zygote that has imported the libraries (``_inspector``; handles in ``_processes``), then killed
+zygote that has imported the libraries (``inspector``; handles in ``processes``), then killed
 with everything it started (its own session, ``_sandbox``): nothing a model does in one
 outlives it or reaches a later request. Each child runs under hard limits (RLIMIT_AS, RLIMIT_CPU: hard fixed), with
 a wall-clock deadline, an empty working directory, only its pipes and the model roots'
@@ -22,7 +22,6 @@ the service and slow for the one who repeats it.
 
 from __future__ import annotations
 
-import base64
 import collections
 import hashlib
 import json
@@ -34,48 +33,18 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Optional
 
-_LOGGER = logging.getLogger("expansion_service")
+from crossinfer._sandbox.processes import Child, Overrun, Zygote
+from crossinfer._sandbox.settings import (
+    HIT_MEMORY_LIMIT, LIMIT_HIT, Confinement, Limits, plain)
+
+_LOGGER = logging.getLogger("crossinfer.sandbox")
 
 _WAIT_FOR_CHILD = 120.0  # seconds a request waits for a free inspector
 _PER_CLIENT = 2  # inspections in flight for one client connection
 _CACHED = 512  # answers kept, by model content and arguments
 _PENALTY = 1.0  # seconds before a cached answer that a limit was hit is given again
-_LIMIT_HIT = ("Stopped", "MemoryLimit")
-_HIT_MEMORY_LIMIT = "hit the memory limit"
-
-# How the libraries report an allocation the address-space limit refused: onnxruntime ("Failed
-# to allocate memory for requested buffer of size ..."), torch ("DefaultCPUAllocator: can't
-# allocate memory"), C++ (std::bad_alloc), the C library (ENOMEM).
-_ALLOCATION_FAILED = re.compile(
-    r"failed to allocate memory|can't allocate memory|cannot allocate memory|bad_alloc|"
-    r"out of memory", re.I)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one model inspection may spend."""
-
-    timeout: float = 30.0  # wall-clock seconds, then the child is killed
-    cpu_seconds: int = 30  # CPU seconds per inspection (RLIMIT_CPU)
-    memory_mb: int = 2048  # address space a child may add beyond its libraries (RLIMIT_AS)
-
-
-@dataclass(frozen=True)
-class Policy:
-    """What the child enforces itself, the same as the service: callables and model roots
-    (``held``: the service's open root descriptors, inherited), and what it cannot see."""
-
-    allow: tuple[str, ...]
-    model_roots: tuple[str, ...]
-    trusted_model_roots: tuple[str, ...]
-    held: tuple = ()  # Repository.held() of the service
-    hidden: tuple[str, ...] = ()  # directories covered in the child (the worker pool's)
-    network: bool = False  # gs:// roots need it; local ones do not
-
-
 class Busy(Exception):
     """Too many inspections in flight (for this client, or in all): retry later."""
 
@@ -96,22 +65,21 @@ def refused_busy() -> bool:
 
 # --- parent side ---------------------------------------------------------------------------
 
-from expansion_service._processes import _Child, _Overrun, _Zygote  # noqa: E402
 class InspectorPool:
     """``_inspect`` runner: each inspection in a fresh process, forked for it by the zygote.
 
     At most ``size + 2`` inspections run at once, ``_PER_CLIENT`` for one client.
     """
 
-    def __init__(self, policy: Policy, limits: Limits, size: int = 2,
+    def __init__(self, policy: Confinement, limits: Limits, size: int = 2,
                  digest: Optional[Any] = None, fork: bool = False) -> None:
-        from expansion_service import _sandbox
+        from crossinfer._sandbox import fences as _sandbox
 
         self.policy, self.limits, self.size = policy, limits, size
         self.total = size + 2
         self._digest = digest  # uri -> a content digest (or None: not cacheable)
         self._lock = threading.Lock()
-        self._children: set[_Child] = set()
+        self._children: set[Child] = set()
         self._closed = False
         self._in_flight: collections.Counter = collections.Counter()
         self._running = 0
@@ -121,7 +89,7 @@ class InspectorPool:
         os.chmod(self.workdir, 0o500)  # empty, and stays so
         self.subreaper = _sandbox.become_subreaper()
         self.fences: dict[str, bool] = {}
-        self._zygote: Optional[_Zygote] = None
+        self._zygote: Optional[Zygote] = None
         self._zygote_ready = threading.Event()
         # ``fork``: the caller has imported the libraries; its fork needs no import of its
         # own (a fork is safe only while this process runs no other thread).
@@ -142,11 +110,11 @@ class InspectorPool:
         with self._lock:
             if self._closed:
                 return
-            zygote = _Zygote(self.policy, self.limits, self.workdir, fork=fork)
+            zygote = Zygote(self.policy, self.limits, self.workdir, fork=fork)
             self._zygote = zygote
         try:
             ready = zygote.ready(time.monotonic() + 600)
-        except (_Overrun, ValueError):
+        except (Overrun, ValueError):
             _LOGGER.error("the model inspectors' zygote failed to start; retrying in 5 s")
             zygote.kill()
             time.sleep(5)
@@ -158,13 +126,13 @@ class InspectorPool:
                 f"{k} {'yes' if v else 'NO'}" for k, v in self.fences.items()), self.subreaper)
         self._zygote_ready.set()
 
-    def _fork(self) -> Optional[_Child]:
+    def _fork(self) -> Optional[Child]:
         if not self._zygote_ready.wait(max(self.limits.timeout, _WAIT_FOR_CHILD)):
             return None
         zygote = self._zygote
         try:
             child = zygote.fork()
-        except _Overrun:
+        except Overrun:
             _LOGGER.error("the model inspectors' zygote stopped answering; restarting it")
             with self._lock:
                 if self._zygote is zygote:
@@ -175,8 +143,8 @@ class InspectorPool:
             self._children.add(child)
         return child
 
-    def _discard(self, child: _Child) -> None:
-        from expansion_service import _sandbox
+    def _discard(self, child: Child) -> None:
+        from crossinfer._sandbox import fences as _sandbox
 
         with self._lock:
             self._children.discard(child)
@@ -195,7 +163,7 @@ class InspectorPool:
                 if cached is not None:
                     self._cache.move_to_end(cache_key)
             if cached is not None:
-                if cached.get("error", {}).get("type") in _LIMIT_HIT:
+                if cached.get("error", {}).get("type") in LIMIT_HIT:
                     # A model that hit a limit is an attack or a mistake: asking again costs
                     # the asker a pause (off the GIL), so a client that repeats it in a loop
                     # cannot crowd out other clients' expansions.
@@ -232,7 +200,7 @@ class InspectorPool:
         if digest is None:
             return None
         rest = {k: v for k, v in kwargs.items() if k not in ("model_uri", "models")}
-        return digest + json.dumps(_plain(rest), sort_keys=True, default=str)
+        return digest + json.dumps(plain(rest), sort_keys=True, default=str)
 
     def _run(self, kwargs: Mapping[str, Any], key: Optional[str], what: str) -> dict:
         peer = getattr(_client, "peer", None) or "?"
@@ -264,11 +232,11 @@ class InspectorPool:
         started = time.monotonic()
         deadline = started + self.limits.timeout
         try:
-            answer = child.ask({"kwargs": _plain(kwargs), "key": key}, deadline)
+            answer = child.ask({"kwargs": plain(kwargs), "key": key}, deadline)
             _LOGGER.info("inspected %s in process %d: %d ms", what[:100], child.pid,
                          round((time.monotonic() - started) * 1000))
             return answer
-        except _Overrun as e:
+        except Overrun as e:
             reason = str(e)
             if reason == "timeout":
                 detail = f"did not finish within {self.limits.timeout:g} s"
@@ -288,7 +256,7 @@ class InspectorPool:
 
     def close(self) -> None:
         """Kill every child and what it started (on shutdown)."""
-        from expansion_service import _sandbox
+        from crossinfer._sandbox import fences as _sandbox
 
         with self._lock:
             self._closed = True
@@ -314,7 +282,7 @@ def _outcome(answer: dict, what: str, stopped: Any) -> Mapping[str, Any]:
         raise ModelLoadError(f"{what}: the model inspection returned an unexpected answer")
     message = error["message"][:2000]
     if error.get("type") == "MemoryLimit":
-        raise ModelLoadError(stopped(what, _HIT_MEMORY_LIMIT))
+        raise ModelLoadError(stopped(what, HIT_MEMORY_LIMIT))
     if error.get("type") == "CallableNotAllowedError":
         raise CallableNotAllowedError(message)
     if error.get("type") == "ConfigurationError":
@@ -364,30 +332,5 @@ def _death(code: Optional[int]) -> str:
             return "used more CPU time than allowed"
         return f"crashed (signal {signal.Signals(sig).name})"
     if code == 3:
-        return _HIT_MEMORY_LIMIT
+        return HIT_MEMORY_LIMIT
     return f"crashed (exit code {code})"
-
-
-def _plain(value: Any) -> Any:
-    """kwargs as JSON: rows (NamedTuples) become maps, bytes are tagged."""
-    if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bytes, bytearray)):
-        return {"__bytes__": base64.b64encode(bytes(value)).decode()}
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise TypeError(f"cannot send a {type(value).__name__} to the model inspector")
-
-
-def _unplain(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"__bytes__"}:
-            return base64.b64decode(value["__bytes__"])
-        return {k: _unplain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unplain(v) for v in value]
-    return value

@@ -19,17 +19,17 @@ import time
 from dataclasses import asdict
 from typing import Optional
 
-from expansion_service._isolation import Limits, Policy
+from crossinfer._sandbox.settings import Confinement, Limits
 
 _MAX_ANSWER = 64 * 1024  # bytes of one answer line; a signature is a few hundred
 _LINE = 200  # characters of one line an inspector prints, in the service log
 
 
-class _Overrun(Exception):
+class Overrun(Exception):
     pass
 
 
-class _Zygote:
+class Zygote:
     """The one sandboxed process that forks inspectors (``_inspector``).
 
     ``fork``: a fork of this process, which must have imported what inspectors use and run
@@ -37,9 +37,9 @@ class _Zygote:
     both); else a fresh interpreter that imports them (a replacement, later).
     """
 
-    def __init__(self, policy: Policy, limits: Limits, workdir: str,
+    def __init__(self, policy: Confinement, limits: Limits, workdir: str,
                  fork: bool = False) -> None:
-        from expansion_service import _sandbox
+        from crossinfer._sandbox import fences as _sandbox
 
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = tuple(held[3] for held in policy.held if held[3] >= 0) + (theirs.fileno(),)
@@ -48,7 +48,7 @@ class _Zygote:
         else:
             config = json.dumps({"policy": asdict(policy), "limits": asdict(limits)})
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "expansion_service._inspector", config,
+                [sys.executable, "-m", "crossinfer._sandbox.inspector", config,
                  str(theirs.fileno())],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 close_fds=True, pass_fds=fds, cwd=workdir,
@@ -62,10 +62,10 @@ class _Zygote:
         line = _read_line(self.proc.stdout.fileno(), deadline)
         answer = json.loads(line)
         if not isinstance(answer, dict) or answer.get("ready") is not True:
-            raise _Overrun("no ready line")
+            raise Overrun("no ready line")
         return answer
 
-    def fork(self) -> "_Child":
+    def fork(self) -> "Child":
         pipes = [os.pipe() for _ in range(4)]  # requests, answers, output, status
         request_r, request_w = pipes[0]
         answer_r, answer_w = pipes[1]
@@ -80,14 +80,14 @@ class _Zygote:
         except (OSError, ValueError) as e:
             for fd in (request_w, answer_r, output_r, status_r):
                 os.close(fd)
-            raise _Overrun("exited") from e
+            raise Overrun("exited") from e
         finally:
             for fd in (request_r, answer_w, output_w, status_w):
                 os.close(fd)
-        return _Child(pid, request_w, answer_r, output_r, status_r)
+        return Child(pid, request_w, answer_r, output_r, status_r)
 
     def kill(self) -> None:
-        from expansion_service import _sandbox
+        from crossinfer._sandbox import fences as _sandbox
 
         _sandbox.kill_group(self.proc.pid)
         if self.proc.poll() is None:
@@ -96,10 +96,10 @@ class _Zygote:
 
 
 class _Forked:
-    """The zygote as a fork of the service: what ``_Zygote`` uses of a ``Popen``."""
+    """The zygote as a fork of the service: what ``Zygote`` uses of a ``Popen``."""
 
-    def __init__(self, policy: Policy, limits: Limits, workdir: str, keep: tuple) -> None:
-        from expansion_service import _inspector, _sandbox
+    def __init__(self, policy: Confinement, limits: Limits, workdir: str, keep: tuple) -> None:
+        from crossinfer._sandbox import fences as _sandbox, inspector as _inspector
 
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -155,20 +155,20 @@ def _read_line(fd: int, deadline: float) -> bytes:
     while not line.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0:
-            raise _Overrun("timeout")
+            raise Overrun("timeout")
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             continue
         chunk = os.read(fd, 65536)
         if not chunk:
-            raise _Overrun("exited")
+            raise Overrun("exited")
         line += chunk
         if len(line) > _MAX_ANSWER:
-            raise _Overrun("answer too long")
+            raise Overrun("answer too long")
     return line
 
 
-class _Child:
+class Child:
     """One forked inspector: its pipes, and its exit status once the zygote reaped it."""
 
     def __init__(self, pid: int, request_w: int, answer_r: int, output_r: int,
@@ -186,13 +186,13 @@ class _Child:
             self.stdin.write(json.dumps(request).encode() + b"\n")
             self.stdin.flush()
         except OSError as e:
-            raise _Overrun("exited") from e
+            raise Overrun("exited") from e
         try:
             answer = json.loads(_read_line(self.answer_fd, deadline))
         except ValueError as e:
-            raise _Overrun("a malformed answer") from e
+            raise Overrun("a malformed answer") from e
         if not isinstance(answer, dict):
-            raise _Overrun("a malformed answer")
+            raise Overrun("a malformed answer")
         return answer
 
     def exit_code(self, wait: float = 2.0) -> Optional[int]:
@@ -200,12 +200,12 @@ class _Child:
         if self.returncode is None:
             try:
                 self.returncode = int(_read_line(self.status_fd, time.monotonic() + wait))
-            except (_Overrun, ValueError):
+            except (Overrun, ValueError):
                 pass
         return self.returncode
 
     def kill(self) -> None:
-        from expansion_service import _sandbox
+        from crossinfer._sandbox import fences as _sandbox
 
         _sandbox.kill_group(self.pid)  # the inspector, and what it started in its session
         self.exit_code()
@@ -220,7 +220,7 @@ class _Child:
 def _relay(stream, pid: int) -> None:
     # What an inspector prints is data: cut, marked, logged here (it never holds the
     # service's stderr, so it cannot write lines that look like the service's own).
-    log = logging.getLogger("expansion_service.inspector")
+    log = logging.getLogger("crossinfer.sandbox.inspector")
     for raw in iter(lambda: stream.readline(4096), b""):
         text = raw.decode("utf-8", "replace").rstrip("\n")
         text = "".join(c if c.isprintable() else "?" for c in text)
