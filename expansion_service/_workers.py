@@ -33,6 +33,7 @@ from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.worker import sdk_worker, worker_pool_main
 
 from crossinfer import _beam
+from expansion_service import _short_ids
 
 _LOGGER = logging.getLogger("expansion_service")
 
@@ -164,6 +165,7 @@ class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
                          data_buffer_time_limit_ms=_DATA_BUFFER_TIME_LIMIT_MS)
         self._starting = threading.BoundedSemaphore(_MAX_STARTING)
         self._workers = _beam.worker_threads(self)  # where Beam's StopWorker finds them
+        _short_ids.install()  # Prism would mix our metrics with another process's (module doc)
 
     def running(self) -> int:
         """How many workers run (a job in progress)."""

@@ -1,0 +1,52 @@
+"""Metric short ids that no other process of a job reuses, so Prism never mixes two metrics.
+
+Beam's SDK harness names each metric it reports by a short id that it numbers per process
+(``sdk_worker.SHORT_ID_CACHE``: "1", "2", ...), while Prism (v2.77) keeps one short-id map per
+job, learnt from whichever worker it asks first. When two Python processes serve one job (two
+services, or a service and another Python worker), the same id names different metrics; Prism
+then decodes a counter's payload as a distribution and panics ("error decoding metrics
+beam:metric:user:distribution_int64:v1 ... Min:9223372036854775807 ..."), failing the job.
+A reproduction without crossinfer: tests/repro/prism_short_ids.py. Prefixing this process's
+ids with a token of its own keeps them apart from every other worker's (Java's read "metricN").
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from typing import Iterable
+
+from apache_beam.runners.worker import sdk_worker
+
+_LOCK = threading.Lock()
+
+
+class ProcessShortIds(sdk_worker.ShortIdCache):
+    """Beam's short-id cache, with every id prefixed by ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def get_short_id(self, monitoring_info) -> str:
+        return self.prefix + super().get_short_id(monitoring_info)
+
+    def get_infos(self, short_ids: Iterable[str]) -> dict:
+        n = len(self.prefix)
+        # An id without our prefix is unknown here: KeyError, like Beam's own cache.
+        inner = {sid: sid[n:] if sid.startswith(self.prefix) else "\0" for sid in short_ids}
+        infos = super().get_infos(inner.values())
+        return {sid: infos[inner[sid]] for sid in inner}
+
+
+def install() -> str:
+    """Makes this process's SDK workers report prefixed short ids; returns the prefix."""
+    with _LOCK:
+        cache = sdk_worker.SHORT_ID_CACHE
+        if not isinstance(cache, ProcessShortIds):
+            # Beam's harness looks the module global up at each report, so replacing it is
+            # enough; ids handed out before (none in a fresh service) stay unprefixed.
+            cache = ProcessShortIds(f"ci{os.getpid():x}{secrets.token_hex(3)}-")
+            sdk_worker.SHORT_ID_CACHE = cache
+        return cache.prefix
