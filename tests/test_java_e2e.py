@@ -125,7 +125,8 @@ def test_sklearn_with_nothing_started_by_hand(runner, request, tmp_path, sklearn
     path, _ = sklearn_model
     x, _ = models.dataset(n=200, seed=41)
     marker = f"CROSSINFER_TEST_RUN={uuid.uuid4()}"
-    env = java_env(CROSSINFER_TEST_RUN=marker.split("=", 1)[1])
+    env = java_env(CROSSINFER_TEST_RUN=marker.split("=", 1)[1],
+                   XDG_CACHE_HOME=str(tmp_path / "cache"))
     preds, fails, done = _classify(job_server, tmp_path, _feature_lines(x),
                                    f"--modelUri={path}", env=env)
     _check_same_as_python(preds, _python_predictions(x, framework="sklearn",
@@ -133,6 +134,12 @@ def test_sklearn_with_nothing_started_by_hand(runner, request, tmp_path, sklearn
     _check_bad_rows(fails)
     assert "predictions=200 failures=4" in done.stdout
     assert _pids_with(marker) == [], "the auto-started expansion service outlived the JVM"
+    # The service's log is printed at start and still there after the JVM exited.
+    logs = re.findall(r"crossinfer: expansion service log: (\S+)", done.stderr)
+    assert len(logs) == 1, done.stderr[-3000:]
+    log = Path(logs[0])
+    assert log.parent == tmp_path / "cache" / "crossinfer" / "logs"
+    assert "ready in" in log.read_text()
 
 
 def test_a_kept_service_serves_the_next_jvm_and_exits_once_unused(prism, tmp_path,

@@ -198,8 +198,7 @@ final class LocalExpansionService {
       if (state != null) { // it outlives this JVM: its log too
         log = KeptServices.logFile(state);
       } else {
-        log = Files.createTempFile("crossinfer-expansion-service-", ".log");
-        log.toFile().deleteOnExit();
+        log = ServiceLogs.newLog(); // kept after the run: its path is printed below
       }
       ProcessBuilder builder = new ProcessBuilder(command);
       builder.environment().put("PYTHONUNBUFFERED", "1");
@@ -223,6 +222,8 @@ final class LocalExpansionService {
     if (state == null) {
       Runtime.getRuntime().addShutdownHook(new Thread(() -> stop(process), "crossinfer-stop"));
     }
+    // Printed whatever logging binding the user has (or none): where to look after the run.
+    System.err.println("crossinfer: expansion service log: " + log);
     String address = awaitAddress(process, log);
     LOG.info(
         "CrossInference started the crossinfer expansion service at {} ({}); log {}{}",
