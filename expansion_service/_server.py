@@ -109,7 +109,8 @@ def serve(config: ServiceConfig) -> int:
                           network=any(r.scheme for r in repository.roots)),
         Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
                           memory_mb=config.inspect_memory_mb),
-        size=config.inspectors, digest=_isolation.content_digest(repository), fork=True)
+        size=config.inspectors, digest=_isolation.content_digest(repository), fork=True,
+        model_bytes=_isolation.model_bytes(repository))  # limits grow with the model
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
     # Expansions take at most _EXPANSIONS threads; the rest stay free for health and artifacts.
     from expansion_service._limits import MAX_REQUEST_BYTES

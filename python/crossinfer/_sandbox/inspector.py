@@ -120,7 +120,9 @@ def run_zygote(policy: Confinement, limits: Limits, control_fd: int) -> int:
         except Exception:  # noqa: BLE001 - a missing framework fails when it is asked for
             pass
     if limits.memory_mb > 0:
-        cap = _vm_size() + limits.memory_mb * 1024 * 1024
+        # The most any inspection may have (a big model's grown limits); each inspection lowers
+        # it to its own before it reads the model (_inspect_once).
+        cap = _vm_size() + limits.ceiling() * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     control = socket.socket(fileno=control_fd)
@@ -187,15 +189,30 @@ def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits,
     answers = os.fdopen(answer_w, "wb")
     log = logging.getLogger("crossinfer.sandbox.inspector")
     for line in requests:
-        # CPU: this inspection's budget (a fork starts at nothing used); hard fixed, so code
-        # in the model cannot raise it.
+        try:
+            request = json.loads(line)
+            # This inspection's limits, grown by the service with the model's size; the
+            # zygote's (a small model's) if none came.
+            own = request.get("limits")
+            own = Limits(**own) if isinstance(own, dict) else limits
+        except Exception:  # noqa: BLE001 - a malformed request: the small model's limits
+            request, own = None, limits
+        # Both hard fixed before anything of the model is read, so its code cannot raise them.
+        # CPU: this inspection's budget (a fork starts at nothing used).
         used = resource.getrusage(resource.RUSAGE_SELF)
         spent = int(used.ru_utime + used.ru_stime) + 1
         # (One second above the soft limit: SIGXCPU first, so the parent can say which limit.)
         resource.setrlimit(resource.RLIMIT_CPU,
-                           (spent + limits.cpu_seconds, spent + limits.cpu_seconds + 1))
+                           (spent + own.cpu_seconds, spent + own.cpu_seconds + 1))
+        if own.memory_mb > 0:
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            cap = _vm_size() + own.memory_mb * 1024 * 1024
+            if hard != resource.RLIM_INFINITY:
+                cap = min(cap, hard)  # never above the zygote's ceiling
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         try:
-            request = json.loads(line)
+            if request is None:
+                raise ValueError("malformed inspection request")
             answer = {"signature": _inspect.describe_kwargs(
                 unplain(request["kwargs"]), request["key"], files)}
         except MemoryError:

@@ -23,12 +23,14 @@ the service and slow for the one who repeats it.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import re
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -72,12 +74,14 @@ class InspectorPool:
     """
 
     def __init__(self, policy: Confinement, limits: Limits, size: int = 2,
-                 digest: Optional[Any] = None, fork: bool = False) -> None:
+                 digest: Optional[Any] = None, fork: bool = False,
+                 model_bytes: Optional[Any] = None) -> None:
         from crossinfer._sandbox import fences as _sandbox
 
         self.policy, self.limits, self.size = policy, limits, size
         self.total = size + 2
         self._digest = digest  # uri -> a content digest (or None: not cacheable)
+        self._model_bytes = model_bytes  # uri -> its size on disk (or None): the limits grow
         self._lock = threading.Lock()
         self._children: set[Child] = set()
         self._closed = False
@@ -175,7 +179,7 @@ class InspectorPool:
                     self._pending[cache_key] = threading.Event()
                     break
             # The same model is being inspected for someone: its answer is this one too.
-            waiting.wait(self.limits.timeout + _WAIT_FOR_CHILD)
+            waiting.wait(self.limits_for(kwargs, key).timeout + _WAIT_FOR_CHILD)
             if not waiting.is_set():
                 break
         try:
@@ -193,9 +197,19 @@ class InspectorPool:
                 if event is not None:
                     event.set()
 
-    def _cache_key(self, kwargs: Mapping[str, Any], key: Optional[str]) -> Optional[str]:
-        uri = (kwargs.get("models") or {}).get(key) if key is not None else kwargs.get(
+    @staticmethod
+    def _uri(kwargs: Mapping[str, Any], key: Optional[str]) -> Optional[str]:
+        return (kwargs.get("models") or {}).get(key) if key is not None else kwargs.get(
             "model_uri")
+
+    def limits_for(self, kwargs: Mapping[str, Any], key: Optional[str]) -> Limits:
+        """This inspection's limits: the service's, grown with the model's size on disk."""
+        uri = self._uri(kwargs, key)
+        size = self._model_bytes(uri) if self._model_bytes is not None and uri else None
+        return self.limits.for_model(size)
+
+    def _cache_key(self, kwargs: Mapping[str, Any], key: Optional[str]) -> Optional[str]:
+        uri = self._uri(kwargs, key)
         digest = self._digest(uri) if self._digest is not None and uri else None
         if digest is None:
             return None
@@ -229,30 +243,38 @@ class InspectorPool:
         if child is None:
             return {"error": {"type": "ModelLoadError", "message":
                               f"{what}: the model inspectors are not available; try again"}}
+        limits = self.limits_for(kwargs, key)
         started = time.monotonic()
-        deadline = started + self.limits.timeout
+        deadline = started + limits.timeout
         try:
-            answer = child.ask({"kwargs": plain(kwargs), "key": key}, deadline)
+            answer = child.ask({"kwargs": plain(kwargs), "key": key,
+                                "limits": dataclasses.asdict(limits)}, deadline)
+            error = answer.get("error")
+            if isinstance(error, dict) and error.get("type") == "MemoryLimit":
+                error["limits"] = dataclasses.asdict(limits)  # said in the message
             _LOGGER.info("inspected %s in process %d: %d ms", what[:100], child.pid,
                          round((time.monotonic() - started) * 1000))
             return answer
         except Overrun as e:
             reason = str(e)
             if reason == "timeout":
-                detail = f"did not finish within {self.limits.timeout:g} s"
+                detail = f"did not finish within {limits.timeout:g} s"
             else:
                 code = child.exit_code(wait=5.0)
                 detail = _death(code) if reason == "exited" else f"gave {reason}"
             _LOGGER.warning("model inspection of %s (%s) %s; inspector killed", what,
                             str(kwargs.get("framework"))[:40], detail)
-            return {"error": {"type": "Stopped", "message": self._stopped(what, detail)}}
+            return {"error": {"type": "Stopped",
+                              "message": self._stopped(what, detail, limits)}}
         finally:
             self._discard(child)
 
-    def _stopped(self, what: str, detail: str) -> str:
-        return (f"{what}: opening the model {detail}, so it was stopped (limits: "
-                f"{self.limits.timeout:g} s, {self.limits.cpu_seconds} s of CPU, "
-                f"{self.limits.memory_mb} MiB of memory)")
+    def _stopped(self, what: str, detail: str, limits: Optional[Limits] = None) -> str:
+        limits = limits or self.limits
+        return (f"{what}: opening the model {detail}, so it was stopped (limits, grown with "
+                f"the model's size: {limits.timeout:g} s, {limits.cpu_seconds} s of CPU, "
+                f"{limits.memory_mb} MiB of memory; the service's --inspect-timeout, "
+                f"--inspect-cpu-seconds and --inspect-memory-mb set them for a small model)")
 
     def close(self) -> None:
         """Kill every child and what it started (on shutdown)."""
@@ -282,12 +304,43 @@ def _outcome(answer: dict, what: str, stopped: Any) -> Mapping[str, Any]:
         raise ModelLoadError(f"{what}: the model inspection returned an unexpected answer")
     message = error["message"][:2000]
     if error.get("type") == "MemoryLimit":
-        raise ModelLoadError(stopped(what, HIT_MEMORY_LIMIT))
+        grown = error.get("limits")
+        raise ModelLoadError(stopped(what, HIT_MEMORY_LIMIT,
+                                     Limits(**grown) if isinstance(grown, dict) else None))
     if error.get("type") == "CallableNotAllowedError":
         raise CallableNotAllowedError(message)
     if error.get("type") == "ConfigurationError":
         raise ConfigurationError(message)
     raise ModelLoadError(message)
+
+
+def model_bytes(repository: Any) -> Any:
+    """uri -> the size of the local model file (a directory: its files' total), opened
+    through ``repository``; None if it cannot be told (the inspection says why)."""
+
+    def size(uri: str) -> Optional[int]:
+        try:
+            fd = repository.open(uri)
+        except Exception:  # noqa: BLE001 - refused: the inspection says why
+            return None
+        if fd is None:
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISDIR(info.st_mode):
+                return info.st_size
+            total = 0
+            for top, _, files in os.walk(f"/proc/self/fd/{fd}"):
+                for name in files:
+                    try:
+                        total += os.lstat(os.path.join(top, name)).st_size
+                    except OSError:
+                        pass
+            return total
+        finally:
+            os.close(fd)
+
+    return size
 
 
 def content_digest(repository: Any) -> Any:

@@ -5,6 +5,7 @@ inspector side (``inspector``)."""
 from __future__ import annotations
 
 import base64
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,11 +24,44 @@ ALLOCATION_FAILED = re.compile(
 
 @dataclass(frozen=True)
 class Limits:
-    """What one model inspection may spend."""
+    """What one model inspection may spend: these for a small model, more for a big one
+    (``for_model``), never more than ``ceiling_mb`` of address space."""
 
     timeout: float = 30.0  # wall-clock seconds, then the child is killed
     cpu_seconds: int = 30  # CPU seconds per inspection (RLIMIT_CPU)
     memory_mb: int = 2048  # address space a child may add beyond its libraries (RLIMIT_AS)
+    ceiling_mb: int = 0  # most any inspection may add; 0: the machine's memory
+
+    def ceiling(self) -> int:
+        """MiB no inspection goes beyond: the machine's physical memory (a model that needs
+        more cannot be loaded here at all), or ``memory_mb`` if that is larger."""
+        if self.ceiling_mb > 0:
+            return max(self.ceiling_mb, self.memory_mb)
+        try:
+            physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
+        except (ValueError, OSError, AttributeError):
+            physical = 0
+        return max(physical, self.memory_mb)
+
+    def for_model(self, size_bytes: "int | None") -> "Limits":
+        """The limits for a model of ``size_bytes`` on disk: a model is read, built and run
+        once, so memory grows by MEMORY_PER_BYTE times its size and the time by
+        SECONDS_PER_GIB per GiB, up to the ceiling. Unknown size: these limits."""
+        if not size_bytes or size_bytes <= 0:
+            return self
+        gib = size_bytes / (1 << 30)
+        grown = self.memory_mb + (MEMORY_PER_BYTE * size_bytes >> 20)
+        memory = min(self.ceiling(), grown)
+        return Limits(timeout=self.timeout + SECONDS_PER_GIB * gib,
+                      cpu_seconds=self.cpu_seconds + int(SECONDS_PER_GIB * gib + 0.999),
+                      memory_mb=max(self.memory_mb, memory), ceiling_mb=self.ceiling_mb)
+
+
+# A model file's bytes are in memory about three times while it is inspected (the file read,
+# the tensors built from it, the library's copy), and reading and building take about this long
+# per GiB on a busy 2-core machine.
+MEMORY_PER_BYTE = 3
+SECONDS_PER_GIB = 30.0
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import contextlib
 import fnmatch
 import functools
 import inspect
+import itertools
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
@@ -127,12 +128,8 @@ class _Handler(PytorchModelHandlerTensor):
 
     def load_model(self) -> torch.nn.Module:
         if self._st:
-            from safetensors.torch import load as load_safetensors
-
             path, model_class, params = self._st_args
-            state = load_safetensors(self._policy.read(path))
-            model = model_class(**params)
-            model.load_state_dict(state)
+            model = _load_safetensors(self._policy, path, model_class, params)
             model.to(self._crossinfer_device)
         else:
             model = super().load_model()
@@ -140,6 +137,26 @@ class _Handler(PytorchModelHandlerTensor):
             param.requires_grad_(False)
         model.eval()
         return model
+
+
+def _load_safetensors(policy: Policy, path: str, model_class: type,
+                      params: dict) -> torch.nn.Module:
+    """The module with the file's tensors, holding a big model once: the file is mapped, not
+    read into a buffer, and the module is built without storage (meta device) and takes the
+    file's tensors as they are. A module whose state the file does not cover whole (a buffer
+    it does not save) is built the ordinary way."""
+    from safetensors.torch import load, load_file
+
+    with policy.opened(path) as local:
+        # A remote file (gs://...) is read whole, through Beam's FileSystems.
+        state = load(policy.read(path)) if "://" in local else load_file(local)
+    with torch.device("meta"):
+        model = model_class(**params)
+    model.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        model = model_class(**params)
+        model.load_state_dict(state)
+    return model
 
 
 def _model_class(config: Config, policy: Policy) -> Optional[type]:
