@@ -39,6 +39,21 @@ class MLP(torch.nn.Module):
         return self.net(x)
 
 
+class BigTable(torch.nn.Module):
+    """A big model (``rows * width`` float32: 4 GiB by default) whose output depends on the
+    table's last row: ``head(x) + table[-1, :classes]``."""
+
+    def __init__(self, rows: int = 1 << 20, width: int = 1024, n_features: int = N_FEATURES,
+                 classes: int = 2):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(rows, width))
+        self.head = torch.nn.Linear(n_features, classes)
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x) + self.table[-1, :self.classes]
+
+
 class MeanEmbedding(torch.nn.Module):
     """Sequence classifier that ignores token 0: the mean of the non-padding embeddings."""
 

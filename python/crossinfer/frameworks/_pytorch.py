@@ -147,9 +147,12 @@ def _load_safetensors(policy: Policy, path: str, model_class: type,
     it does not save) is built the ordinary way."""
     from safetensors.torch import load, load_file
 
-    with policy.opened(path) as local:
-        # A remote file (gs://...) is read whole, through Beam's FileSystems.
-        state = load(policy.read(path)) if "://" in local else load_file(local)
+    if path.startswith("/proc/self/fd/"):  # the descriptor the repository checked (_load)
+        state = load_file(path)
+    else:
+        with policy.opened(path) as local:
+            # A remote file (gs://...) is read whole, through Beam's FileSystems.
+            state = load(policy.read(path)) if "://" in local else load_file(local)
     with torch.device("meta"):
         model = model_class(**params)
     model.load_state_dict(state, assign=True)

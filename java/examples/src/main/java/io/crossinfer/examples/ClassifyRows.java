@@ -132,6 +132,20 @@ public final class ClassifyRows {
       inference =
           inference.withTrustedModelRoots(options.getTrustedModelRoots().toArray(new String[0]));
     }
+    if (options.getModelParams() != null) {
+      Map<String, Object> params = new LinkedHashMap<>();
+      for (String pair : options.getModelParams()) {
+        int eq = pair.indexOf('=');
+        if (eq <= 0) {
+          throw new IllegalArgumentException("--modelParams: " + pair + " is not key=integer");
+        }
+        params.put(pair.substring(0, eq), Long.parseLong(pair.substring(eq + 1)));
+      }
+      inference = inference.withModelParams(params);
+    }
+    if (options.getLargeModel()) {
+      inference = inference.withLargeModel(true);
+    }
     if (options.getPythonContainerImage() != null) {
       inference = inference.withSdkContainerImage(options.getPythonContainerImage());
     }

@@ -123,4 +123,19 @@ public interface ClassifyRowsOptions extends PipelineOptions {
 
   /** @param featureType the element type of the feature array */
   void setFeatureType(String featureType);
+
+  /** @return key=value keyword arguments of the model class, or null */
+  @Description("pytorch state_dict: key=value keyword arguments of --modelClass (integer values)")
+  List<String> getModelParams();
+
+  /** @param params key=value keyword arguments of the model class */
+  void setModelParams(List<String> params);
+
+  /** @return whether the model is loaded once per machine and shared by the workers */
+  @Description("A big model: loaded once per worker machine and shared by its processes")
+  @Default.Boolean(false)
+  boolean getLargeModel();
+
+  /** @param largeModel whether the model is loaded once per machine */
+  void setLargeModel(boolean largeModel);
 }
