@@ -252,8 +252,11 @@ class InspectorPool:
             error = answer.get("error")
             if isinstance(error, dict) and error.get("type") == "MemoryLimit":
                 error["limits"] = dataclasses.asdict(limits)  # said in the message
-            _LOGGER.info("inspected %s in process %d: %d ms", what[:100], child.pid,
-                         round((time.monotonic() - started) * 1000))
+            _LOGGER.info("inspected %s in process %d: %d ms%s", what[:100], child.pid,
+                         round((time.monotonic() - started) * 1000),
+                         "" if limits == self.limits else
+                         f" (limits grown with the model's size: {limits.timeout:g} s, "
+                         f"{limits.memory_mb} MiB)")
             return answer
         except Overrun as e:
             reason = str(e)
@@ -271,10 +274,10 @@ class InspectorPool:
 
     def _stopped(self, what: str, detail: str, limits: Optional[Limits] = None) -> str:
         limits = limits or self.limits
-        return (f"{what}: opening the model {detail}, so it was stopped (limits, grown with "
-                f"the model's size: {limits.timeout:g} s, {limits.cpu_seconds} s of CPU, "
-                f"{limits.memory_mb} MiB of memory; the service's --inspect-timeout, "
-                f"--inspect-cpu-seconds and --inspect-memory-mb set them for a small model)")
+        return (f"{what}: opening the model {detail}, so it was stopped (limits: "
+                f"{limits.timeout:g} s, {limits.cpu_seconds} s of CPU, {limits.memory_mb} MiB "
+                "of memory, which grow with the model's size; the service's --inspect-timeout, "
+                "--inspect-cpu-seconds and --inspect-memory-mb set them for a small model)")
 
     def close(self) -> None:
         """Kill every child and what it started (on shutdown)."""
