@@ -86,17 +86,26 @@ def _kind(pid: int) -> Optional[str]:
         return "inspector"
     if "-m expansion_service" in cmd:
         return "service"
-    return "other python (shared model)"
+    return "other"
+
+
+def _mount_ns(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return ""
 
 
 class PeakMemory:
     """Peak RSS by kind of process, over the processes whose environment holds ``marker``.
-    A forked inspector keeps its zygote's command line: the service's children that are not
-    the service itself count as inspectors or as the shared model's process."""
+    Forks keep the service's command line: those in another mount namespace are inspectors,
+    the others Beam's large_model process."""
 
     def __init__(self, marker: str, every: float = 0.2) -> None:
         self.marker, self.every = marker.encode(), every
         self.peaks: dict[str, int] = {}
+        self._forks: set[int] = set()
+        self._inspectors: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -123,9 +132,16 @@ class PeakMemory:
                     continue
                 kind = _kind(pid)
                 if kind == "service":
-                    service_pids.add(pid)
-                    if ppid in service_pids:  # a fork of the service: an inspector or zygote
-                        kind = "inspector"
+                    if ppid in service_pids or ppid in self._forks:
+                        # A fork of the service: the inspectors (and their zygote) live in a
+                        # mount namespace of their own; Beam's large_model process does not.
+                        self._forks.add(pid)
+                        kind = ("inspector" if _mount_ns(pid) != _mount_ns(ppid)
+                                or ppid in self._inspectors else "shared model (large_model)")
+                        if kind == "inspector":
+                            self._inspectors.add(pid)
+                    else:
+                        service_pids.add(pid)
                 if kind:
                     self.peaks[kind] = max(self.peaks.get(kind, 0), _rss_kib(pid))
             self._stop.wait(self.every)
