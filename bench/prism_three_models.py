@@ -32,7 +32,8 @@ sys.path[:0] = [{repo!r}]
 from tests import models
 keras.utils.set_random_seed(0)
 x, y = models.dataset(n=300, seed=0)
-model = keras.Sequential([keras.Input((models.N_FEATURES,)), keras.layers.Dense(16, activation="relu"),
+model = keras.Sequential([keras.Input((models.N_FEATURES,)),
+                          keras.layers.Dense(16, activation="relu"),
                           keras.layers.Dense(3, activation="softmax")])
 model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
 model.fit(x, y, epochs=3, batch_size=64, verbose=0)
