@@ -46,8 +46,8 @@ class Limits:
     def for_model(self, size_bytes: "int | None") -> "Limits":
         """The limits for a model of ``size_bytes`` on disk: a model is read, built and run
         once, so memory grows by MEMORY_PER_BYTE times its size and the time by
-        SECONDS_PER_GIB per GiB, up to the ceiling. Unknown size: these limits."""
-        if not size_bytes or size_bytes <= 0:
+        SECONDS_PER_GIB per GiB, up to the ceiling. Unknown or small size: these limits."""
+        if not size_bytes or size_bytes < SMALL_MODEL_BYTES:
             return self
         gib = size_bytes / (1 << 30)
         grown = self.memory_mb + (MEMORY_PER_BYTE * size_bytes >> 20)
@@ -62,6 +62,7 @@ class Limits:
 # per GiB on a busy 2-core machine.
 MEMORY_PER_BYTE = 3
 SECONDS_PER_GIB = 30.0
+SMALL_MODEL_BYTES = 64 << 20  # below this the limits stay as set
 
 
 @dataclass(frozen=True)
