@@ -169,6 +169,7 @@ final class LocalExpansionService {
     if (state != null) {
       KeptServices.Found kept = KeptServices.find(state, libraryVersion);
       if (kept != null) {
+        System.err.println("crossinfer: expansion service log: " + KeptServices.logFile(state));
         LOG.info(
             "CrossInference uses the crossinfer expansion service kept at {} (pid {}, {}); {}",
             kept.address,
