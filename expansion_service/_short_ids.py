@@ -12,6 +12,7 @@ ids with a token of its own keeps them apart from every other worker's (Java's r
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
@@ -22,7 +23,11 @@ from apache_beam.runners.worker import sdk_worker
 _LOCK = threading.Lock()
 
 
-class ProcessShortIds(sdk_worker.ShortIdCache):
+# Beam internals (read from 2.77): the cache class and the module global its harness reads.
+_BASE = getattr(sdk_worker, "ShortIdCache", object)
+
+
+class ProcessShortIds(_BASE):  # type: ignore[misc,valid-type]
     """Beam's short-id cache, with every id prefixed by ``prefix``."""
 
     def __init__(self, prefix: str) -> None:
@@ -42,6 +47,11 @@ class ProcessShortIds(sdk_worker.ShortIdCache):
 
 def install() -> str:
     """Makes this process's SDK workers report prefixed short ids; returns the prefix."""
+    if _BASE is object or not hasattr(sdk_worker, "SHORT_ID_CACHE"):
+        # Another Beam: nothing to prefix here; Prism may then mix two processes' metrics.
+        logging.getLogger("expansion_service").warning(
+            "this Beam has no sdk_worker.SHORT_ID_CACHE: metric short ids are not prefixed")
+        return ""
     with _LOCK:
         cache = sdk_worker.SHORT_ID_CACHE
         if not isinstance(cache, ProcessShortIds):
