@@ -113,7 +113,55 @@ final class KeptServices {
     if (!process.isPresent() || !process.get().isAlive()) {
       return null;
     }
+    // A stale file (its service SIGKILLed) may name a port that someone else now listens on:
+    // only a listener of this user is trusted, before any request is sent to it.
+    if (!listensAsThisUser(address.group(1))) {
+      return null;
+    }
     return serving(address.group(1)) ? new Found(address.group(1), process.get()) : null;
+  }
+
+  /**
+   * Whether the socket listening on {@code address}'s port (loopback) belongs to this process's
+   * user, read from the kernel's socket tables ({@code /proc/self/net/tcp{,6}}: the uid column).
+   * False when it cannot be told.
+   */
+  static boolean listensAsThisUser(String address) {
+    int colon = address.lastIndexOf(':');
+    int port;
+    try {
+      port = Integer.parseInt(address.substring(colon + 1));
+    } catch (NumberFormatException e) {
+      return false;
+    }
+    Object self;
+    try {
+      self = Files.getAttribute(Paths.get("/proc/self"), "unix:uid");
+    } catch (IOException | UnsupportedOperationException e) {
+      return false;
+    }
+    for (String table : new String[] {"/proc/self/net/tcp", "/proc/self/net/tcp6"}) {
+      List<String> lines;
+      try {
+        lines = Files.readAllLines(Paths.get(table), StandardCharsets.US_ASCII);
+      } catch (IOException e) {
+        continue;
+      }
+      for (String line : lines) {
+        String[] parts = line.trim().split("\\s+");
+        // sl local_address rem_address st ... uid: state 0A is LISTEN
+        if (parts.length < 8 || !"0A".equals(parts[3])) {
+          continue;
+        }
+        String local = parts[1];
+        int at = local.indexOf(':');
+        if (at < 0 || Integer.parseInt(local.substring(at + 1), 16) != port) {
+          continue;
+        }
+        return parts[7].equals(self.toString());
+      }
+    }
+    return false;
   }
 
   private static boolean serving(String address) {
