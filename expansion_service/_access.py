@@ -19,6 +19,9 @@ Three ways in, decided once at start (``Access``):
 Anyone else gets UNAUTHENTICATED, before any work. The identity a request was admitted under
 (``uid:N``, ``token:<digest>`` or ``host:<address>``) is what the fair queues count
 (``current_client``): a client that opens a new connection per request is still one client.
+A local client is its process (``uid:N:pid:P``, found by the socket's inode in ``/proc/*/fd``,
+once per connection), so one of the owner's programs that floods the service does not starve
+another of the owner's programs.
 """
 
 from __future__ import annotations
@@ -74,6 +77,13 @@ def _plain(address: ipaddress._BaseAddress) -> ipaddress._BaseAddress:
 def socket_uid(address: str, port: int, remote_ports: Any = None) -> Optional[int]:
     """The uid that owns the TCP socket bound to ``address:port`` in this network namespace
     (and, if given, connected to one of ``remote_ports``); None if there is none."""
+    found = socket_owner(address, port, remote_ports)
+    return found[0] if found else None
+
+
+def socket_owner(address: str, port: int,
+                 remote_ports: Any = None) -> Optional[tuple[int, int]]:
+    """(uid, inode) of the TCP socket bound to ``address:port`` (see ``socket_uid``)."""
     wanted = _plain(ipaddress.ip_address(address))
     for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
         try:
@@ -92,8 +102,52 @@ def socket_uid(address: str, port: int, remote_ports: Any = None) -> Optional[in
                 continue
             decoded = _decode(local[0])
             if decoded is not None and _plain(decoded) == wanted:
-                return int(parts[7])
+                return int(parts[7]), int(parts[9]) if len(parts) > 9 else 0
     return None
+
+
+class _Processes:
+    """Which process holds a socket (by inode), for this user's processes; remembered per
+    inode (a socket's inode is unique while it is open), a bounded number of them."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._known: dict[int, Optional[int]] = {}
+        self._lock = threading.Lock()
+        self._size = size
+
+    def pid(self, inode: int) -> Optional[int]:
+        with self._lock:
+            if inode in self._known:
+                return self._known[inode]
+        target = f"socket:[{inode}]"
+        found = None
+        try:
+            pids = [n for n in os.listdir("/proc") if n.isdigit()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            directory = f"/proc/{pid}/fd"
+            try:
+                fds = os.listdir(directory)
+            except OSError:
+                continue  # another user's process, or gone
+            for fd in fds:
+                try:
+                    if os.readlink(f"{directory}/{fd}") == target:
+                        found = int(pid)
+                        break
+                except OSError:
+                    continue
+            if found is not None:
+                break
+        with self._lock:
+            if len(self._known) >= self._size:
+                self._known.clear()
+            self._known[inode] = found
+        return found
+
+
+_PROCESSES = _Processes()
 
 
 def listener_uid(port: int) -> Optional[int]:
@@ -143,27 +197,34 @@ class Access(grpc.ServerInterceptor):
     tokens: tuple[bytes, ...] = ()
     ports: set = field(default_factory=set)  # this service's ports (the peer's remote end)
     uid: int = field(default_factory=os.getuid)
+    by_process: bool = True  # a local client is its process, not its user
 
     def identify(self, peer: str, metadata: Any) -> Optional[str]:
         """The client's identity if it may use the service, else None."""
         where = peer_address(peer)
         if self.mode == "token":
             return self._token_identity(metadata)
+        owner = self._owner(where) if where else None
         if self.mode == "anyone":
-            if where is None:
-                return f"peer:{peer[:80]}"
-            owner = self._owner(where)
-            return f"uid:{owner}" if owner is not None else f"host:{where[0]}"
-        return f"uid:{self.uid}" if where and self._owner(where) == self.uid else None
+            if owner is not None:
+                return self._local(*owner)
+            return f"host:{where[0]}" if where else f"peer:{peer[:80]}"
+        return self._local(*owner) if owner and owner[0] == self.uid else None
 
-    def _owner(self, where: tuple[str, int]) -> Optional[int]:
+    def _local(self, uid: int, inode: int) -> str:
+        # A local client is its process (a process that opens a new connection per request
+        # stays one client); a process this service cannot see counts by its user.
+        pid = _PROCESSES.pid(inode) if inode and self.by_process else None
+        return f"uid:{uid}" + (f":pid:{pid}" if pid is not None else "")
+
+    def _owner(self, where: tuple[str, int]) -> Optional[tuple[int, int]]:
         address, port = where
         try:
             if not _plain(ipaddress.ip_address(address)).is_loopback:
                 return None
         except ValueError:
             return None
-        return socket_uid(address, port, self.ports or None)
+        return socket_owner(address, port, self.ports or None)
 
     def _token_identity(self, metadata: Any) -> Optional[str]:
         sent = b""
@@ -218,16 +279,3 @@ def server_credentials(cert_path: str, key_path: str) -> grpc.ServerCredentials:
         raise ValueError(f"{key_path} can be read by other users; chmod 600 it")
     with open(key_path, "rb") as k, open(cert_path, "rb") as c:
         return grpc.ssl_server_credentials([(k.read(), c.read())])
-
-
-def client_channel(address: str, token: Optional[str] = None,
-                   root_certificates: Optional[bytes] = None) -> grpc.Channel:
-    """A channel to a service that wants a token and/or TLS (``root_certificates``: the PEM
-    that signed the service's certificate; None with a token: TLS with the system's roots)."""
-    if token is None and root_certificates is None:
-        return grpc.insecure_channel(address)
-    tls = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-    if token is None:
-        return grpc.secure_channel(address, tls)
-    bearer = grpc.access_token_call_credentials(token)
-    return grpc.secure_channel(address, grpc.composite_channel_credentials(tls, bearer))

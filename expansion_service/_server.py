@@ -162,7 +162,7 @@ def serve(config: ServiceConfig) -> int:
     # pipeline is one; any other local user, or a model inspector (no network), is not.
     pool_server = loopback = None
     if not config.container_image:
-        pool_access = _access.Access(mode="owner")
+        pool_access = _access.Access(mode="owner", by_process=False)
         pool_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="worker-pool"),
             interceptors=[pool_access] + ([activity] if activity else []),
