@@ -33,6 +33,7 @@ import os
 import re
 import stat
 import threading
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -53,7 +54,8 @@ def current_client() -> Optional[str]:
 
 def peer_address(peer: str) -> Optional[tuple[str, int]]:
     """(address, port) of a gRPC peer string such as ``ipv4:127.0.0.1:5000``; None otherwise."""
-    match = _PEER.match(peer or "")
+    # Some gRPC releases percent-encode an IPv6 peer's brackets.
+    match = _PEER.match(urllib.parse.unquote(peer or ""))
     if not match:
         return None
     return match.group("v6") or match.group("v4"), int(match.group("port"))
