@@ -164,7 +164,7 @@ final class KeptServices {
     return false;
   }
 
-  private static boolean serving(String address) {
+  static boolean serving(String address) {
     ManagedChannel channel = ManagedChannelBuilder.forTarget(address).usePlaintext().build();
     try {
       HealthCheckResponse response =

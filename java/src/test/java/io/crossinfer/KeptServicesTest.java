@@ -92,20 +92,20 @@ public class KeptServicesTest {
         "root and the user crossinfer-other are needed",
         "root".equals(System.getProperty("user.name"))
             && new ProcessBuilder("id", "crossinfer-other").start().waitFor() == 0);
-    // A gRPC health service that says SERVING, run by the other user (imports first, then
-    // the process becomes that user, so its listening socket is theirs).
+    // A gRPC health service that says SERVING, run by the other user (built first, then the
+    // process becomes that user and binds, so its listening socket is theirs).
     Process other =
         new ProcessBuilder(
                 "python", "-c",
                 "import os, pwd, time\n"
-                    + "from concurrent import futures\n"
+                    + "from concurrent.futures import ThreadPoolExecutor\n"
                     + "import grpc\n"
                     + "from grpc_health.v1 import health, health_pb2_grpc\n"
-                    + "u = pwd.getpwnam('crossinfer-other')\n"
-                    + "os.setgroups([]); os.setgid(u.pw_gid); os.setuid(u.pw_uid)\n"
-                    + "server = grpc.server(futures.ThreadPoolExecutor(2))\n"
+                    + "server = grpc.server(ThreadPoolExecutor(2))\n"
                     + "health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), "
                     + "server)\n"
+                    + "u = pwd.getpwnam('crossinfer-other')\n"
+                    + "os.setgroups([]); os.setgid(u.pw_gid); os.setuid(u.pw_uid)\n"
                     + "port = server.add_insecure_port('127.0.0.1:0'); server.start()\n"
                     + "print(port, flush=True); time.sleep(60)")
             .start();
@@ -120,6 +120,12 @@ public class KeptServicesTest {
           state,
           "{\"address\": \"127.0.0.1:" + port + "\", \"pid\": " + other.pid()
               + ", \"version\": \"1\"}");
+      // It does answer as a serving service (the first channel of a JVM may take seconds).
+      boolean answers = false;
+      for (int i = 0; i < 5 && !answers; i++) {
+        answers = KeptServices.serving("127.0.0.1:" + port);
+      }
+      assertTrue(answers);
       assertNull(KeptServices.find(state, "1"));
     } finally {
       other.destroyForcibly();
