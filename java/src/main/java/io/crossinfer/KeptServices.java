@@ -16,15 +16,8 @@ import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Optional;
-import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.ManagedChannel;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.ManagedChannelBuilder;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.StatusRuntimeException;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.health.v1.HealthCheckRequest;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.health.v1.HealthCheckResponse;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.health.v1.HealthGrpc;
 import org.checkerframework.checker.nullness.qual.Nullable;
 
 /**
@@ -165,22 +158,16 @@ final class KeptServices {
   }
 
   static boolean serving(String address) {
-    ManagedChannel channel = ManagedChannelBuilder.forTarget(address).usePlaintext().build();
+    int colon = address.lastIndexOf(':');
+    if (colon <= 0) {
+      return false;
+    }
+    String host = address.substring(0, colon).replace("[", "").replace("]", "");
     try {
-      HealthCheckResponse response =
-          HealthGrpc.newBlockingStub(channel)
-              .withDeadlineAfter(3, TimeUnit.SECONDS)
-              .check(HealthCheckRequest.getDefaultInstance());
-      return response.getStatus() == HealthCheckResponse.ServingStatus.SERVING;
-    } catch (StatusRuntimeException e) {
-      return false; // gone, stopping (UNAVAILABLE), or not ours
-    } finally {
-      channel.shutdownNow();
-      try {
-        channel.awaitTermination(5, TimeUnit.SECONDS);
-      } catch (InterruptedException e) {
-        Thread.currentThread().interrupt();
-      }
+      // Gone, stopping (not SERVING), or not ours: false.
+      return HealthProbe.serving(host, Integer.parseInt(address.substring(colon + 1)), 3000);
+    } catch (NumberFormatException e) {
+      return false;
     }
   }
 
