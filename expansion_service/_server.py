@@ -99,6 +99,12 @@ def serve(config: ServiceConfig) -> int:
     except (OSError, ValueError) as e:
         print(f"crossinfer-expansion-service: {e}", file=sys.stderr)
         return 2
+    if access.mode == "owner" and not _access.socket_table_readable():
+        # The owner check would refuse every caller: say so now, with the way out.
+        print("crossinfer-expansion-service: cannot read the kernel's socket table "
+              "(/proc/net/tcp), so callers cannot be told apart; give --auth-token-file "
+              "(or --allow-any-client behind a proxy that authenticates)", file=sys.stderr)
+        return 2
 
     if not _port_free(config.host, config.port):  # said before seconds of imports
         print(f"crossinfer-expansion-service: cannot listen on "
