@@ -137,7 +137,8 @@ def serve(config: ServiceConfig) -> int:
     interceptors = [access] + ([activity] if activity else [])
 
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=_EXPANSIONS + 16,
+        # Expansions, one client's queue of them, and threads that stay free for health.
+        futures.ThreadPoolExecutor(max_workers=_EXPANSIONS + 32,
                                    thread_name_prefix="expansion-rpc"),
         interceptors=interceptors,
         options=[("grpc.so_reuseport", 0),

@@ -17,8 +17,8 @@ from expansion_service import _access, _guard, _limits, _registry
 
 _LOGGER = logging.getLogger("expansion_service")
 
-_PER_CLIENT = 8  # expansions of one client at once
-_QUEUED_PER_CLIENT = 4  # and waiting for their turn
+_PER_CLIENT = 16  # expansions of one client at once
+_QUEUED_PER_CLIENT = 16  # and waiting for their turn (each holds an RPC thread)
 _WAIT_FOR_TURN = 30.0
 
 _TRACEBACK_HEADER = "Traceback (most recent call last):\n"
