@@ -45,8 +45,9 @@ def _parser() -> argparse.ArgumentParser:
               "TorchScript, custom handler files) load from here too: mark only prefixes "
               "that nobody but you can write; repeatable"))
     parser.add_argument(
-        "--inspect-timeout", type=float, default=30.0, metavar="SECONDS",
-        help="wall-clock limit for opening one model at expansion (default 30)")
+        "--inspect-timeout", type=float, default=120.0, metavar="SECONDS",
+        help=("wall-clock backstop for opening one model at expansion (default 120), for a "
+              "model that sleeps; the CPU limit is the real bound, whatever the load"))
     parser.add_argument(
         "--inspect-cpu-seconds", type=int, default=30, metavar="SECONDS",
         help="CPU limit for opening one model at expansion (default 30)")
@@ -70,6 +71,22 @@ def _parser() -> argparse.ArgumentParser:
         "--state-file", default=None, metavar="PATH",
         help=("once listening, write where (address, pid, version) to PATH as JSON, readable "
               "by this user only; removed at exit"))
+    parser.add_argument(
+        "--auth-token-file", default=None, metavar="PATH",
+        help=("serve only requests that carry one of the tokens in PATH (one a line; the file "
+              "readable by its owner only) as 'authorization: Bearer TOKEN' metadata. Without "
+              "it, only the service's own user on this machine is served (loopback, checked "
+              "by the uid of the client's socket)"))
+    parser.add_argument(
+        "--tls-cert", default=None, metavar="PEM",
+        help="speak TLS on the port with this certificate chain (with --tls-key)")
+    parser.add_argument(
+        "--tls-key", default=None, metavar="PEM",
+        help="the TLS certificate's private key (readable by its owner only)")
+    parser.add_argument(
+        "--allow-any-client", action="store_true",
+        help=("serve every client that can connect, with no check of who it is (only behind "
+              "something that authenticates, such as a proxy)"))
     parser.add_argument(
         "--log-level", default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -107,6 +124,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"crossinfer-expansion-service: --{name.replace('_', '-')} {value} is out of "
                   f"range [{low}, {high}]", file=sys.stderr)
             return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("crossinfer-expansion-service: --tls-cert and --tls-key go together",
+              file=sys.stderr)
+        return 2
+    if args.allow_any_client and args.auth_token_file:
+        print("crossinfer-expansion-service: --allow-any-client and --auth-token-file exclude "
+              "each other (a token file serves only its tokens)", file=sys.stderr)
+        return 2
+    if not (args.auth_token_file or args.allow_any_client or _loopback(args.host)):
+        print(f"crossinfer-expansion-service: --host {args.host} reaches other machines, whose "
+              "users this service cannot check: give --auth-token-file (and --tls-cert/"
+              "--tls-key), or --allow-any-client behind a proxy that authenticates",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -132,4 +163,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         inspectors=args.inspectors,
         idle_exit=args.idle_exit,
         state_file=args.state_file,
+        token_file=args.auth_token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        any_client=args.allow_any_client,
     ))
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -31,12 +31,16 @@ class ServiceConfig:
     container_image: Optional[str] = None
     model_roots: tuple[str, ...] = ()
     trusted_model_roots: tuple[str, ...] = ()
-    inspect_timeout: float = 30.0
+    inspect_timeout: float = 120.0  # a backstop; CPU seconds are the real bound
     inspect_cpu_seconds: int = 30
     inspect_memory_mb: int = 2048
     inspectors: int = 2
     idle_exit: float = 0.0  # seconds unused before the service exits; 0: never
     state_file: Optional[str] = None  # where a kept service says where it listens
+    token_file: Optional[str] = None  # serve only these tokens' holders
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    any_client: bool = False  # serve anyone who connects (behind an authenticating proxy)
 
 
 def _hostport(host: str, port: int) -> str:
@@ -66,7 +70,7 @@ def serve(config: ServiceConfig) -> int:
     from crossinfer._sandbox.settings import Confinement, Limits
     from crossinfer._errors import ConfigurationError
     from expansion_service import (
-        _artifacts, _guard, _kept, _options, _registry, _servicer, _workers)
+        _access, _artifacts, _guard, _kept, _options, _registry, _servicer, _workers)
 
     try:
         _beam.check_service()  # the Beam internals it relies on were read from these releases
@@ -86,15 +90,26 @@ def serve(config: ServiceConfig) -> int:
         print(f"crossinfer-expansion-service: --model-root: {e}", file=sys.stderr)
         return 2
 
+    try:
+        access = _access.Access(
+            mode="token" if config.token_file else "anyone" if config.any_client else "owner",
+            tokens=_access.read_tokens(config.token_file) if config.token_file else ())
+        credentials = (_access.server_credentials(config.tls_cert, config.tls_key)
+                       if config.tls_cert else None)
+    except (OSError, ValueError) as e:
+        print(f"crossinfer-expansion-service: {e}", file=sys.stderr)
+        return 2
+    if access.mode == "owner" and not _access.socket_table_readable():
+        # The owner check would refuse every caller: say so now, with the way out.
+        print("crossinfer-expansion-service: cannot read the kernel's socket table "
+              "(/proc/net/tcp), so callers cannot be told apart; give --auth-token-file "
+              "(or --allow-any-client behind a proxy that authenticates)", file=sys.stderr)
+        return 2
+
     if not _port_free(config.host, config.port):  # said before seconds of imports
         print(f"crossinfer-expansion-service: cannot listen on "
               f"{_hostport(config.host, config.port)}: in use", file=sys.stderr)
         return 1
-    # The worker pool (local runs) listens on a Unix socket in a private directory, not on
-    # the service's TCP port: only the pipeline's job server, as the same user, reaches it.
-    pool_socket = pool_server = None
-    if not config.container_image:
-        pool_socket = _workers.PrivateSocket()
     # Imports what the first expansion needs, and what the inspectors' zygote needs: it is
     # forked from this process next, before gRPC (or anything) starts a thread, so one import
     # serves both.
@@ -105,7 +120,7 @@ def serve(config: ServiceConfig) -> int:
         Confinement(allow=tuple(config.allow), model_roots=config.model_roots,
                           trusted_model_roots=config.trusted_model_roots,
                           held=tuple(repository.held()),
-                          hidden=(pool_socket.directory,) if pool_socket else (),
+                          hidden=(),
                           network=any(r.scheme for r in repository.roots)),
         Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
                           memory_mb=config.inspect_memory_mb),
@@ -119,47 +134,58 @@ def serve(config: ServiceConfig) -> int:
     # A kept service (started by one JVM, used by the next) exits once unused.
     activity = _kept.Activity(config.idle_exit, busy=lambda: bool(
         workers and workers.running())) if config.idle_exit > 0 else None
-    interceptors = [activity] if activity else []
+    # Who may call comes first: a refused call is not activity, and does no work.
+    interceptors = [access] + ([activity] if activity else [])
 
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=_EXPANSIONS + 16,
+        # Expansions, one client's queue of them, and threads that stay free for health.
+        futures.ThreadPoolExecutor(max_workers=_EXPANSIONS + 32,
                                    thread_name_prefix="expansion-rpc"),
         interceptors=interceptors,
         options=[("grpc.so_reuseport", 0),
                  ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                  ("grpc.max_send_message_length", 64 * 1024 * 1024)])
     try:
-        port = server.add_insecure_port(_hostport(config.host, config.port))
+        port = (server.add_secure_port(_hostport(config.host, config.port), credentials)
+                if credentials is not None
+                else server.add_insecure_port(_hostport(config.host, config.port)))
     except RuntimeError:
         port = 0
     if not port:
         inspectors.close()
-        if pool_socket is not None:
-            pool_socket.remove()
         print(f"crossinfer-expansion-service: cannot listen on "
               f"{_hostport(config.host, config.port)}", file=sys.stderr)
         return 1
     address = _hostport(config.host, port)
+    access.ports.add(port)
 
     # The service's whole policy, one value handed to every expansion (never set globally).
     policy = _policy.Policy(allowlist=tuple(config.allow), repository=repository,
                             runner=inspectors)
     # The in-process workers resolve nothing against a directory that holds files.
     os.chdir(inspectors.workdir)
+    # The worker pool (local runs) listens on loopback TCP, which every runner can dial (a
+    # Flink job server cannot dial a Unix socket), on a port of its own, and serves only
+    # this user's processes (the uid of the caller's socket): the job server that runs the
+    # pipeline is one; any other local user, or a model inspector (no network), is not.
+    pool_server = loopback = None
     if not config.container_image:
+        pool_access = _access.Access(mode="owner", by_process=False)
         pool_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="worker-pool"),
-            interceptors=interceptors,
-            options=[("grpc.max_receive_message_length", 1024 * 1024)])
+            interceptors=[pool_access] + ([activity] if activity else []),
+            options=[("grpc.max_receive_message_length", 1024 * 1024),
+                     ("grpc.so_reuseport", 0)])
         beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(
             workers, pool_server)
-        if not pool_server.add_insecure_port(pool_socket.address):
+        pool_port = pool_server.add_insecure_port("127.0.0.1:0")
+        if not pool_port:
             inspectors.close()
-            print("crossinfer-expansion-service: cannot create the worker pool's socket",
-                  file=sys.stderr)
+            print("crossinfer-expansion-service: cannot listen for the worker pool on "
+                  "loopback", file=sys.stderr)
             return 1
-        os.chmod(pool_socket.path, 0o600)
-    loopback = pool_socket.address if pool_socket else None
+        pool_access.ports.add(pool_port)
+        loopback = f"127.0.0.1:{pool_port}"
     options = _options.service_options(
         loopback_address=loopback, container_image=config.container_image)
     pickler.set_library(options.view_as(SetupOptions).pickle_library)
@@ -212,7 +238,6 @@ def serve(config: ServiceConfig) -> int:
         stopped = server.stop(_SHUTDOWN_GRACE_SECS)
         if pool_server is not None:
             pool_server.stop(0)
-            pool_socket.remove()
         stopped.wait(_SHUTDOWN_GRACE_SECS + 0.5)
     _exit(0)
 

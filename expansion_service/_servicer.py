@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 
 from apache_beam.portability.api import beam_expansion_api_pb2
@@ -13,9 +12,14 @@ from apache_beam.transforms import environments
 
 from crossinfer import _policy
 from crossinfer._sandbox import pool as _isolation
-from expansion_service import _guard, _limits, _registry
+from crossinfer._sandbox.fair import FairSlots
+from expansion_service import _access, _guard, _limits, _registry
 
 _LOGGER = logging.getLogger("expansion_service")
+
+_PER_CLIENT = 16  # expansions of one client at once
+_QUEUED_PER_CLIENT = 16  # and waiting for their turn (each holds an RPC thread)
+_WAIT_FOR_TURN = 30.0
 
 _TRACEBACK_HEADER = "Traceback (most recent call last):\n"
 _EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<message>.*))?$", re.S)
@@ -25,9 +29,12 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
     """Expands crossinfer.Inference with Beam's own machinery, after the guard has passed it.
 
     Every request is built under the service's ``policy`` (allowlist, model repository,
-    inspectors). At most ``concurrency`` expansions run at once (the others get
-    RESOURCE_EXHAUSTED after a second, so RPC threads stay free for health checks), and Beam's
-    schema registry is swept behind them.
+    inspectors). At most ``concurrency`` expansions run at once, ``_PER_CLIENT`` of one client
+    (its identity from ``_access``, which outlives its connections); the others wait their turn,
+    round-robin across clients. A client's queue is short, so one client's flood holds few RPC
+    threads (the rest stay free for other clients and health checks): past it, or after
+    ``_WAIT_FOR_TURN`` s, a request gets RESOURCE_EXHAUSTED. Beam's schema registry is swept
+    behind the expansions.
     """
 
     def __init__(self, options, policy: _policy.Policy, concurrency: int = 32) -> None:
@@ -36,7 +43,7 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
         # The environment Beam's servicer gives expanded transforms: without a loopback
         # address it is exactly this (Beam keeps its own copy in a private attribute).
         self._environment = environments.Environment.from_options(options)
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self._slots = FairSlots(concurrency, min(_PER_CLIENT, concurrency), _QUEUED_PER_CLIENT)
         self._janitor = _registry.SchemaJanitor()
 
     def environment_artifacts(self) -> list:
@@ -44,26 +51,28 @@ class GuardedExpansionServicer(ExpansionServiceServicer):
         return list(self._environment.artifacts())
 
     def Expand(self, request, context=None):
-        if not self._slots.acquire(timeout=1.0):
-            message = "the expansion service is busy (too many expansions at once); retry"
+        # Who asks: the identity the access check admitted (it outlives the connection).
+        client = _access.current_client() or (context.peer() if context is not None else "?")
+        if not self._slots.acquire(client, _WAIT_FOR_TURN):
+            message = ("the expansion service is busy (this client has too many expansions "
+                       "running and waiting); retry")
             if context is not None:
                 import grpc
 
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
             return beam_expansion_api_pb2.ExpansionResponse(error=message)
-        # The inspection caps count per client connection.
-        _isolation.set_client(context.peer() if context is not None else None)
+        _isolation.set_client(client)
         try:
             with self._janitor.expansion():
                 response = self._expand(request, context)
         finally:
-            self._slots.release()
+            self._slots.release(client)
         if _isolation.refused_busy() and context is not None:
             import grpc
 
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          "the expansion service is inspecting as many models as it takes at "
-                          "once (for this client or in all); retry later")
+                          "the expansion service is inspecting as many models for this client "
+                          "as it takes at once; retry later")
         return response
 
     def _expand(self, request, context):

@@ -2,17 +2,15 @@
 
 A worker pool runs whatever pipeline a caller of ``StartWorker`` serves it: Beam's
 BeamFnExternalWorkerPoolServicer dials the control endpoint named in the request and executes
-the (pickled) functions it is sent there. Served on the service's TCP port, any local user could
-have it run their code as the service's user. So it is served on a Unix-domain socket in a
-directory only the service's user can enter (mode 0700), and the expanded transforms' EXTERNAL
-environment names that socket: the job server, running as the same user, reaches it; other
-users cannot, and model inspectors (which run code from trusted pickles) do not see the
-directory at all (``_sandbox``). ``StartWorker`` dials only loopback control endpoints that
-accept a connection, and does the gRPC handshake (short deadline) and the worker's start off
-the RPC thread, a few at a time, so requests naming dead or silent endpoints cannot exhaust
-threads or hold up other callers (Beam's harness waits 60 s for its control channel). Each
-directory records its owner's pid; directories of services that are gone (killed with
-SIGKILL) are removed when the next service starts.
+the (pickled) functions it is sent there. So the pool listens on a loopback port of its own
+(any runner can dial TCP; a Flink job server cannot dial a Unix socket), and serves only the
+service's own user (``_access``: the uid of the caller's socket): the job server, running as
+that user, reaches it; other users get UNAUTHENTICATED, and model inspectors have no network.
+``StartWorker`` dials only loopback control endpoints that accept a connection, and does the
+gRPC handshake (short deadline) and the worker's start off the RPC thread, a few at a time, so
+requests naming dead or silent endpoints cannot exhaust threads or hold up other callers
+(Beam's harness waits 60 s for its control channel). A request that finds every starting slot
+taken waits for one (Beam's clients do not retry a refused StartWorker).
 """
 
 from __future__ import annotations
@@ -21,10 +19,7 @@ import ipaddress
 import logging
 import os
 import re
-import shutil
 import socket
-import stat
-import tempfile
 import threading
 from typing import Optional
 
@@ -44,6 +39,7 @@ _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9.-]+)
 _WORKER_ID = re.compile(r"^[\x20-\x7e]{1,256}$")
 _MAX_STARTING = 16  # workers connecting at once
 _MAX_WORKERS = 64  # live in-process workers
+_WAIT_TO_START = 60.0  # seconds a StartWorker waits for a starting slot
 _PROBE_SECS = 2.0
 _CONNECT_SECS = 0.25
 _READY_SECS = 5.0  # for the control endpoint's gRPC handshake (Beam's harness waits 60 s)
@@ -66,78 +62,6 @@ def loopback_endpoint(url: str) -> Optional[tuple[str, int]]:
         return (host, port) if ipaddress.ip_address(host).is_loopback else None
     except ValueError:
         return None
-
-
-_PREFIX = "crossinfer-workers-"
-
-
-class PrivateSocket:
-    """A Unix-domain socket path in a fresh directory only this user can enter."""
-
-    def __init__(self) -> None:
-        remove_stale_directories()
-        self.directory = tempfile.mkdtemp(prefix=_PREFIX)
-        os.chmod(self.directory, 0o700)
-        self.path = os.path.join(self.directory, "pool.sock")
-        # Which service owns the directory, so a later one can tell it is left over.
-        with open(os.path.join(self.directory, "owner"), "w") as f:
-            f.write(str(os.getpid()))
-
-    @property
-    def address(self) -> str:
-        return f"unix:{self.path}"
-
-    def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def remove_stale_directories(parent: Optional[str] = None) -> list[str]:
-    """Remove this user's socket directories of services that are gone (killed with SIGKILL,
-    they could not clean up); return the ones removed. A directory whose owner is alive, or
-    whose socket still accepts connections, is kept."""
-    parent = parent or tempfile.gettempdir()
-    removed = []
-    try:
-        names = [n for n in os.listdir(parent) if n.startswith(_PREFIX)]
-    except OSError:
-        return removed
-    for name in names:
-        directory = os.path.join(parent, name)
-        try:
-            info = os.lstat(directory)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            continue
-        if _owner_alive(directory) or _accepts(os.path.join(directory, "pool.sock")):
-            continue
-        shutil.rmtree(directory, ignore_errors=True)
-        removed.append(directory)
-    return removed
-
-
-def _owner_alive(directory: str) -> bool:
-    try:
-        with open(os.path.join(directory, "owner")) as f:
-            pid = int(f.read(20))
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return pid != os.getpid()
-
-
-def _accepts(path: str) -> bool:
-    if not os.path.exists(path):
-        return False
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 def _speaks_grpc(url: str, endpoint: tuple[str, int]) -> bool:
@@ -189,8 +113,11 @@ class GuardedWorkerPool(worker_pool_main.BeamFnExternalWorkerPoolServicer):
         except OSError:
             return self._refuse(f"nothing accepts connections at "
                                 f"{request.control_endpoint.url[:100]}")
-        if not self._starting.acquire(blocking=False):
-            return self._refuse("too many workers are starting at once; retry")
+        # A slot frees within _PROBE_SECS + _READY_SECS (a silent endpoint's handshake), so
+        # the wait is bounded; Beam's clients never retry a refusal.
+        if not self._starting.acquire(timeout=_WAIT_TO_START):
+            return self._refuse(f"no worker could start within {_WAIT_TO_START:g} s (too "
+                                "many were starting at once); start the job again")
         # The gRPC handshake happens off the request thread: a silent one costs a starting slot
         # for _PROBE_SECS, never another caller's StartWorker.
         threading.Thread(target=self._start, args=(request, endpoint), daemon=True,

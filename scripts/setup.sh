@@ -28,6 +28,12 @@ if ! command -v gradle >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1 \
     default-jdk-headless >/dev/null
 fi
 
+# A second local user, for the tests that probe a service as someone else (it must be refused).
+if [ "$(id -u)" = 0 ] && ! id crossinfer-other >/dev/null 2>&1; then
+  echo "== a second local user for the access tests: crossinfer-other (no login, no home)"
+  useradd --system --no-create-home --shell /usr/sbin/nologin crossinfer-other
+fi
+
 echo "== Java build (gradle build: library, examples, JUnit, classpath files for the tests)"
 gradle -q --console=plain build
 echo "== Java artifact io.crossinfer:crossinfer into the local Maven repository"

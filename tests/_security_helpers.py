@@ -102,8 +102,9 @@ def small_onnx(path: Path, width: int = 4, doc: str = "") -> Path:
     return path
 
 
-def looping_onnx(path: Path) -> Path:
-    """An ONNX graph whose Loop runs 2^62 times: only the inspection deadline ends it."""
+def looping_onnx(path: Path, doc: str = "") -> Path:
+    """An ONNX graph whose Loop runs 2^62 times: only the inspection's limits end it (``doc``
+    makes its bytes differ)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -122,7 +123,8 @@ def looping_onnx(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
         initializer=[helper.make_tensor("n", TensorProto.INT64, [], [1 << 62]),
                      helper.make_tensor("c", TensorProto.BOOL, [], [True])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                                doc_string=doc), str(path))
     return path
 
 

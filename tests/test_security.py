@@ -13,7 +13,6 @@ import os
 import pickle
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -431,12 +430,6 @@ def test_worker_pool_is_not_on_the_tcp_port(channel):
         beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel).StartWorker(
             beam_fn_api_pb2.StartWorkerRequest(worker_id="x"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
-def test_worker_pool_socket_is_owner_only(pool):
-    path = pool[0][len("unix:"):]
-    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
 
 
 def _closed_port() -> int:

@@ -34,8 +34,7 @@ def _pool_path(channel, place) -> str:
     response = expand(channel, request(model_uri=str(place / "roots/trusted/model.pkl")))
     for env in response.components.environments.values():
         if env.urn == common_urns.environments.EXTERNAL.urn:
-            url = beam_runner_api_pb2.ExternalPayload.FromString(env.payload).endpoint.url
-            return url[len("unix:"):]
+            return beam_runner_api_pb2.ExternalPayload.FromString(env.payload).endpoint.url
     raise AssertionError("no EXTERNAL environment")
 
 
@@ -60,9 +59,10 @@ try:
     out["cpu"] = "raised"
 except (ValueError, OSError):
     out["cpu"] = "refused"
-s = socket.socket(socket.AF_UNIX)
+s = socket.socket()  # the worker pool listens on loopback TCP
+s.settimeout(2)
 try:
-    s.connect({pool!r})
+    s.connect(({pool!r}.rsplit(":", 1)[0], int({pool!r}.rsplit(":", 1)[1])))
     out["pool"] = "connected"
 except OSError as e:
     out["pool"] = type(e).__name__
@@ -144,7 +144,7 @@ def test_sigterm_kills_what_inspectors_started(place):
     files = {k: place / "markers" / f"term-{k}" for k in ("escaped", "stayed", "result")}
     svc = start(place, log="sigterm.log")
     slow = code_pickle(place / "roots" / "trusted" / "slow.pkl", _ESCAPE.format(
-        pool="/nonexistent", port=1, **{k: str(v) for k, v in files.items()})
+        pool="127.0.0.1:1", port=1, **{k: str(v) for k, v in files.items()})
         + "\ntime.sleep(60)\n")
     import threading
 

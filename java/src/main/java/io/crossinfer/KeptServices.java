@@ -16,15 +16,8 @@ import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Optional;
-import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.ManagedChannel;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.ManagedChannelBuilder;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.StatusRuntimeException;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.health.v1.HealthCheckRequest;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.health.v1.HealthCheckResponse;
-import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.health.v1.HealthGrpc;
 import org.checkerframework.checker.nullness.qual.Nullable;
 
 /**
@@ -113,26 +106,68 @@ final class KeptServices {
     if (!process.isPresent() || !process.get().isAlive()) {
       return null;
     }
+    // A stale file (its service SIGKILLed) may name a port that someone else now listens on:
+    // only a listener of this user is trusted, before any request is sent to it.
+    if (!listensAsThisUser(address.group(1))) {
+      return null;
+    }
     return serving(address.group(1)) ? new Found(address.group(1), process.get()) : null;
   }
 
-  private static boolean serving(String address) {
-    ManagedChannel channel = ManagedChannelBuilder.forTarget(address).usePlaintext().build();
+  /**
+   * Whether the socket listening on {@code address}'s port (loopback) belongs to this process's
+   * user, read from the kernel's socket tables ({@code /proc/self/net/tcp{,6}}: the uid column).
+   * False when it cannot be told.
+   */
+  static boolean listensAsThisUser(String address) {
+    int colon = address.lastIndexOf(':');
+    int port;
     try {
-      HealthCheckResponse response =
-          HealthGrpc.newBlockingStub(channel)
-              .withDeadlineAfter(3, TimeUnit.SECONDS)
-              .check(HealthCheckRequest.getDefaultInstance());
-      return response.getStatus() == HealthCheckResponse.ServingStatus.SERVING;
-    } catch (StatusRuntimeException e) {
-      return false; // gone, stopping (UNAVAILABLE), or not ours
-    } finally {
-      channel.shutdownNow();
+      port = Integer.parseInt(address.substring(colon + 1));
+    } catch (NumberFormatException e) {
+      return false;
+    }
+    Object self;
+    try {
+      self = Files.getAttribute(Paths.get("/proc/self"), "unix:uid");
+    } catch (IOException | UnsupportedOperationException e) {
+      return false;
+    }
+    for (String table : new String[] {"/proc/self/net/tcp", "/proc/self/net/tcp6"}) {
+      List<String> lines;
       try {
-        channel.awaitTermination(5, TimeUnit.SECONDS);
-      } catch (InterruptedException e) {
-        Thread.currentThread().interrupt();
+        lines = Files.readAllLines(Paths.get(table), StandardCharsets.US_ASCII);
+      } catch (IOException e) {
+        continue;
       }
+      for (String line : lines) {
+        String[] parts = line.trim().split("\\s+");
+        // sl local_address rem_address st ... uid: state 0A is LISTEN
+        if (parts.length < 8 || !"0A".equals(parts[3])) {
+          continue;
+        }
+        String local = parts[1];
+        int at = local.indexOf(':');
+        if (at < 0 || Integer.parseInt(local.substring(at + 1), 16) != port) {
+          continue;
+        }
+        return parts[7].equals(self.toString());
+      }
+    }
+    return false;
+  }
+
+  static boolean serving(String address) {
+    int colon = address.lastIndexOf(':');
+    if (colon <= 0) {
+      return false;
+    }
+    String host = address.substring(0, colon).replace("[", "").replace("]", "");
+    try {
+      // Gone, stopping (not SERVING), or not ours: false.
+      return HealthProbe.serving(host, Integer.parseInt(address.substring(colon + 1)), 3000);
+    } catch (NumberFormatException e) {
+      return false;
     }
   }
 
