@@ -4,6 +4,7 @@ pipeline on Prism whose model files change mid-stream."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pickle
@@ -107,27 +108,44 @@ def test_roots_travel_with_the_checks(tmp_path: Path) -> None:
         _updates.check_model(data_only, str(inside / "c.pkl"))
 
 
-def test_newest_accepted_file_wins_and_refusals_are_skipped(tmp_path: Path) -> None:
+def test_each_window_gets_the_newest_accepted_file_landed_by_its_end(tmp_path: Path) -> None:
     models.train_sklearn(tmp_path / "a.pkl")
     checks = _checks(tmp_path / "a.pkl")
-    fn = _updates.NewestModel(str(tmp_path / "*.pkl"), time.time() - 0.5, checks)
-    os.utime(tmp_path / "a.pkl", (1, 1))  # older than the job: the first model serves
-    assert list(fn.process(0)) == [ModelMetadata("", "")]
+    first = str(tmp_path / "a.pkl")
+    fn = _updates.WindowModel(str(tmp_path / "*.pkl"), time.time(), first, checks)
+    # Older than the job: the first model serves.
+    assert fn.choose(time.time() + 100) == ModelMetadata(first, "a")
     models.train_sklearn(tmp_path / "b.pkl", seed=1)
-    assert list(fn.process(1)) == [ModelMetadata(str(tmp_path / "b.pkl"), "b")]
+    landed = os.stat(tmp_path / "b.pkl").st_ctime
+    digest = hashlib.sha256((tmp_path / "b.pkl").read_bytes()).hexdigest()[:12]
+    b = ModelMetadata(f"{tmp_path / 'b.pkl'}@{digest}", "b")
+    assert fn.choose(landed + 100) == b
+    # A window that ended before b.pkl landed keeps the first model, however late it is asked.
+    assert fn.choose(landed - 0.001) == ModelMetadata(first, "a")
     (tmp_path / "c.pkl").write_bytes(b"garbage")
-    os.utime(tmp_path / "c.pkl", (time.time() + 5, time.time() + 5))  # the newest file
-    assert list(fn.process(2)) == [ModelMetadata(str(tmp_path / "b.pkl"), "b")]
+    future = time.time() + 5
+    os.utime(tmp_path / "c.pkl", (future, future))  # the newest file, refused: passed over
+    assert fn.choose(future + 1) == b
+    # Two files that land at once: the later name wins, for every window after them.
+    models.train_sklearn(tmp_path / "e.pkl", seed=2)
+    models.train_sklearn(tmp_path / "d.pkl", seed=3)
+    for name in ("d.pkl", "e.pkl"):
+        os.utime(tmp_path / name, (future + 2, future + 2))
+    e = fn.choose(future + 3)
+    assert _updates.path_of(e.model_id) == str(tmp_path / "e.pkl") and e.model_name == "e"
+    assert fn.choose(future + 1.5) == b
 
 
 def test_a_callers_model_metadata_is_checked_the_same_way(tmp_path: Path) -> None:
     models.train_sklearn(tmp_path / "a.pkl")
     models.train_sklearn(tmp_path / "b.pkl", seed=1)
     _publish(tmp_path / "c.pkl", _train_narrow)
-    fn = _updates.CheckUpdates(_checks(tmp_path / "a.pkl"))
+    fn = _updates.CheckUpdates(_checks(tmp_path / "a.pkl"), str(tmp_path / "a.pkl"))
     good = ModelMetadata(str(tmp_path / "b.pkl"), "b")
     assert list(fn.process(good)) == [good]
-    assert list(fn.process(ModelMetadata("", ""))) == [ModelMetadata("", "")]
+    # Beam's "no newer model" names the first model: an empty id would make RunInference
+    # reload its own first tag after an update (the model would go back).
+    assert list(fn.process(ModelMetadata("", ""))) == [ModelMetadata(str(tmp_path / "a.pkl"), "")]
     assert list(fn.process(ModelMetadata(str(tmp_path / "c.pkl"), "c"))) == []
     assert list(fn.process("not metadata")) == []
 
