@@ -3,6 +3,7 @@ pipeline on Prism whose model files change mid-stream."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -212,14 +213,18 @@ def _row(i: int) -> models.FeatureRow:
 
 
 class _Sink(beam.DoFn):
-    """Appends each prediction to a file the test reads while the job runs."""
+    """Appends each output row, with its window's start, to a file the test reads."""
 
     def __init__(self, path: str) -> None:
         self._path = path
 
-    def process(self, row: Any):
+    def process(self, row: Any, win: Any = beam.DoFn.WindowParam):
+        record = {"id": getattr(row, "id", None), "window": float(win.start),
+                  "model_id": getattr(row, "model_id", None)}
+        if record["id"] is None:  # a failure: its row's id, from the row as JSON
+            record["id"] = json.loads(row.element)["id"]
         with open(self._path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"id": row.id, "model_id": row.model_id}) + "\n")
+            f.write(json.dumps(record) + "\n")
         return []
 
 
@@ -231,73 +236,119 @@ def _wait(what: str, ok: Any, limit: float = 180.0, detail: Any = lambda: "") ->
         time.sleep(0.25)
 
 
-@pytest.mark.parametrize("large_model", [False, True], ids=["one-per-process", "large_model"])
-def test_models_change_mid_stream_on_prism(tmp_path: Path, large_model: bool) -> None:
+BAD_EVERY = 9  # every 9th row has too few features: a failure, mixed in with the predictions
+
+
+def _stream_row(i: int) -> models.FeatureRow:
+    row = _row(i)
+    return row._replace(features=row.features[:3]) if i % BAD_EVERY == 0 else row
+
+
+def _expected_model(end: float, landed: dict[str, float], refused: set[str], first: str) -> str:
+    """The model crossinfer promises a window ending at ``end``: the newest accepted file
+    landed by then (the later name on a tie), else the first."""
+    newer = sorted(((t, path) for path, t in landed.items() if t <= end and path not in refused),
+                   reverse=True)
+    return newer[0][1] if newer else first
+
+
+def run_updates_stream(tmp_path: Path, large_model: bool = False, backlog: float = 10.0,
+                       live: float = 24.0, every: float = 0.1, window: float = 2.0) -> dict:
+    """A Python streaming job on Prism that starts ``backlog`` seconds late (its first rows
+    are already due), with failures mixed in and model files landing while it runs: a good
+    one, a broken one, one whose input differs, then two good ones at once. Its rows' source
+    ends, and the job then finishes by itself (every open window scored). Returns what came
+    out, the files' landing times and the job's counters (bench/streaming.py repeats it)."""
     repo = tmp_path / "models"
     repo.mkdir()
     models.train_sklearn(repo / "a.pkl", seed=0)
-    sink, failures = tmp_path / "predictions.jsonl", tmp_path / "failures.jsonl"
+    os.utime(repo / "a.pkl", (1, 1))
+    sink = tmp_path / "out.jsonl"
     sink.touch()
-    failures.touch()
-    rows_total, every = 240, 0.25  # a minute of rows, a few per window
-
     p = beam.Pipeline(options=PipelineOptions(
         runner="PrismRunner", prism_location=prism_binary(), streaming=True,
         # its own Prism job server, not the one Beam shares in this process (see
         # tests/test_prism_python.py)
         experiments=["disable_prism_server_singleton"]))
-    start = time.time() + 1
-    rows = (p | PeriodicImpulse(start_timestamp=start,
-                                # The source runs on: the counted rows' windows all close
-                                # while it does.
-                                stop_timestamp=start + (rows_total + 80) * every,
+    start = time.time() - backlog
+    total = round((backlog + live) / every)
+    rows = (p | PeriodicImpulse(start_timestamp=start, stop_timestamp=start + total * every,
                                 fire_interval=every)
             | beam.Map(lambda t: round((float(t) - start) / every))
-            | beam.Map(_row).with_output_types(models.FeatureRow)
-            | beam.WindowInto(beam.window.FixedWindows(2)))
+            | beam.Map(_stream_row).with_output_types(models.FeatureRow)
+            | beam.WindowInto(beam.window.FixedWindows(window)))
     out = rows | crossinfer.Inference(
         "sklearn", str(repo / "a.pkl"), feature_field="features", passthrough_fields=["id"],
-        model_updates=str(repo / "*.pkl"), model_update_interval_secs=1,
-        large_model=large_model)
+        model_updates=str(repo / "*.pkl"), large_model=large_model)
     _ = out["predictions"] | "Record" >> beam.ParDo(_Sink(str(sink)))
-    _ = out["failures"] | "RecordFailures" >> beam.Map(
-        lambda f: failures.open("a").write(f"{f}\n") and None)
+    _ = out["failures"] | "RecordFailures" >> beam.ParDo(_Sink(str(sink)))
     result = p.run()
-    seen = lambda: [json.loads(line) for line in sink.read_text().splitlines()]  # noqa: E731
+    landed: dict[str, float] = {}
+
+    def publish(at: float, name: str, make: Any, *args: Any) -> None:
+        time.sleep(max(0.0, at - time.time()))
+        _publish(repo / name, make, *args)
+        st = os.stat(repo / name)
+        landed[str(repo / name)] = max(st.st_mtime, st.st_ctime)
+
+    live_from = start + backlog
     try:
-        _wait("the first predictions", lambda: len(seen()) >= 8)
-        assert {r["model_id"] for r in seen()} == {str(repo / "a.pkl")}
-        _publish(repo / "b.pkl", models.train_sklearn, 1)
-        _wait("predictions of the new model",
-              lambda: any(r["model_id"] == str(repo / "b.pkl") for r in seen()))
-        switched = max(r["id"] for r in seen())
-        # A broken file, then one whose input differs, each newer than b.pkl.
-        _publish(repo / "c.pkl", _garbage)
-        _publish(repo / "d.pkl", _train_narrow)
-        bad_written = max(r["id"] for r in seen())
-        _wait("all rows", lambda: {r["id"] for r in seen()} >= set(range(rows_total)),
-              limit=rows_total * every + 120,
-              detail=lambda: sorted(set(range(rows_total)) - {r["id"] for r in seen()}))
-        refused: dict[str, int] = {}
-        for m in result.metrics().query(
-                beam.metrics.MetricsFilter().with_namespace("crossinfer"))["counters"]:
-            refused[m.key.metric.name] = refused.get(m.key.metric.name, 0) + m.committed
+        publish(live_from + 4, "b.pkl", models.train_sklearn, 1)
+        publish(live_from + 8, "c.pkl", _garbage)
+        publish(live_from + 8, "d.pkl", _train_narrow)
+        publish(live_from + 12, "e.pkl", models.train_sklearn, 2)
+        publish(live_from + 12, "f.pkl", models.train_sklearn, 3)  # right after e.pkl
+        state = result.wait_until_finish(duration=int((live + 150) * 1000))
+        counters: dict[str, int] = {}
+        if state == "DONE":
+            for m in result.metrics().query(
+                    beam.metrics.MetricsFilter().with_namespace("crossinfer"))["counters"]:
+                counters[m.key.metric.name] = counters.get(m.key.metric.name, 0) + m.committed
     finally:
-        result.cancel()
-    got = seen()
-    ids = sorted(r["id"] for r in got)
-    assert len(ids) == len(set(ids)), "no row is predicted twice"
-    assert set(ids) >= set(range(rows_total)), "every row of a closed window is predicted"
-    assert failures.read_text() == ""
-    by_id = {r["id"]: r["model_id"] for r in got}
-    # Windows that closed after b.pkl was accepted and after the bad files appeared: b.pkl.
-    later = [by_id[i] for i in range(bad_written + 16, max(by_id) + 1)]
-    assert later and set(later) == {str(repo / "b.pkl")}
-    assert by_id[0] == str(repo / "a.pkl") and switched > 0
-    # Each worker that checks a file counts its verdict (a file may be checked in more than
-    # one worker): both bad files refused, the good one accepted, at least once each.
-    assert refused.get("model_updates_refused", 0) >= 2, refused
-    assert refused.get("model_updates_accepted", 0) >= 1, refused
+        if str(result.state) not in ("DONE", "FAILED", "CANCELLED"):
+            result.cancel()
+    return {"state": str(state), "records": [json.loads(x) for x in sink.read_text().splitlines()],
+            "landed": landed, "refused": {str(repo / "c.pkl"), str(repo / "d.pkl")},
+            "first": str(repo / "a.pkl"), "total": total, "window": window,
+            "counters": counters, "start": start}
+
+
+def check_updates_stream(run: dict) -> None:
+    """What crossinfer promises of such a job: it ends once its source ends; every row is in
+    exactly one output; each window has one model, the newest accepted file landed by the
+    window's end, so the model never goes back."""
+    assert run["state"] == "DONE", "the job ends by itself once its rows' source ends"
+    records, total = run["records"], run["total"]
+    ids = collections.Counter(r["id"] for r in records)
+    assert sorted(ids) == list(range(total)) and set(ids.values()) == {1}, (
+        "every row in exactly one output: missing "
+        f"{sorted(set(range(total)) - set(ids))}, twice {[i for i, n in ids.items() if n > 1]}")
+    failed = {r["id"] for r in records if r["model_id"] is None}
+    assert failed == set(range(0, total, BAD_EVERY))
+    by_window: dict[float, set[str]] = collections.defaultdict(set)
+    for r in records:
+        if r["model_id"] is not None:
+            by_window[r["window"]].add(r["model_id"])
+    assert all(len(m) == 1 for m in by_window.values()), \
+        {w: m for w, m in by_window.items() if len(m) > 1}
+    order = [run["first"], *sorted(run["landed"], key=run["landed"].get)]
+    used = [_updates.path_of(next(iter(by_window[w]))) for w in sorted(by_window)]
+    assert [order.index(u) for u in used] == sorted(order.index(u) for u in used), \
+        "the model never goes back"
+    for w in sorted(by_window):
+        want = _expected_model(w + run["window"], run["landed"], run["refused"], run["first"])
+        assert _updates.path_of(next(iter(by_window[w]))) == want, (w, by_window[w], want)
+    assert {_updates.path_of(m) for ms in by_window.values() for m in ms} >= {
+        run["first"], *(p for p in run["landed"] if p not in run["refused"]
+                        and not p.endswith("e.pkl"))}
+    assert run["counters"].get("model_updates_refused", 0) >= 2, run["counters"]
+    assert run["counters"].get("model_updates_accepted", 0) >= 2, run["counters"]
+
+
+@pytest.mark.parametrize("large_model", [False, True], ids=["one-per-process", "large_model"])
+def test_models_change_mid_stream_on_prism_with_a_backlog(tmp_path: Path,
+                                                          large_model: bool) -> None:
+    check_updates_stream(run_updates_stream(tmp_path, large_model=large_model))
 
 
 # --- a Java pipeline with withModelUpdates, end to end on Prism ---------------------------
