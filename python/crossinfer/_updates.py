@@ -305,17 +305,37 @@ class _Spread(beam.DoFn):
         yield self._n, row
 
 
-def hold_until_window_end(rows: beam.PCollection) -> beam.PCollection:
-    """The rows, each released when its window closes.
+class _Ready:
+    """In a group of rows: their window's model is out (a marker, never released)."""
 
-    A window's side input (its model) is ready only then; a runner that does not hold
-    ungrouped main-input elements for a windowed side input (Prism) gets them grouped.
+
+def _to_every_shard(metadata: Any):
+    for shard in range(_SHARDS):
+        yield shard, _Ready()
+
+
+def hold_until_window_end(rows: beam.PCollection,
+                          models: Optional[beam.PCollection] = None) -> beam.PCollection:
+    """The rows, each released when its window closes and, with ``models``, once its
+    window's model is out.
+
+    A window's side input (its model) is ready only then. A runner that does not hold
+    ungrouped main-input elements for a windowed side input (Prism gives such elements an
+    empty side input, on which Beam's RunInference reloads its first model) gets them grouped
+    with a marker of their window's model: the group is released only after the model is.
     """
     element = rows.element_type
     keyed = rows | "SpreadRows" >> beam.ParDo(_Spread()).with_output_types(
-        typehints.Tuple[int, element])
+        typehints.Tuple[int, typehints.Any])
+    if models is not None:
+        ready = models | "ModelReady" >> beam.FlatMap(_to_every_shard).with_output_types(
+            typehints.Tuple[int, typehints.Any])
+        keyed = (keyed, ready) | "RowsAndModel" >> beam.Flatten().with_output_types(
+            typehints.Tuple[int, typehints.Any])
     return (keyed | "WaitForWindowEnd" >> beam.GroupByKey()
-            | "Release" >> beam.FlatMap(lambda kv: kv[1]).with_output_types(element))
+            | "Release" >> beam.FlatMap(
+                lambda kv: [r for r in kv[1] if not isinstance(r, _Ready)]
+            ).with_output_types(element))
 
 
 def side_input(pcoll: beam.PCollection, config: Config, signature: Signature,
