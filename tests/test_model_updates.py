@@ -453,7 +453,7 @@ def test_java_pipeline_with_model_updates_on_prism(tmp_path: Path) -> None:
         if kind == "F":
             records.append({"id": json.loads(rest)["id"], "window": None, "model_id": None})
         else:
-            i, window, model_id = rest.split(",", 2)
+            i, window, _, model_id = rest.split(",", 3)
             records.append({"id": int(i), "window": int(window) / 1000, "model_id": model_id})
     counters: dict[str, int] = {}
     for line in stdout.splitlines():

@@ -8,6 +8,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
@@ -20,6 +21,7 @@ import org.apache.beam.sdk.metrics.MetricsFilter;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.transforms.DoFn;
+import org.apache.beam.sdk.transforms.FlatMapElements;
 import org.apache.beam.sdk.transforms.MapElements;
 import org.apache.beam.sdk.transforms.ParDo;
 import org.apache.beam.sdk.transforms.PeriodicImpulse;
@@ -35,10 +37,11 @@ import org.joda.time.Duration;
 import org.joda.time.Instant;
 
 /**
- * A streaming Java pipeline whose model changes while it runs, run by the end-to-end tests: a
- * source of ROWS rows (10 a second from the program's start; every ninth has too few features), 2-second windows,
- * {@link CrossInference#withModelUpdates}, and each output appended to a file as it comes
- * ({@code P,id,windowStart,model_id}; failures as {@code F,row as JSON}).
+ * A streaming Java pipeline whose model changes while it runs, run by the end-to-end tests and
+ * bench/streaming.py: a source of ROWS rows (10 a second from the program's start, or
+ * {@code -Drate=N}; every ninth has too few features), 2-second windows, {@link
+ * CrossInference#withModelUpdates}, and each output appended to a file as it comes
+ * ({@code P,id,windowStart,wallMillis,model_id}; failures as {@code F,row as JSON}).
  *
  * <pre>
  * ModelUpdatesStream OUT ROWS MODEL.pkl PATTERN MODEL_ROOT [pipeline options]
@@ -100,6 +103,8 @@ public final class ModelUpdatesStream {
               + ","
               + ((IntervalWindow) window).start().getMillis()
               + ","
+              + System.currentTimeMillis()
+              + ","
               + r.getString("model_id"));
     }
   }
@@ -116,6 +121,9 @@ public final class ModelUpdatesStream {
     // An unbounded source that ends (a bounded GenerateSequence would be read whole before any
     // window closes): rows from the start of the program, so a slow start is a backlog.
     Instant start = Instant.now();
+    // -Drate=N rows a second (default 10), in bursts every tenth of a second.
+    long perTick = Math.max(1, Integer.getInteger("rate", 10) / 10);
+    long ticks = (rows + perTick - 1) / perTick;
     Pipeline p =
         Pipeline.create(
             PipelineOptionsFactory.fromArgs(Arrays.copyOfRange(args, 5, args.length)).create());
@@ -128,13 +136,23 @@ public final class ModelUpdatesStream {
         p.apply(
                 PeriodicImpulse.create()
                     .startAt(start)
-                    .stopAt(start.plus(Duration.millis(100 * rows - 50)))
+                    .stopAt(start.plus(Duration.millis(100 * ticks - 50)))
                     .withInterval(Duration.millis(100)))
+            .apply(
+                FlatMapElements.into(TypeDescriptors.longs())
+                    .via(
+                        (Instant t) -> {
+                          long tick = (t.getMillis() - start.getMillis()) / 100;
+                          List<Long> ids = new ArrayList<>();
+                          for (long k = 0; k < perTick; k++) {
+                            ids.add(tick * perTick + k);
+                          }
+                          return ids;
+                        }))
             .apply(
                 MapElements.into(TypeDescriptors.rows())
                     .via(
-                        (Instant t) -> {
-                          long i = (t.getMillis() - start.getMillis()) / 100;
+                        (Long i) -> {
                           Random random = new Random(i);
                           Double[] features = new Double[i % 9 == 0 ? 3 : WIDTH];
                           for (int j = 0; j < features.length; j++) {
