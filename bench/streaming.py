@@ -79,10 +79,12 @@ def _figures(records: list[list[Any]], landed: dict[str, float], what: str) -> N
         path = path_of(model_id)
         first_use[path] = min(first_use.get(path, wall), wall)
     swaps = [first_use[p] - t for p, t in landed.items() if p in first_use]
-    lat = [wall - end for _, end, _, wall in records]
+    # Windows that closed while the job ran (not a backlog from a slow start).
+    started = min((wall for *_, wall in records), default=0.0)
+    lat = [wall - end for _, end, _, wall in records if end >= started]
     print(f"{what}: {len(records)} predictions; swap latency ({len(swaps)} of {len(landed)} "
-          f"files used) {_pct(swaps)}; window end to output {_pct(lat)}; load {load()}",
-          flush=True)
+          f"files used) {_pct(swaps)}; window end to output ({len(lat)} predictions of "
+          f"windows closing after the first output) {_pct(lat)}; load {load()}", flush=True)
 
 
 def python_latency(rate: int, seconds: float, work: Path) -> None:
@@ -124,7 +126,7 @@ def python_latency(rate: int, seconds: float, work: Path) -> None:
     _figures(records, landed, f"Python on Prism, {rate} rows/s for {seconds:.0f} s ({state})")
 
 
-def java_latency(rate: int, seconds: float, work: Path) -> None:
+def java_latency(rate: int, seconds: float, work: Path, delay: float = 60.0) -> None:
     from tests import models
     from tests._java import EXAMPLES_TEST_CLASSPATH, PrismJobServer, classpath, java_env
 
@@ -137,9 +139,10 @@ def java_latency(rate: int, seconds: float, work: Path) -> None:
     prism = PrismJobServer(work)
     landed: dict[str, float] = {}
     java = None
+    launched = time.time()
     try:
         java = subprocess.Popen(
-            ["java", f"-Drate={rate}", "-cp", classpath(EXAMPLES_TEST_CLASSPATH),
+            ["java", f"-Drate={rate}", f"-DstartDelayMs={int(delay * 1000)}", "-cp", classpath(EXAMPLES_TEST_CLASSPATH),
              "io.crossinfer.examples.ModelUpdatesStream", str(out), str(rows),
              str(repo / "m0.pkl"), str(repo / "*.pkl"), str(repo),
              *prism.flags()],
@@ -150,8 +153,8 @@ def java_latency(rate: int, seconds: float, work: Path) -> None:
         end = time.time() + 300
         while "submitted\n" not in printed and time.time() < end and java.poll() is None:
             time.sleep(0.2)
-        now = time.time()
-        _publisher(repo, [now + 3, now + 6, now + 9], landed)
+        begin = max(time.time(), launched + delay)
+        _publisher(repo, [begin + seconds * f for f in (0.25, 0.5, 0.75)], landed)
         java.wait(timeout=seconds + 600)
     finally:
         if java is not None and java.poll() is None:
@@ -194,13 +197,15 @@ def main(argv: Sequence[str] = ()) -> int:
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=40)
     ap.add_argument("--backlog", type=int, default=0)
+    ap.add_argument("--java-delay", type=float, default=60.0,
+                    help="seconds from the JVM's start to its first row (its start-up)")
     args = ap.parse_args(list(argv) or None)
     work = Path(tempfile.mkdtemp(prefix="crossinfer-streaming-"))
     try:
         if args.latency:
             python_latency(args.rate, args.seconds, work)
             if args.java:
-                java_latency(args.rate, args.seconds, work)
+                java_latency(args.rate, args.seconds, work, args.java_delay)
         if args.backlog:
             backlog_runs(args.backlog, work)
     finally:

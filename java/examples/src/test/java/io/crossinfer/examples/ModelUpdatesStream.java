@@ -120,7 +120,9 @@ public final class ModelUpdatesStream {
     long rows = Long.parseLong(args[1]);
     // An unbounded source that ends (a bounded GenerateSequence would be read whole before any
     // window closes): rows from the start of the program, so a slow start is a backlog.
-    Instant start = Instant.now();
+    // -DstartDelayMs=N: the first row N ms after the program's start (a benchmark's rows then
+    // come live, not as a backlog).
+    Instant start = Instant.now().plus(Duration.millis(Long.getLong("startDelayMs", 0)));
     // -Drate=N rows a second (default 10), in bursts every tenth of a second.
     long perTick = Math.max(1, Integer.getInteger("rate", 10) / 10);
     long ticks = (rows + perTick - 1) / perTick;
