@@ -142,8 +142,8 @@ def java_latency(rate: int, seconds: float, work: Path, delay: float = 60.0) -> 
     launched = time.time()
     try:
         java = subprocess.Popen(
-            ["java", f"-Drate={rate}", f"-DstartDelayMs={int(delay * 1000)}", "-cp", classpath(EXAMPLES_TEST_CLASSPATH),
-             "io.crossinfer.examples.ModelUpdatesStream", str(out), str(rows),
+            ["java", f"-Drate={rate}", f"-DstartDelayMs={int(delay * 1000)}",
+             "-cp", classpath(EXAMPLES_TEST_CLASSPATH), "io.crossinfer.examples.ModelUpdatesStream", str(out), str(rows),
              str(repo / "m0.pkl"), str(repo / "*.pkl"), str(repo),
              *prism.flags()],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=java_env())
