@@ -48,7 +48,9 @@ def test_the_first_example_prints_a_prediction_and_a_failure(first):
 
 def test_the_model_updates_example_switches_models_while_it_runs(first):
     out = [l for l in _run(first[0], 1).splitlines() if l.startswith("Prediction(")]
-    models = [re.search(r"model_id='([^']+)'", l).group(1) for l in out]
+    # An update's model_id is its path and a version (path@sha256 prefix).
+    models = [re.sub(r"@[0-9a-f]{12}$", "", re.search(r"model_id='([^']+)'", l).group(1))
+              for l in out]
     assert set(models) == {"models/model-001.pkl", "models/model-002.pkl"}, models
     first_new = models.index("models/model-002.pkl")
     # One swap: every prediction after the first from the new model comes from it too

@@ -257,10 +257,11 @@ ARGUMENTS: tuple[Argument, ...] = (
                        "models a worker holds; give models and model_key_field, or drop it"),)),
     Argument("model_updates", "string", Text(),
              "swap the model while the job runs: a file pattern (`/models/*.onnx`, "
-             "`gs://b/m/*.pkl`) polled every `model_update_interval_secs`; the newest file "
-             "written since the job started that passes the first model's checks and has its "
-             "signature replaces it, from the next window on (windowed input; see Model "
-             "updates). Python also takes a PCollection of Beam's `ModelMetadata`",
+             "`gs://b/m/*.pkl`) listed as each window closes; the window is scored by the "
+             "newest file landed since the job started and by the window's end that passes "
+             "the first model's checks and has its signature, else the first model (fixed "
+             "windows; see Model updates). Python also takes a PCollection of Beam's "
+             "`ModelMetadata`",
              "withModelUpdates", _frameworks.taking("model_updates"),
              python_type="Union[str, beam.PCollection]", rules=(
                  conflicts(When("models"), "model_updates cannot be combined with models / "
@@ -268,8 +269,8 @@ ARGUMENTS: tuple[Argument, ...] = (
                            "one Inference per model, each with its own model_updates"),)),
     Argument("model_update_interval_secs", "float",
              Number(positive=True, high=86400.0, as_float=True),
-             "how often `model_updates` is polled, and the length of the update windows "
-             "(default 10)",
+             "accepted for compatibility; changes nothing (`model_updates` is listed as each "
+             "window closes)",
              "withModelUpdates", _frameworks.taking("model_updates"), rules=(
                  needs(When("model_updates"), "model_update_interval_secs is how often "
                        "model_updates is polled; give model_updates (a file pattern) too, or "

@@ -315,9 +315,11 @@ class RowHandler(ModelHandler):
         self._inner.validate_inference_args(inference_args)
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
-        # RunInference calls this with a checked update's path before it loads that model,
-        # and again after: predictions then name the model that made them.
-        self._inner.update_model_path(model_path)
+        # RunInference calls this with a checked update's model_id before it loads that
+        # model, and again after: predictions then name the model that made them. The id
+        # may carry the file's version (path@digest, crossinfer._updates.WindowModel).
+        from crossinfer._updates import path_of  # imported here: _updates imports the plan
+        self._inner.update_model_path(path_of(model_path) if model_path else model_path)
         if model_path:
             self._model_id = model_path
 

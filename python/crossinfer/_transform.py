@@ -98,7 +98,7 @@ class Inference(beam.PTransform):
         updates = _updates.side_input(pcoll, config, plan.signature, self._updates,
                                       self._policy)
         if updates is not None and config.model_updates is not None:
-            rows = _updates.hold_until_window_end(rows)
+            rows = _updates.hold_until_window_end(rows, updates)
         scored = rows | "RunInference" >> RunInference(
             plan.handler, inference_args=plan.inference_args, model_metadata_pcoll=updates)
         post = scored | "Postprocess" >> beam.ParDo(Postprocess(plan)).with_outputs(

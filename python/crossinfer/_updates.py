@@ -1,14 +1,15 @@
 """Model updates while a job runs: Beam's side input of ``ModelMetadata``, every new model
 checked like the first before RunInference may load it.
 
-``Inference(model_updates=pattern)`` feeds RunInference's ``model_metadata_pcoll`` from a poll
-of the pattern once per interval, in fixed windows of that interval (``NewestModel``); a
-caller's own PCollection of ``ModelMetadata`` goes through ``CheckUpdates``. On the worker,
-each new file must pass the checks the first model passed at
-construction (the expansion service's model roots, which travel with the transform as plain
-data; inspection in an isolated child where the transform was expanded by the service; the
-signature) and must have the running model's signature. A refused file never reaches
-RunInference, so the running model keeps serving; the refusal is logged and counted
+``Inference(model_updates=pattern)`` feeds RunInference's ``model_metadata_pcoll`` with one
+``ModelMetadata`` per window of the rows, chosen when the window closes (``WindowModel``): the
+newest file matching the pattern that landed after the job was built and by the window's end,
+and passes the checks, else the first model. A caller's own PCollection of ``ModelMetadata``
+goes through ``CheckUpdates``. On the worker, each new file must pass the checks the first
+model passed at construction (the expansion service's model roots, which travel with the
+transform as plain data; inspection in an isolated child where the transform was expanded by
+the service; the signature) and must have the running model's signature. A refused file never
+reaches RunInference, so the running model keeps serving; the refusal is logged and counted
 (``crossinfer/model_updates_refused``).
 
 This is the one module that calls the repository's and the isolated inspection's entry
@@ -18,6 +19,7 @@ points for updates.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import posixpath
@@ -32,7 +34,6 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelMetadata
 from apache_beam import typehints
 from apache_beam.transforms import window
-from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from crossinfer import _inspect, _repository
 from crossinfer._config import Config, parse
@@ -193,13 +194,16 @@ def _verdict(checks: Checks, path: str, key: Any = None) -> bool:
 class CheckUpdates(beam.DoFn):
     """The caller's ModelMetadata in, the same out if its model may replace the running one."""
 
-    def __init__(self, checks: Checks) -> None:
+    def __init__(self, checks: Checks, first: str) -> None:
         self._checks = checks
+        self._first = first
 
     def process(self, metadata: Any):
         path = getattr(metadata, "model_id", None)
         if path == "":
-            yield metadata  # "no newer model" (WatchFilePattern's): the running model stays
+            # "no newer model" (WatchFilePattern's): the first model, named, since Beam's
+            # RunInference takes an empty id for a change and reloads its own first tag
+            yield ModelMetadata(model_id=self._first, model_name=metadata.model_name)
         elif isinstance(path, str) and _verdict(self._checks, path):
             yield metadata
         elif not isinstance(path, str):
@@ -208,37 +212,87 @@ class CheckUpdates(beam.DoFn):
                          "got %s", type(metadata).__name__)
 
 
-class NewestModel(beam.DoFn):
-    """On each tick of the update windows: the newest file matching the pattern, written
-    after the job was built, that passes the checks; ('' : none, the first model serves).
+VERSION = re.compile(r"@[0-9a-f]{12}$")  # a model_id's version suffix: '@' + 12 hex digits
 
-    Stateless, so each window's side input is one ModelMetadata whichever worker computes it,
-    and a refused file is simply passed over for the newest accepted one.
+
+def path_of(model_id: str) -> str:
+    """The file a model_id names (its version suffix, if any, removed)."""
+    return VERSION.sub("", model_id)
+
+
+def _landed(m: Any) -> float:
+    """When a matched file took its present content and name: for a local file the later of
+    its modification and status-change times (a rename into place changes the latter), else
+    the file system's last-update time."""
+    if not _SCHEME.match(m.path):
+        try:
+            st = os.stat(m.path)
+            return max(st.st_mtime, st.st_ctime)
+        except OSError:
+            pass
+    return float(m.last_updated_in_seconds)
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _digest(path: str, key: Any) -> str:
+    """The first 12 hex digits of the file's SHA-256 (once per version of the file)."""
+    with _VERDICTS_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    h = hashlib.sha256()
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    with _VERDICTS_LOCK:
+        _DIGESTS[key] = h.hexdigest()[:12]
+    return _DIGESTS[key]
+
+
+class WindowModel(beam.DoFn):
+    """The one model of each window of the rows: the newest file matching the pattern that
+    landed after the job was built and no later than the window's end, and that passes the
+    checks; the first model if there is none.
+
+    A function of the window alone (files are only added), so it never goes back from one
+    window to the next, whichever worker computes it and however late: a backlog, a job that
+    starts late and files that land together (the newer name wins a tie) give the same
+    answer. The model_id of an update is ``path@`` + the first 12 hex digits of its SHA-256.
     """
 
-    def __init__(self, pattern: str, since: float, checks: Checks) -> None:
+    def __init__(self, pattern: str, since: float, first: str, checks: Checks) -> None:
         self._pattern = pattern
         self._since = since
+        self._first = first
         self._checks = checks
 
-    def process(self, tick: Any):
+    def choose(self, end: float) -> ModelMetadata:
+        """The model of a window that ends at ``end`` (seconds since the epoch)."""
         try:
             found = FileSystems.match([self._pattern])[0].metadata_list
         except Exception as e:  # pylint: disable=broad-except
             _LOG.warning("crossinfer: model_updates could not be matched (%s); the running "
                          "model keeps serving", type(e).__name__)
             found = []
-        newer = sorted((m for m in found if m.last_updated_in_seconds > self._since),
-                       key=lambda m: (m.last_updated_in_seconds, m.path), reverse=True)
-        for m in newer:
-            if _verdict(self._checks, m.path, (m.path, m.last_updated_in_seconds, m.size_in_bytes)):
-                name = posixpath.splitext(posixpath.basename(m.path))[0]
-                yield ModelMetadata(model_id=m.path, model_name=name)
-                return
-        yield ModelMetadata(model_id="", model_name="")
+        landed = [(_landed(m), m.path, m.size_in_bytes) for m in found]
+        newer = sorted((f for f in landed if self._since < f[0] <= end), reverse=True)
+        for key in newer:
+            path = key[1]
+            if _verdict(self._checks, path, key):
+                name = posixpath.splitext(posixpath.basename(path))[0]
+                try:
+                    return ModelMetadata(model_id=f"{path}@{_digest(path, key)}",
+                                         model_name=name)
+                except OSError:
+                    continue  # removed since it was checked
+        return ModelMetadata(model_id=self._first,
+                             model_name=posixpath.splitext(posixpath.basename(self._first))[0])
+
+    def process(self, _count: Any, win: Any = beam.DoFn.WindowParam):
+        yield self.choose(float(win.end))
 
 
-DEFAULT_INTERVAL_SECS = 10.0
 _SHARDS = 16  # keys rows are spread over while they wait for their window's end
 
 
@@ -251,17 +305,38 @@ class _Spread(beam.DoFn):
         yield self._n, row
 
 
-def hold_until_window_end(rows: beam.PCollection) -> beam.PCollection:
-    """The rows, each released when its window closes.
+class _Ready:
+    """In a group of rows: their window's model is out (a marker, never released)."""
 
-    A window's side input (its model) is ready only then; a runner that does not hold
-    ungrouped main-input elements for a windowed side input (Prism) gets them grouped.
+
+def _to_every_shard(metadata: Any):
+    for shard in range(_SHARDS):
+        yield shard, _Ready()
+
+
+def hold_until_window_end(rows: beam.PCollection,
+                          models: Optional[beam.PCollection] = None) -> beam.PCollection:
+    """The rows, each released when its window closes and, with ``models``, once its
+    window's model is out.
+
+    A window's side input (its model) is ready only then. With ``models`` each group holds a
+    marker of its window's model, so it is released only after the model is out, whatever the
+    runner's timing of side inputs (on an empty one Beam's RunInference reloads its first
+    model). Once, before the marker, a Java job on Prism had a window scored by two models;
+    bench/prism_side_input.py did not reproduce an early empty side input on Prism alone.
     """
     element = rows.element_type
     keyed = rows | "SpreadRows" >> beam.ParDo(_Spread()).with_output_types(
-        typehints.Tuple[int, element])
+        typehints.Tuple[int, typehints.Any])
+    if models is not None:
+        ready = models | "ModelReady" >> beam.FlatMap(_to_every_shard).with_output_types(
+            typehints.Tuple[int, typehints.Any])
+        keyed = (keyed, ready) | "RowsAndModel" >> beam.Flatten().with_output_types(
+            typehints.Tuple[int, typehints.Any])
     return (keyed | "WaitForWindowEnd" >> beam.GroupByKey()
-            | "Release" >> beam.FlatMap(lambda kv: kv[1]).with_output_types(element))
+            | "Release" >> beam.FlatMap(
+                lambda kv: [r for r in kv[1] if not isinstance(r, _Ready)]
+            ).with_output_types(element))
 
 
 def side_input(pcoll: beam.PCollection, config: Config, signature: Signature,
@@ -280,21 +355,27 @@ def side_input(pcoll: beam.PCollection, config: Config, signature: Signature,
                 "model_updates is only for framework='sklearn', 'pytorch' or 'onnx' (a "
                 "custom handler's models cannot be checked before they are swapped in)")
         return updates | "CheckModelUpdates" >> beam.ParDo(
-            CheckUpdates(checks_for(config, signature, policy))
+            CheckUpdates(checks_for(config, signature, policy), config.model_uri)
         ).with_output_types(ModelMetadata)
-    if isinstance(pcoll.windowing.windowfn, window.GlobalWindows):
+    windowfn = pcoll.windowing.windowfn
+    if isinstance(windowfn, window.GlobalWindows):
         raise ConfigurationError(
             "model_updates needs windowed input: window the rows first (e.g. "
             "beam.WindowInto(FixedWindows(10)) / Window.into(FixedWindows.of(...)) in Java); "
             "each window is scored with the model current when it ends")
+    if not isinstance(windowfn, window.FixedWindows):
+        raise ConfigurationError(
+            f"model_updates needs fixed windows, not {type(windowfn).__name__}: each window "
+            "is scored by one model, chosen when it ends; window the rows with "
+            "beam.WindowInto(FixedWindows(...)) (Java: Window.into(FixedWindows.of(...))) "
+            "before Inference, and re-window its outputs as you need")
     check_pattern(config.model_updates, policy)
-    interval = config.model_update_interval_secs or DEFAULT_INTERVAL_SECS
-    since = time.time()
-    # Fixed windows of the poll interval, one tick each: the side input of a window is the
-    # one model current at its end (global-window triggered side inputs, what Beam's
-    # WatchFilePattern makes, are not supported by every runner, e.g. Prism).
-    ticks = pcoll.pipeline | "ModelUpdateTicks" >> PeriodicImpulse(
-        start_timestamp=since, fire_interval=interval, apply_windowing=True)
-    return ticks | "NewestModel" >> beam.ParDo(
-        NewestModel(config.model_updates, since, checks_for(config, signature, policy))
-    ).with_output_types(ModelMetadata)
+    # One element per window of the rows, when the window closes, then its model: the side
+    # input has the rows' own windows, so every window with rows has exactly one model and
+    # nothing runs once the rows' source ends (no endless update source to stop).
+    return (pcoll
+            | "ModelUpdateWindows" >> beam.Map(lambda _: 1).with_output_types(int)
+            | "OnePerWindow" >> beam.CombineGlobally(sum).without_defaults()
+            | "WindowModel" >> beam.ParDo(WindowModel(
+                config.model_updates, time.time(), config.model_uri,
+                checks_for(config, signature, policy))).with_output_types(ModelMetadata))

@@ -281,10 +281,10 @@ abstract class FrameworkArguments
 
   /**
    * Swap the model while the job runs: a file pattern ({@code /models/*.onnx}, {@code
-   * gs://b/m/*.pkl}) polled every {@code model_update_interval_secs}; the newest file written since
-   * the job started that passes the first model's checks and has its signature replaces it, from
-   * the next window on (windowed input; see Model updates). Python also takes a PCollection of
-   * Beam's {@code ModelMetadata}. Sends {@code model_updates}.
+   * gs://b/m/*.pkl}) listed as each window closes; the window is scored by the newest file landed
+   * since the job started and by the window's end that passes the first model's checks and has its
+   * signature, else the first model (fixed windows; see Model updates). Python also takes a
+   * PCollection of Beam's {@code ModelMetadata}. Sends {@code model_updates}.
    *
    * @param modelUpdates the value of {@code model_updates}
    * @return a new transform with this setting

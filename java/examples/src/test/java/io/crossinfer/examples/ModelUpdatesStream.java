@@ -8,12 +8,12 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
 import org.apache.beam.sdk.Pipeline;
 import org.apache.beam.sdk.PipelineResult;
-import org.apache.beam.sdk.io.GenerateSequence;
 import org.apache.beam.sdk.metrics.MetricNameFilter;
 import org.apache.beam.sdk.metrics.MetricQueryResults;
 import org.apache.beam.sdk.metrics.MetricResult;
@@ -21,27 +21,35 @@ import org.apache.beam.sdk.metrics.MetricsFilter;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.transforms.DoFn;
+import org.apache.beam.sdk.transforms.FlatMapElements;
 import org.apache.beam.sdk.transforms.MapElements;
 import org.apache.beam.sdk.transforms.ParDo;
+import org.apache.beam.sdk.transforms.PeriodicImpulse;
 import org.apache.beam.sdk.transforms.WithFailures;
+import org.apache.beam.sdk.transforms.windowing.BoundedWindow;
 import org.apache.beam.sdk.transforms.windowing.FixedWindows;
+import org.apache.beam.sdk.transforms.windowing.IntervalWindow;
 import org.apache.beam.sdk.transforms.windowing.Window;
 import org.apache.beam.sdk.values.PCollection;
 import org.apache.beam.sdk.values.Row;
 import org.apache.beam.sdk.values.TypeDescriptors;
 import org.joda.time.Duration;
+import org.joda.time.Instant;
 
 /**
- * An unbounded Java pipeline whose model changes while it runs, run by the end-to-end tests: a
- * rate source of rows, 2-second windows, {@link CrossInference#withModelUpdates}, and each
- * prediction appended to a file as it comes ({@code id,model_id}; failures as {@code FAIL,...}).
+ * A streaming Java pipeline whose model changes while it runs, run by the end-to-end tests and
+ * bench/streaming.py: a source of ROWS rows (10 a second from the program's start, or
+ * {@code -Drate=N}; every ninth has too few features), 2-second windows, {@link
+ * CrossInference#withModelUpdates}, and each output appended to a file as it comes
+ * ({@code P,id,windowStart,wallMillis,model_id}; failures as {@code F,row as JSON}).
  *
  * <pre>
  * ModelUpdatesStream OUT ROWS MODEL.pkl PATTERN MODEL_ROOT [pipeline options]
  * </pre>
  *
- * <p>The source runs on; once ROWS predictions and failures are written (or after ten minutes)
- * this prints the crossinfer counters as {@code counter NAME=VALUE} and cancels the job.
+ * <p>The source ends after ROWS rows, and the job then ends by itself once every window is
+ * scored (a drain). This then prints the crossinfer counters as {@code counter NAME=VALUE}:
+ * Beam's portable runner fetches a job's metrics when {@code waitUntilFinish()} sees it end.
  */
 public final class ModelUpdatesStream {
   private ModelUpdatesStream() {}
@@ -77,8 +85,32 @@ public final class ModelUpdatesStream {
     }
   }
 
+  /** A prediction's line, with its window's start (millis). */
+  static final class PredictionLine extends DoFn<Row, String> {
+    /**
+     * Formats one prediction.
+     *
+     * @param r the prediction
+     * @param window its window
+     * @param out the line
+     */
+    @ProcessElement
+    public void processElement(
+        @Element Row r, BoundedWindow window, OutputReceiver<String> out) {
+      out.output(
+          "P,"
+              + r.getInt64("id")
+              + ","
+              + ((IntervalWindow) window).start().getMillis()
+              + ","
+              + System.currentTimeMillis()
+              + ","
+              + r.getString("model_id"));
+    }
+  }
+
   /**
-   * Runs the pipeline until every row has an output.
+   * Runs the pipeline until its source ends and every window is scored.
    *
    * @param args output file, row count, first model, watched pattern, model root, then options
    * @throws Exception if the job fails
@@ -86,6 +118,14 @@ public final class ModelUpdatesStream {
   public static void main(String[] args) throws Exception {
     String out = args[0];
     long rows = Long.parseLong(args[1]);
+    // An unbounded source that ends (a bounded GenerateSequence would be read whole before any
+    // window closes): rows from the start of the program, so a slow start is a backlog.
+    // -DstartDelayMs=N: the first row N ms after the program's start (a benchmark's rows then
+    // come live, not as a backlog).
+    Instant start = Instant.now().plus(Duration.millis(Long.getLong("startDelayMs", 0)));
+    // -Drate=N rows a second (default 10), in bursts every tenth of a second.
+    long perTick = Math.max(1, Integer.getInteger("rate", 10) / 10);
+    long ticks = (rows + perTick - 1) / perTick;
     Pipeline p =
         Pipeline.create(
             PipelineOptionsFactory.fromArgs(Arrays.copyOfRange(args, 5, args.length)).create());
@@ -95,14 +135,29 @@ public final class ModelUpdatesStream {
             .addArrayField("features", Schema.FieldType.DOUBLE)
             .build();
     PCollection<Row> input =
-        p.apply(GenerateSequence.from(0).withRate(4, Duration.standardSeconds(1)))
+        p.apply(
+                PeriodicImpulse.create()
+                    .startAt(start)
+                    .stopAt(start.plus(Duration.millis(100 * ticks - 50)))
+                    .withInterval(Duration.millis(100)))
+            .apply(
+                FlatMapElements.into(TypeDescriptors.longs())
+                    .via(
+                        (Instant t) -> {
+                          long tick = (t.getMillis() - start.getMillis()) / 100;
+                          List<Long> ids = new ArrayList<>();
+                          for (long k = 0; k < perTick; k++) {
+                            ids.add(tick * perTick + k);
+                          }
+                          return ids;
+                        }))
             .apply(
                 MapElements.into(TypeDescriptors.rows())
                     .via(
                         (Long i) -> {
                           Random random = new Random(i);
-                          Double[] features = new Double[WIDTH];
-                          for (int j = 0; j < WIDTH; j++) {
+                          Double[] features = new Double[i % 9 == 0 ? 3 : WIDTH];
+                          for (int j = 0; j < features.length; j++) {
                             features[j] = random.nextGaussian();
                           }
                           return Row.withSchema(schema)
@@ -120,31 +175,20 @@ public final class ModelUpdatesStream {
                 .withModelUpdates(args[3], Duration.standardSeconds(1)));
     result
         .output()
-        .apply(
-            "Line",
-            MapElements.into(TypeDescriptors.strings())
-                .via((Row r) -> r.getInt64("id") + "," + r.getString("model_id")))
+        .apply("Line", ParDo.of(new PredictionLine()))
         .apply("Write", ParDo.of(new AppendTo(out)));
     result
         .failures()
         .apply(
             "FailureLine",
             MapElements.into(TypeDescriptors.strings())
-                .via((Row r) -> "FAIL," + r.getString("stage") + "," + r.getString("error")))
+                .via((Row r) -> "F," + r.getString("element")))
         .apply("WriteFailures", ParDo.of(new AppendTo(out)));
 
     PipelineResult job = p.run();
-    Path outPath = Paths.get(out);
-    long deadline = System.currentTimeMillis() + 600_000;
-    while (System.currentTimeMillis() < deadline) {
-      if (Files.exists(outPath) && Files.readAllLines(outPath).size() >= rows + 16) {
-        break;
-      }
-      Thread.sleep(250);
-    }
-    // A portable job's metrics are fetched when it reaches a final state.
-    job.cancel();
-    job.waitUntilFinish(Duration.standardSeconds(60));
+    System.out.println("submitted");
+    PipelineResult.State state = job.waitUntilFinish();
+    System.out.println("state=" + state);
     MetricQueryResults metrics =
         job.metrics()
             .queryMetrics(
@@ -154,6 +198,7 @@ public final class ModelUpdatesStream {
     for (MetricResult<Long> counter : metrics.getCounters()) {
       System.out.println("counter " + counter.getName().getName() + "=" + counter.getAttempted());
     }
+    Path outPath = Paths.get(out);
     List<String> lines = Files.readAllLines(outPath);
     System.out.println("lines=" + lines.size());
   }
