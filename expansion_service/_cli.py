@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         help=("once listening, write where (address, pid, version) to PATH as JSON, readable "
               "by this user only; removed at exit"))
     parser.add_argument(
+        "--allow-weak-sandbox", action="store_true",
+        help=("inspect model files even where the kernel refuses a fence of the inspectors' "
+              "sandbox (user, PID, mount or network namespaces, seccomp); without it the "
+              "service then refuses to start. Accepts that code in a trusted model file may "
+              "reach this service"))
+    parser.add_argument(
         "--log-level", default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default INFO)")
@@ -132,4 +138,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         inspectors=args.inspectors,
         idle_exit=args.idle_exit,
         state_file=args.state_file,
+        allow_weak_sandbox=args.allow_weak_sandbox,
     ))

@@ -37,6 +37,7 @@ class ServiceConfig:
     inspectors: int = 2
     idle_exit: float = 0.0  # seconds unused before the service exits; 0: never
     state_file: Optional[str] = None  # where a kept service says where it listens
+    allow_weak_sandbox: bool = False  # inspect even where a fence cannot be set up
 
 
 def _hostport(host: str, port: int) -> str:
@@ -101,15 +102,20 @@ def serve(config: ServiceConfig) -> int:
     _warm_up()
     # Inspectors get the roots as the descriptors opened above, and cannot see the pool's
     # directory (nor, without gs:// roots, any network).
-    inspectors = _isolation.InspectorPool(
-        Confinement(allow=tuple(config.allow), model_roots=config.model_roots,
-                          trusted_model_roots=config.trusted_model_roots,
-                          held=tuple(repository.held()),
-                          hidden=(pool_socket.directory,) if pool_socket else (),
-                          network=any(r.scheme for r in repository.roots)),
-        Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
-                          memory_mb=config.inspect_memory_mb),
-        size=config.inspectors, digest=_isolation.content_digest(repository), fork=True)
+    try:
+        inspectors = _isolation.InspectorPool(
+            Confinement(allow=tuple(config.allow), model_roots=config.model_roots,
+                        trusted_model_roots=config.trusted_model_roots,
+                        held=tuple(repository.held()),
+                        hidden=(pool_socket.directory,) if pool_socket else (),
+                        network=any(r.scheme for r in repository.roots),
+                        weak=config.allow_weak_sandbox),
+            Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
+                   memory_mb=config.inspect_memory_mb),
+            size=config.inspectors, digest=_isolation.content_digest(repository), fork=True)
+    except ConfigurationError as e:  # a fence the kernel refuses (and no --allow-weak-sandbox)
+        print(f"crossinfer-expansion-service: {e}", file=sys.stderr)
+        return 2
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
     # Expansions take at most _EXPANSIONS threads; the rest stay free for health and artifacts.
     from expansion_service._limits import MAX_REQUEST_BYTES
