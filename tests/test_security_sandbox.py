@@ -60,23 +60,26 @@ def mode(request) -> tuple[str, Optional[str]]:
 
 
 @pytest.fixture(scope="module")
-def place(tmp_path_factory, mode) -> Path:
-    path = make_place(tmp_path_factory.mktemp(f"sandbox-{mode[0]}"))
+def place(tmp_path_factory, mode):
+    if mode[1] is None:
+        path = make_place(tmp_path_factory.mktemp(f"sandbox-{mode[0]}"))
+    else:
+        # The service's user reads the roots and writes its log there: a directory of its
+        # own in the system's temporary directory (pytest's base directory is root's only).
+        import pwd
+        import shutil
+        import tempfile
+
+        path = make_place(Path(tempfile.mkdtemp(prefix="crossinfer-sandbox-")))
     write_sklearn_model(path / "roots" / "trusted" / "model.pkl")
     small_onnx(path / "roots" / "data" / "small.onnx")
     if mode[1] is not None:
-        # The service's user reads the roots and writes its log's directory; the way there
-        # (pytest's 0700 base directory) is opened to it alone.
-        import pwd
-
         account = pwd.getpwnam(mode[1])
         subprocess.run(["chown", "-R", f"{account.pw_uid}:{account.pw_gid}", str(path)],
                        check=True)
-        parent = path.parent
-        while parent != Path("/") and not os.stat(parent).st_mode & 0o001:
-            subprocess.run(["setfacl", "-m", f"u:{mode[1]}:x", str(parent)], check=True)
-            parent = parent.parent
-    return path
+    yield path
+    if mode[1] is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +262,12 @@ def _secret(service) -> str:
         _SECRET.encode() + b"=")[1].split(b"\0")[0].decode()
 
 
+def _group(user: Optional[str]) -> Optional[int]:
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid if user else None
+
+
 def test_a_fence_that_cannot_be_set_up_fails_closed(place, mode):
     """A kernel that refuses user namespaces (here: a seccomp filter on the service that
     makes unshare fail, as some container runtimes' do): the service refuses to start and
@@ -272,10 +281,16 @@ def test_a_fence_that_cannot_be_set_up_fails_closed(place, mode):
         "os.execv(sys.executable, [sys.executable, '-m', 'expansion_service'] + sys.argv[1:])\n")
     import sys as _sys
 
+    if mode[1] is not None:
+        import shutil
+
+        shutil.chown(deny, mode[1])
+        deny.chmod(0o644)
     proc = subprocess.run(
         [_sys.executable, str(deny), "--port", "0", "--trusted-model-root",
          str(place / "roots" / "trusted")], capture_output=True, text=True, timeout=120,
-        user=mode[1], cwd=str(place))
+        user=mode[1], group=_group(mode[1]), extra_groups=[] if mode[1] else None,
+        cwd=str(place))
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     said = proc.stderr.splitlines()[-1]
     assert "namespaces (unshare" in said and "--allow-weak-sandbox" in said, said
