@@ -408,7 +408,7 @@ def test_the_zygote_is_a_fork_of_the_service_and_is_replaced_when_killed(place, 
             assert wait_until(served, 90.0), answers[-3:]
             assert all(a == "" or "try again" in a for a in answers), answers
             (replacement,) = [c for c in _children(svc.proc.pid) if c != zygote]
-            assert "crossinfer._sandbox.inspector" in _cmdline(replacement)
+            assert "inspector.bootstrap" in " ".join(_cmdline(replacement))
             fences = [line for line in svc.log().splitlines()
                       if "model inspectors run with" in line]
             assert len(fences) == 1 and "NO" not in fences[0].split("; ")[0], fences

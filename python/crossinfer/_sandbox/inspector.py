@@ -1,8 +1,8 @@
 """The inspector side: a zygote that imports the libraries once and forks one fresh process
-per inspection (``python -m crossinfer._sandbox.inspector``).
+per inspection (forked from the service at start; a replacement is a fresh interpreter
+started through ``bootstrap``).
 
-The service starts one zygote inside the fences of ``_sandbox`` (own session, no_new_privs,
-namespaces), with the model roots as inherited descriptors and an empty working directory.
+The zygote fences itself first (``fences.enter_zygote``), with the model roots as inherited descriptors and an empty working directory.
 The zygote never opens a model: for each inspection the service hands it, over a Unix socket,
 the four pipe ends of a new inspector (requests, answers, output, exit status); it forks, and
 the child (its own session, hard limits, stdout and stderr on the output pipe) serves exactly
@@ -77,11 +77,24 @@ def _chain_text(error: BaseException) -> str:
     return " | ".join(texts)
 
 
-def _zygote_main(config_json: str, control_fd: int) -> int:
+def bootstrap(spec, package, config_json: str, control_fd: int) -> int:
+    """A fresh zygote (``processes._BOOTSTRAP``): fenced first, then crossinfer's package
+    code runs, then the zygote's life."""
+    from crossinfer._sandbox import fences as _sandbox
+
     config = json.loads(config_json)
     policy, limits = Confinement(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in config["policy"].items()}), Limits(
         **config["limits"])
+    try:
+        _sandbox.enter_zygote(policy.held, tuple(policy.model_roots) + tuple(
+            policy.trusted_model_roots), policy.hidden, policy.network, policy.weak)
+    except _sandbox.FenceError as e:
+        os.write(1, json.dumps({"ready": False, "error": str(e)}).encode() + b"\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec.loader.exec_module(package)
     return run_zygote(policy, limits, control_fd, fenced=True)
 
 
@@ -90,7 +103,8 @@ def run_zygote(policy: Confinement, limits: Limits, control_fd: int,
     """The zygote's life: fence itself (``fences.enter_zygote``), then stdout (fd 1) takes the
     ready line, stderr (fd 2) the log. Started with ``python -m``, or forked from the service
     once it has imported the same libraries (``processes.Zygote``): then the imports below are
-    done. A fence that does not hold is said on the ready line, and the zygote exits."""
+    done (``fenced``: ``bootstrap`` has fenced it). A fence that does not hold is said on the
+    ready line, and the zygote exits."""
     import resource
 
     from crossinfer._sandbox import fences as _sandbox
@@ -370,8 +384,3 @@ def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits,
         answers.flush()
         break  # one inspection per process
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    raise SystemExit(_zygote_main(sys.argv[1], int(sys.argv[2])))

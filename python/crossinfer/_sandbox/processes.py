@@ -34,6 +34,17 @@ class Unfenced(Exception):
     """The zygote could not set up a fence (the message names it, and the flag)."""
 
 
+# A fresh zygote fences itself before crossinfer's package runs (its imports start threads,
+# in whose presence the kernel refuses a user namespace): the package module is made but not
+# run, the light sandbox modules are imported under it, and its code runs once fenced.
+_BOOTSTRAP = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.find_spec('crossinfer')\n"
+    "package = sys.modules['crossinfer'] = importlib.util.module_from_spec(spec)\n"
+    "from crossinfer._sandbox import inspector\n"
+    "raise SystemExit(inspector.bootstrap(spec, package, sys.argv[1], int(sys.argv[2])))\n")
+
+
 def _environment() -> dict:
     # A fresh zygote gets none of the service's environment (its credentials, tokens).
     from crossinfer._sandbox.fences import SCRATCH
@@ -61,13 +72,9 @@ class Zygote:
         else:
             config = json.dumps({"policy": asdict(policy), "limits": asdict(limits)})
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crossinfer._sandbox.inspector", config,
-                 str(theirs.fileno())],
+                [sys.executable, "-c", _BOOTSTRAP, config, str(theirs.fileno())],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                close_fds=True, pass_fds=fds, cwd=workdir, env=_environment(),
-                # The fences go up in the forked child, before exec: one thread there (a
-                # fresh interpreter's libraries start threads, and unshare refuses those).
-                preexec_fn=lambda: _fence_before_exec(policy))
+                close_fds=True, pass_fds=fds, cwd=workdir, env=_environment())
         theirs.close()
         threading.Thread(target=_relay, args=(self.proc.stderr, self.proc.pid), daemon=True,
                          name="zygote-output").start()
@@ -156,18 +163,6 @@ class _Forked:
             os.waitpid(self.pid, 0)
         except OSError:
             pass
-
-
-def _fence_before_exec(policy: Confinement) -> None:
-    from crossinfer._sandbox import fences as _sandbox
-
-    try:
-        _sandbox.enter_zygote(policy.held, tuple(policy.model_roots) + tuple(
-            policy.trusted_model_roots), policy.hidden, policy.network, policy.weak)
-    except _sandbox.FenceError as e:
-        # Said on stdout, where the ready line is awaited; no exec.
-        os.write(1, json.dumps({"ready": False, "error": str(e)}).encode() + b"\n")
-        os._exit(2)
 
 
 def _close_all_but(keep: set) -> None:
