@@ -2,8 +2,8 @@
 per inspection (forked from the service at start; a replacement is a fresh interpreter
 started through ``bootstrap``).
 
-The zygote fences itself first (``fences.enter_zygote``), with the model roots as inherited descriptors and an empty working directory.
-The zygote never opens a model: for each inspection the service hands it, over a Unix socket,
+The zygote fences itself first (``fences.enter_zygote``); it has the model roots as inherited
+descriptors, and never opens a model: for each inspection the service hands it, over a Unix socket,
 the four pipe ends of a new inspector (requests, answers, output, exit status); it forks, and
 the child (its own session, hard limits, stdout and stderr on the output pipe) serves exactly
 one request and exits. A fork of a process that has only imported libraries costs
