@@ -154,7 +154,12 @@ def chain():
         os._exit(0)
     return False
 def ptrace():
-    return any(libc.ptrace(16, pid, 0, 0) == 0 for pid in (svc, zygote, 1))
+    for pid in (svc, zygote, 1):
+        if libc.ptrace(16, pid, 0, 0) == 0:  # PTRACE_ATTACH; let go at once (PTRACE_DETACH)
+            os.waitpid(pid, 0)
+            libc.ptrace(17, pid, 0, 0)
+            return True
+    return False
 def status(key):
     return [l.split(":", 1)[1].split() for l in open("/proc/self/status")
             if l.startswith(key + ":")][0]
