@@ -140,6 +140,10 @@ def enter_zygote(roots: Sequence[tuple], paths: Sequence[str], hidden: Sequence[
     alias, fd), whose descriptors are re-opened inside; ``paths``: other local roots by name
     (read-only in the tree); ``hidden``: directories covered if they fall inside the tree."""
     step = _Steps(weak)
+    try:
+        import pyseccomp  # noqa: F401 - loaded while the installation is reachable
+    except ImportError:
+        pass  # (the inspector's filter step says so)
     os.setsid()
     step("no_new_privs (prctl)", lambda: _check(
         _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs (prctl)"))
@@ -149,11 +153,14 @@ def enter_zygote(roots: Sequence[tuple], paths: Sequence[str], hidden: Sequence[
     if uid == 0:
         # Root builds the tree with its own rights, then leaves them for nobody's: a user
         # namespace made by nobody gives capabilities over that namespace only.
-        if step("mount namespaces (unshare)", lambda: _check(
-                _libc.unshare(others), "mount and network namespaces (unshare)")):
-            step("a private minimal root (mount, pivot_root)", _build_root, roots, paths,
-                 hidden)
-        step("a drop to an unprivileged uid (setresuid)", _drop_to, SANDBOX_UID, SANDBOX_UID)
+        built = step("mount namespaces (unshare)", lambda: _check(
+            _libc.unshare(others), "mount and network namespaces (unshare)")) and step(
+            "a private minimal root (mount, pivot_root)", _build_root, roots, paths, hidden)
+        if built:
+            step("a drop to an unprivileged uid (setresuid)", _drop_to, SANDBOX_UID,
+                 SANDBOX_UID)
+        else:  # (weak) outside the tree, nobody may not reach the Python installation
+            step.skipped.append("a drop to an unprivileged uid (setresuid)")
         step("user namespaces (unshare CLONE_NEWUSER)", _user_namespace, 0)
     else:
         if step("user namespaces (unshare CLONE_NEWUSER)", _user_namespace, others):
@@ -361,7 +368,11 @@ class _CapData(ctypes.Structure):
 
 def _drop_capabilities() -> None:
     for cap in range(64):
-        if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+        if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == errno.EINVAL:
+                break  # past the last capability this kernel has
+            if ctypes.get_errno() == errno.EPERM and _no_capabilities():
+                break  # none to use (an unprivileged uid, no user namespace of its own)
             raise FenceError("dropping capabilities (prctl PR_CAPBSET_DROP)",
                              os.strerror(ctypes.get_errno()))
     _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
@@ -369,6 +380,12 @@ def _drop_capabilities() -> None:
     data = (_CapData * 2)()
     _check(_libc.syscall(_SYS_CAPSET, ctypes.byref(header), data), "dropping capabilities "
            "(capset)")
+
+
+def _no_capabilities() -> bool:
+    with open("/proc/self/status") as f:
+        held = {k: v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+    return held.get("CapEff") == held.get("CapPrm") == "0000000000000000"
 
 
 _DENIED = (

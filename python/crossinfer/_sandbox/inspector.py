@@ -327,7 +327,8 @@ def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits,
     from crossinfer import _inspect
     from crossinfer._errors import ConfigurationError, CrossinferError, ModelLoadError
 
-    os.setsid()
+    if os.getsid(0) != os.getpid():  # (without a PID namespace it leads its session already)
+        os.setsid()
     os.dup2(output_w, 1)
     os.dup2(output_w, 2)
     os.close(output_w)
