@@ -29,7 +29,6 @@ import errno
 import logging
 import os
 import signal
-import stat
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
