@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         help=("serve every client that can connect, with no check of who it is (only behind "
               "something that authenticates, such as a proxy)"))
     parser.add_argument(
+        "--allow-weak-sandbox", action="store_true",
+        help=("inspect model files even where the kernel refuses a fence of the inspectors' "
+              "sandbox (user, PID, mount or network namespaces, seccomp); without it the "
+              "service then refuses to start. Accepts that code in a trusted model file may "
+              "reach this service"))
+    parser.add_argument(
         "--log-level", default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default INFO)")
@@ -167,6 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         any_client=args.allow_any_client,
+        allow_weak_sandbox=args.allow_weak_sandbox,
     ))
 
 

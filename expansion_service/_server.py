@@ -41,6 +41,7 @@ class ServiceConfig:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     any_client: bool = False  # serve anyone who connects (behind an authenticating proxy)
+    allow_weak_sandbox: bool = False  # inspect even where a fence cannot be set up
 
 
 def _hostport(host: str, port: int) -> str:
@@ -116,16 +117,21 @@ def serve(config: ServiceConfig) -> int:
     _warm_up()
     # Inspectors get the roots as the descriptors opened above, and cannot see the pool's
     # directory (nor, without gs:// roots, any network).
-    inspectors = _isolation.InspectorPool(
-        Confinement(allow=tuple(config.allow), model_roots=config.model_roots,
-                          trusted_model_roots=config.trusted_model_roots,
-                          held=tuple(repository.held()),
-                          hidden=(),
-                          network=any(r.scheme for r in repository.roots)),
-        Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
-                          memory_mb=config.inspect_memory_mb),
-        size=config.inspectors, digest=_isolation.content_digest(repository), fork=True,
-        model_bytes=_isolation.model_bytes(repository))  # limits grow with the model
+    try:
+        inspectors = _isolation.InspectorPool(
+            Confinement(allow=tuple(config.allow), model_roots=config.model_roots,
+                        trusted_model_roots=config.trusted_model_roots,
+                        held=tuple(repository.held()),
+                        hidden=(),
+                        network=any(r.scheme for r in repository.roots),
+                        weak=config.allow_weak_sandbox),
+            Limits(timeout=config.inspect_timeout, cpu_seconds=config.inspect_cpu_seconds,
+                   memory_mb=config.inspect_memory_mb),
+            size=config.inspectors, digest=_isolation.content_digest(repository), fork=True,
+            model_bytes=_isolation.model_bytes(repository))  # limits grow with the model
+    except ConfigurationError as e:  # a fence the kernel refuses (and no --allow-weak-sandbox)
+        print(f"crossinfer-expansion-service: {e}", file=sys.stderr)
+        return 2
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
     # Expansions take at most _EXPANSIONS threads; the rest stay free for health and artifacts.
     from expansion_service._limits import MAX_REQUEST_BYTES

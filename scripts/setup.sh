@@ -33,6 +33,29 @@ if [ "$(id -u)" = 0 ] && ! id crossinfer-other >/dev/null 2>&1; then
   echo "== a second local user for the access tests: crossinfer-other (no login, no home)"
   useradd --system --no-create-home --shell /usr/sbin/nologin crossinfer-other
 fi
+# The security tests run the service twice: as root, and as this unprivileged user (created
+# only where this script runs as root). It needs to run this Python: where the interpreter
+# sits under a directory others cannot enter (e.g. /root), the user alone is let through
+# (an ACL: search only, no listing).
+if [ "$(id -u)" = 0 ] && command -v useradd >/dev/null 2>&1; then
+  echo "== The unprivileged user of the security tests (crossinfer-test)"
+  id crossinfer-test >/dev/null 2>&1 || useradd --system --no-create-home \
+    --shell /usr/sbin/nologin crossinfer-test
+  command -v setfacl >/dev/null 2>&1 || { apt-get update -qq && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq acl >/dev/null; }
+  dir=$(dirname "$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')")
+  while [ "$dir" != / ]; do
+    [ -n "$(find "$dir" -maxdepth 0 -perm -o=x)" ] || setfacl -m u:crossinfer-test:x "$dir"
+    dir=$(dirname "$dir")
+  done
+fi
+# The inspectors' seccomp filter uses the C library libseccomp (Debian: libseccomp2).
+if ! ldconfig -p 2>/dev/null | grep -q libseccomp.so.2; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp2 >/dev/null
+fi
 
 echo "== Java build (gradle build: library, examples, JUnit, classpath files for the tests)"
 gradle -q --console=plain build

@@ -14,14 +14,14 @@ from tests._service_helpers import Service, expansion_request, fqn_payload
 
 
 def start(place: Path, *extra: str, log: str = "service.log", roots: bool = True,
-          env: Optional[dict] = None) -> Service:
+          env: Optional[dict] = None, user: Optional[str] = None) -> Service:
     """The service with ``place/roots/data`` (untrusted) and ``place/roots/trusted``."""
     args = ["--port", "0", "--inspect-timeout", "8", "--inspect-cpu-seconds", "6",
             "--inspect-memory-mb", "1024"]
     if roots:
         args += ["--model-root", str(place / "roots" / "data"),
                  "--trusted-model-root", str(place / "roots" / "trusted")]
-    return Service(*args, *extra, log_path=place / log, env=env)
+    return Service(*args, *extra, log_path=place / log, env=env, user=user)
 
 
 @pytest.fixture(scope="module")

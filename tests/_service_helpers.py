@@ -21,18 +21,27 @@ LISTENING = re.compile(r"crossinfer expansion service listening on (\S+)")
 FQN_URN = "beam:transforms:python:fully_qualified_named"
 
 
+def _group_of(user: Optional[str]) -> Optional[int]:
+    if user is None:
+        return None
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
+
+
 class Service:
     """One ``python -m expansion_service`` process; its log (stderr) goes to a file."""
 
     def __init__(self, *args: str, log_path: Path, env: Optional[dict] = None,
-                 timeout: float = 90.0) -> None:
+                 timeout: float = 90.0, user: Optional[str] = None) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "expansion_service", *args],
             stdout=subprocess.PIPE, stderr=self._log, cwd=str(log_path.parent),
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            user=user, group=_group_of(user), extra_groups=[] if user else None)
         self.address = self._wait_for_address(timeout)
         self.port = int(self.address.rsplit(":", 1)[1])
 

@@ -153,7 +153,7 @@ class Repository:
 
     def describe(self) -> list[str]:
         """The roots, for the service log."""
-        return [f"{r.prefix} ({'trusted' if r.trusted else 'data formats only'})"
+        return [f"{r.alias or r.prefix} ({'trusted' if r.trusted else 'data formats only'})"
                 for r in self.roots]
 
     def held(self) -> list[tuple[str, bool, str, int]]:
@@ -244,7 +244,8 @@ class Repository:
             for prefix in (root.prefix, root.alias):
                 if prefix and uri.startswith(prefix) and len(uri) > len(prefix):
                     relative = uri[len(prefix):]
-                    return root, root.prefix + relative, relative
+                    # Kept as named (a root configured through a symlink shows so in errors).
+                    return root, prefix + relative, relative
         raise outside
 
     def _walk(self, root: Root, relative: str, argument: str, uri: str) -> int:

@@ -1,9 +1,9 @@
 """The inspector side: a zygote that imports the libraries once and forks one fresh process
-per inspection (``python -m crossinfer._sandbox.inspector``).
+per inspection (forked from the service at start; a replacement is a fresh interpreter
+started through ``bootstrap``).
 
-The service starts one zygote inside the fences of ``_sandbox`` (own session, no_new_privs,
-namespaces), with the model roots as inherited descriptors and an empty working directory.
-The zygote never opens a model: for each inspection the service hands it, over a Unix socket,
+The zygote fences itself first (``fences.enter_zygote``); it has the model roots as inherited
+descriptors, and never opens a model: for each inspection the service hands it, over a Unix socket,
 the four pipe ends of a new inspector (requests, answers, output, exit status); it forks, and
 the child (its own session, hard limits, stdout and stderr on the output pipe) serves exactly
 one request and exits. A fork of a process that has only imported libraries costs
@@ -77,24 +77,50 @@ def _chain_text(error: BaseException) -> str:
     return " | ".join(texts)
 
 
-def _zygote_main(config_json: str, control_fd: int) -> int:
+def bootstrap(spec, package, config_json: str, control_fd: int) -> int:
+    """A fresh zygote (``processes._BOOTSTRAP``): fenced first, then crossinfer's package
+    code runs, then the zygote's life."""
+    from crossinfer._sandbox import fences as _sandbox
+
     config = json.loads(config_json)
     policy, limits = Confinement(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in config["policy"].items()}), Limits(
         **config["limits"])
-    return run_zygote(policy, limits, control_fd)
+    try:
+        _sandbox.enter_zygote(policy.held, tuple(policy.model_roots) + tuple(
+            policy.trusted_model_roots), policy.hidden, policy.network, policy.weak)
+    except _sandbox.FenceError as e:
+        os.write(1, json.dumps({"ready": False, "error": str(e)}).encode() + b"\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec.loader.exec_module(package)
+    return run_zygote(policy, limits, control_fd, fenced=True)
 
 
-def run_zygote(policy: Confinement, limits: Limits, control_fd: int) -> int:
-    """The zygote's life, from the fences' inside: stdout (fd 1) takes the ready line, stderr
-    (fd 2) the log. Started with ``python -m``, or forked from the service once it has
-    imported the same libraries (``processes.Zygote``): then the imports below are done."""
+def run_zygote(policy: Confinement, limits: Limits, control_fd: int,
+               fenced: bool = False) -> int:
+    """The zygote's life: fence itself (``fences.enter_zygote``), then stdout (fd 1) takes the
+    ready line, stderr (fd 2) the log. Started with ``python -m``, or forked from the service
+    once it has imported the same libraries (``processes.Zygote``): then the imports below are
+    done (``fenced``: ``bootstrap`` has fenced it). A fence that does not hold is said on the
+    ready line, and the zygote exits."""
     import resource
 
     from crossinfer._sandbox import fences as _sandbox
 
-    _die_with_parent()
     ready = os.fdopen(os.dup(1), "wb")
+    try:
+        # (``fenced``: by the service's fork before it exec'd this interpreter.)
+        skipped = [] if fenced else _sandbox.enter_zygote(
+            policy.held, tuple(policy.model_roots) + tuple(policy.trusted_model_roots),
+            policy.hidden, policy.network, policy.weak)
+    except _sandbox.FenceError as e:
+        ready.write(json.dumps({"ready": False, "error": str(e)}).encode() + b"\n")
+        ready.flush()
+        return 2
+    _scrub_environment()
+    _die_with_parent()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(2, 1)
@@ -128,8 +154,15 @@ def run_zygote(policy: Confinement, limits: Limits, control_fd: int) -> int:
     control = socket.socket(fileno=control_fd)
     statuses: dict[int, int] = {}
     lock = threading.Lock()
+    # What an inspector is inside, seen from one (forked as any other, asked nothing).
+    seen = _probe_fences(policy)
+    if "error" in seen:
+        ready.write(json.dumps({"ready": False, "error": seen["error"]}).encode() + b"\n")
+        ready.flush()
+        return 2
     threading.Thread(target=_reap, args=(statuses, lock), daemon=True, name="reaper").start()
-    ready.write(json.dumps({"ready": True, "fences": _sandbox.fences()}).encode() + b"\n")
+    ready.write(json.dumps({"ready": True, "fences": seen.get("fences", {}),
+                            "skipped": skipped + seen.get("skipped", [])}).encode() + b"\n")
     ready.flush()
     while True:
         try:
@@ -146,13 +179,129 @@ def run_zygote(policy: Confinement, limits: Limits, control_fd: int) -> int:
                     control.close()
                     ready.close()
                     os.close(status_w)
-                    _inspect_once(request_r, answer_w, output_w, limits, files)
+                    _fenced(policy, answer_w, output_w,
+                            lambda: _inspect_once(request_r, answer_w, output_w, limits, files))
                 finally:
-                    os._exit(0)
+                    os._exit(1)
             statuses[pid] = status_w
         for fd in (request_r, answer_w, output_w):
             os.close(fd)
         control.sendall(f"{pid}\n".encode())
+
+
+_KEPT_ENVIRONMENT = ("PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "PYTHONHASHSEED",
+                     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                     "TF_CPP_MIN_LOG_LEVEL")
+
+
+def _scrub_environment() -> None:
+    """The service's environment (credentials, tokens) stays the service's: a fork has a copy
+    of it, in os.environ and in the block /proc/<pid>/environ shows, both cleared here."""
+    import ctypes
+
+    kept = {k: v for k, v in os.environ.items() if k in _KEPT_ENVIRONMENT or k.startswith("LC_")}
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50, 51)
+    except (OSError, IndexError, ValueError):
+        start = end = 0
+    import tempfile
+
+    from crossinfer._sandbox.fences import SCRATCH
+
+    os.environ.clear()
+    os.environ.update(kept, HOME=SCRATCH, TMPDIR=SCRATCH)
+    tempfile.tempdir = None  # found again, under TMPDIR
+    if 0 < start < end:
+        ctypes.memset(start, 0, end - start)
+
+
+def _probe_fences(policy: Confinement) -> dict:
+    """Fork one inspector as for a request; it answers what it is inside."""
+    r, w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.close(out_r)
+
+            def report() -> None:
+                from crossinfer._sandbox import fences as _sandbox
+
+                os.write(w, json.dumps({"fences": _sandbox.fences()}).encode() + b"\n")
+
+            _fenced(policy, w, out_w, report)
+        finally:
+            os._exit(1)
+    os.close(w)
+    os.close(out_w)
+    with os.fdopen(r, "rb") as f:
+        line = f.readline(65536)
+    with os.fdopen(out_r, "rb") as f:
+        said = f.read(4096).decode("utf-8", "replace")
+    os.waitpid(pid, 0)
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        return {"error": f"the probe inspector gave no answer: {said!r}"[:600]}
+    if "error" in answer:
+        return {"error": answer["error"]["message"]}
+    return answer
+
+
+def _fenced(policy: Confinement, answer_w: int, output_w: int, work) -> None:
+    """In the zygote's fresh child: new PID and mount namespaces whose init (its child) has
+    its own /proc and /tmp; the init's child drops every capability, loads the seccomp
+    filter and does ``work``. When the init exits, the kernel ends all that was started in
+    that namespace. Exit statuses are passed up unchanged (a signal as that signal)."""
+    import signal as _signal
+
+    from crossinfer._sandbox import fences as _sandbox
+
+    os.setsid()  # the service ends this process's group when the inspection is over
+    _sandbox.die_with_parent()
+    try:
+        in_namespace = _sandbox.enter_inspector_namespace(policy.weak)
+        if in_namespace:
+            init = os.fork()
+            if init == 0:
+                _sandbox.die_with_parent()
+                _sandbox.mount_own_proc(policy.weak)
+                worker = os.fork()
+                if worker == 0:
+                    _sandbox.die_with_parent()
+                    _sandbox.lock_down(policy.network, policy.weak)
+                    work()
+                    os._exit(0)
+                for fd in (answer_w, output_w):
+                    os.close(fd)
+                os._exit(_passed_up(os.waitpid(worker, 0)[1], init=True))
+        else:
+            _sandbox.lock_down(policy.network, policy.weak)
+            work()
+            os._exit(0)
+    except _sandbox.FenceError as e:
+        os.write(answer_w, json.dumps({"error": {"type": "ConfigurationError",
+                                                 "message": str(e)}}).encode() + b"\n")
+        os._exit(4)
+    for fd in (answer_w, output_w):
+        os.close(fd)
+    code = _passed_up(os.waitpid(init, 0)[1], init=False)
+    if code < 0:
+        _signal.signal(-code, _signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
+def _passed_up(status: int, init: bool) -> int:
+    # The init of a PID namespace cannot die of a signal it sends itself: it exits with
+    # 128 + the signal, which its parent turns back into the signal.
+    code = os.waitstatus_to_exitcode(status)
+    if init:
+        return 128 - code if code < 0 else code
+    return -(code - 128) if code > 128 else code
 
 
 def _reap(statuses: dict, lock: threading.Lock) -> None:
@@ -180,11 +329,11 @@ def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits,
     from crossinfer import _inspect
     from crossinfer._errors import ConfigurationError, CrossinferError, ModelLoadError
 
-    os.setsid()
+    if os.getsid(0) != os.getpid():  # (without a PID namespace it leads its session already)
+        os.setsid()
     os.dup2(output_w, 1)
     os.dup2(output_w, 2)
     os.close(output_w)
-    _die_with_parent()
     requests = os.fdopen(request_r, "rb")
     answers = os.fdopen(answer_w, "wb")
     log = logging.getLogger("crossinfer.sandbox.inspector")
@@ -253,8 +402,3 @@ def _inspect_once(request_r: int, answer_w: int, output_w: int, limits: Limits,
         answers.flush()
         break  # one inspection per process
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    raise SystemExit(_zygote_main(sys.argv[1], int(sys.argv[2])))

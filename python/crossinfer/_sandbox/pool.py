@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from crossinfer._sandbox.fair import FairSlots
-from crossinfer._sandbox.processes import Child, Overrun, Zygote
+from crossinfer._sandbox.processes import Child, Overrun, Unfenced, Zygote
 from crossinfer._sandbox.settings import (
     HIT_MEMORY_LIMIT, LIMIT_HIT, Confinement, Limits, plain)
 
@@ -86,8 +86,12 @@ class InspectorPool:
     def __init__(self, policy: Confinement, limits: Limits, size: int = 2,
                  digest: Optional[Any] = None, fork: bool = False,
                  model_bytes: Optional[Any] = None) -> None:
+        import dataclasses
+
         from crossinfer._sandbox import fences as _sandbox
 
+        if _sandbox.weak_allowed() and not policy.weak:
+            policy = dataclasses.replace(policy, weak=True)
         self.policy, self.limits, self.size = policy, limits, size
         self.total = size + 2
         self._digest = digest  # uri -> a content digest (or None: not cacheable)
@@ -101,6 +105,8 @@ class InspectorPool:
         self.workdir = tempfile.mkdtemp(prefix="crossinfer-inspect-")
         os.chmod(self.workdir, 0o500)  # empty, and stays so
         self.subreaper = _sandbox.become_subreaper()
+        _sandbox.not_dumpable()  # no process of this uid reads or writes this one's memory
+        self.refusal: Optional[str] = None  # a fence that does not hold: why, and the flag
         self.fences: dict[str, bool] = {}
         self._zygote: Optional[Zygote] = None
         self._zygote_ready = threading.Event()
@@ -108,6 +114,9 @@ class InspectorPool:
         # own (a fork is safe only while this process runs no other thread).
         if fork and threading.active_count() == 1:
             self._start_zygote(fork=True)
+            if self.refusal is not None:  # the service refuses to start
+                self.close()
+                raise _sandbox.FenceError.said(self.refusal)
             return
         if fork:
             _LOGGER.warning("threads already run: the inspectors' zygote imports the "
@@ -127,6 +136,13 @@ class InspectorPool:
             self._zygote = zygote
         try:
             ready = zygote.ready(time.monotonic() + 600)
+        except Unfenced as e:
+            # Fail closed: no inspection at all, each refused with what is missing.
+            self.refusal = str(e)
+            _LOGGER.error("model inspection is refused: %s", self.refusal)
+            zygote.kill()
+            self._zygote_ready.set()
+            return
         except (Overrun, ValueError):
             _LOGGER.error("the model inspectors' zygote failed to start; retrying in 5 s")
             zygote.kill()
@@ -135,12 +151,16 @@ class InspectorPool:
             return
         if not self.fences and isinstance(ready.get("fences"), dict):
             self.fences = ready["fences"]
-            _LOGGER.info("model inspectors run with: %s; subreaper: %s", ", ".join(
-                f"{k} {'yes' if v else 'NO'}" for k, v in self.fences.items()), self.subreaper)
+            _LOGGER.info("model inspectors run with: %s; subreaper: %s%s", ", ".join(
+                f"{k} {'yes' if v else 'NO'}" for k, v in self.fences.items()), self.subreaper,
+                "; WEAK SANDBOX, skipped: " + ", ".join(ready["skipped"])
+                if ready.get("skipped") else "")
         self._zygote_ready.set()
 
     def _fork(self) -> Optional[Child]:
         if not self._zygote_ready.wait(max(self.limits.timeout, _WAIT_FOR_CHILD)):
+            return None
+        if self.refusal is not None:
             return None
         zygote = self._zygote
         try:
@@ -242,6 +262,9 @@ class InspectorPool:
         # Right after start the zygote needs seconds to import its libraries; the inspection's
         # own deadline starts once the inspector is forked.
         child = self._fork()
+        if child is None and self.refusal is not None:
+            return {"error": {"type": "ConfigurationError", "message":
+                              f"{what}: the service does not inspect models: {self.refusal}"}}
         if child is None:
             return {"error": {"type": "ModelLoadError", "message":
                               f"{what}: the model inspectors are not available; try again"}}

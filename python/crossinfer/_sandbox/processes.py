@@ -23,10 +23,36 @@ from crossinfer._sandbox.settings import Confinement, Limits
 
 _MAX_ANSWER = 64 * 1024  # bytes of one answer line; a signature is a few hundred
 _LINE = 200  # characters of one line an inspector prints, in the service log
+_LINES = 200  # lines of one inspector's output in the service log
 
 
 class Overrun(Exception):
     pass
+
+
+class Unfenced(Exception):
+    """The zygote could not set up a fence (the message names it, and the flag)."""
+
+
+# A fresh zygote fences itself before crossinfer's package runs (its imports start threads,
+# in whose presence the kernel refuses a user namespace): the package module is made but not
+# run, the light sandbox modules are imported under it, and its code runs once fenced.
+_BOOTSTRAP = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.find_spec('crossinfer')\n"
+    "package = sys.modules['crossinfer'] = importlib.util.module_from_spec(spec)\n"
+    "from crossinfer._sandbox import inspector\n"
+    "raise SystemExit(inspector.bootstrap(spec, package, sys.argv[1], int(sys.argv[2])))\n")
+
+
+def _environment() -> dict:
+    # A fresh zygote gets none of the service's environment (its credentials, tokens).
+    from crossinfer._sandbox.fences import SCRATCH
+    from crossinfer._sandbox.inspector import _KEPT_ENVIRONMENT
+
+    return {**{k: v for k, v in os.environ.items()
+               if k in _KEPT_ENVIRONMENT or k.startswith("LC_")},
+            "HOME": SCRATCH, "TMPDIR": SCRATCH}
 
 
 class Zygote:
@@ -39,8 +65,6 @@ class Zygote:
 
     def __init__(self, policy: Confinement, limits: Limits, workdir: str,
                  fork: bool = False) -> None:
-        from crossinfer._sandbox import fences as _sandbox
-
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = tuple(held[3] for held in policy.held if held[3] >= 0) + (theirs.fileno(),)
         if fork:
@@ -48,11 +72,9 @@ class Zygote:
         else:
             config = json.dumps({"policy": asdict(policy), "limits": asdict(limits)})
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crossinfer._sandbox.inspector", config,
-                 str(theirs.fileno())],
+                [sys.executable, "-c", _BOOTSTRAP, config, str(theirs.fileno())],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                close_fds=True, pass_fds=fds, cwd=workdir,
-                preexec_fn=lambda: _sandbox.preexec(policy.hidden, policy.network))
+                close_fds=True, pass_fds=fds, cwd=workdir, env=_environment())
         theirs.close()
         threading.Thread(target=_relay, args=(self.proc.stderr, self.proc.pid), daemon=True,
                          name="zygote-output").start()
@@ -61,6 +83,9 @@ class Zygote:
     def ready(self, deadline: float) -> dict:
         line = _read_line(self.proc.stdout.fileno(), deadline)
         answer = json.loads(line)
+        if isinstance(answer, dict) and answer.get("ready") is False and isinstance(
+                answer.get("error"), str):
+            raise Unfenced(answer["error"][:2000])
         if not isinstance(answer, dict) or answer.get("ready") is not True:
             raise Overrun("no ready line")
         return answer
@@ -99,7 +124,7 @@ class _Forked:
     """The zygote as a fork of the service: what ``Zygote`` uses of a ``Popen``."""
 
     def __init__(self, policy: Confinement, limits: Limits, workdir: str, keep: tuple) -> None:
-        from crossinfer._sandbox import fences as _sandbox, inspector as _inspector
+        from crossinfer._sandbox import inspector as _inspector
 
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -114,7 +139,6 @@ class _Forked:
                 os.dup2(err_w, 2)
                 _close_all_but({0, 1, 2, *keep})
                 os.chdir(workdir)
-                _sandbox.preexec(policy.hidden, policy.network)
                 code = _inspector.run_zygote(policy, limits, keep[-1])
             finally:
                 os._exit(code)
@@ -218,11 +242,18 @@ class Child:
 
 
 def _relay(stream, pid: int) -> None:
-    # What an inspector prints is data: cut, marked, logged here (it never holds the
-    # service's stderr, so it cannot write lines that look like the service's own).
+    # What an inspector prints is data: each line quoted (repr: no raw newline, control or
+    # escape character reaches the log), prefixed with whose it is, cut to _LINE characters,
+    # and at most _LINES lines of one process (the rest is read and dropped).
     log = logging.getLogger("crossinfer.sandbox.inspector")
+    lines = 0
     for raw in iter(lambda: stream.readline(4096), b""):
+        lines += 1
+        if lines > _LINES:
+            if lines == _LINES + 1:
+                log.info("inspector %d: further output dropped", pid)
+            continue
         text = raw.decode("utf-8", "replace").rstrip("\n")
-        text = "".join(c if c.isprintable() else "?" for c in text)
-        log.info("inspector %d said: %s", pid, text[:_LINE] + ("..." if len(text) > _LINE else ""))
+        cut = text[:_LINE]
+        log.info("inspector %d said: %r%s", pid, cut, " (cut)" if len(text) > _LINE else "")
     stream.close()

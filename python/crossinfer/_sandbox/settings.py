@@ -76,6 +76,7 @@ class Confinement:
     held: tuple = ()  # Repository.held() of the service
     hidden: tuple[str, ...] = ()  # directories covered in the child (the worker pool's)
     network: bool = False  # gs:// roots need it; local ones do not
+    weak: bool = False  # a fence the kernel refuses is skipped (--allow-weak-sandbox)
 
 
 
