@@ -47,7 +47,8 @@ def admit(config: Config, policy: Policy) -> dict[Optional[str], Optional[str]]:
         argument = "model_uri" if key is None else f"models[{key!r}]"
         admitted[key] = repository.admit(
             uri, code=bool(module.loads_code(config, uri)), argument=argument,
-            what=code_format(config.framework), java=config.client_version is not None)
+            what=code_format(config.framework), java=config.client_version is not None,
+            directory=frameworks.plugin(config.framework).directories)
     return admitted
 
 

@@ -68,6 +68,11 @@ class Policy:
         """The bytes of model file ``uri`` (through the repository, if any)."""
         return _repository.read(uri, self.repository)
 
+    def snapshot(self, uri: str) -> contextlib.AbstractContextManager[str]:
+        """A private copy of model file or directory ``uri`` made through the repository
+        (see ``_repository.snapshot``), for loaders that read only paths."""
+        return _repository.snapshot(uri, self.repository)
+
     def opened(self, uri: str) -> contextlib.AbstractContextManager[str]:
         """A path that reads the very file the repository checked (see ``_repository.opened``)."""
         return _repository.opened(uri, self.repository)

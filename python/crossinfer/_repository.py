@@ -165,16 +165,17 @@ class Repository:
         return [r.fd for r in self.roots if r.fd >= 0]
 
     def admit(self, uri: str, *, code: bool, what: str, argument: str = "model_uri",
-              java: bool = False) -> str:
+              java: bool = False, directory: bool = False) -> str:
         """The normalised ``uri`` if it may be opened; else raise ModelLoadError.
 
         ``code``: opening the file runs code (so only trusted roots); ``what`` names the format
         in the message; ``java``: the request came from the Java library, so the messages name
-        its methods too. A local file is opened (by descriptor, as ``open`` does) to be checked.
+        its methods too; ``directory``: the format may be a directory (a SavedModel). A local
+        file is opened (by descriptor, as ``open`` does) to be checked.
         """
         root, clean, relative = self._locate(uri, argument, java)
         if root.fd >= 0:
-            os.close(self._walk(root, relative, argument, uri))
+            os.close(self._walk(root, relative, argument, uri, directory=directory))
         if code and not root.trusted:
             raise ModelLoadError(
                 f"{argument}={_shown(uri)} is {what}, a format that runs code when loaded; this "
@@ -191,6 +192,20 @@ class Repository:
         if root.fd < 0:
             return None
         return self._walk(root, relative, argument, uri)
+
+    def copy(self, uri: str, destination: str, argument: str = "model_uri") -> bool:
+        """Copy the admitted local file or directory ``uri`` to ``destination`` (a new path in
+        a private directory), every part opened by descriptor with no link followed; False for
+        an object-store URI (nothing copied)."""
+        root, _, relative = self._locate(uri, argument)
+        if root.fd < 0:
+            return False
+        fd = self._walk(root, relative, argument, uri, directory=True)
+        try:
+            _copy(fd, destination, f"{argument}={_shown(uri)}", [_MAX_COPY])
+        finally:
+            os.close(fd)
+        return True
 
     def open_beside(self, uri: str, location: str, argument: str = "model_uri") -> int:
         """A descriptor of ``location`` (a relative name, as ONNX external data gives it) in
@@ -247,8 +262,10 @@ class Repository:
                     return root, root.prefix + relative, relative
         raise outside
 
-    def _walk(self, root: Root, relative: str, argument: str, uri: str) -> int:
-        """Open ``relative`` from ``root``'s descriptor, no link followed; a regular file."""
+    def _walk(self, root: Root, relative: str, argument: str, uri: str, *,
+              directory: bool = False) -> int:
+        """Open ``relative`` from ``root``'s descriptor, no link followed; a regular file (or,
+        with ``directory``, a directory, opened for reading its entries)."""
         parts = relative.split("/")
         where = f"{argument}={_shown(uri)}"
         rel = _shown(relative)
@@ -259,12 +276,14 @@ class Repository:
                 try:
                     fd = os.open(part, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=current)
                 except OSError as e:
-                    raise ModelLoadError(_refusal(e, where, rel)) from None
+                    if not (last and directory and e.errno == errno.EISDIR):
+                        raise ModelLoadError(_refusal(e, where, rel)) from None
+                    fd = _open_dir(part, current, where, rel)
                 if current != root.fd:
                     os.close(current)
                 current = fd
             info = os.fstat(current)
-            if not stat.S_ISREG(info.st_mode):
+            if not (stat.S_ISREG(info.st_mode) or directory and stat.S_ISDIR(info.st_mode)):
                 raise ModelLoadError(f"{where}: {rel} in its model root is not a regular file")
             os.set_blocking(current, True)
             fd, current = current, root.fd
@@ -278,6 +297,50 @@ class Repository:
             if path.startswith(root.prefix) and len(path) > len(root.prefix):
                 return root
         return None
+
+
+_MAX_COPY = 64 << 30  # bytes one private copy may hold: a bound on a directory that grows
+_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(name: str, parent: int, where: str, rel: str) -> int:
+    try:
+        return os.open(name, _DIR_READ, dir_fd=parent)
+    except OSError as e:
+        raise ModelLoadError(_refusal(e, where, rel)) from None
+
+
+def _copy(fd: int, destination: str, where: str, budget: list[int]) -> None:
+    """Copy what descriptor ``fd`` holds (a regular file or a directory tree) to
+    ``destination``; every entry is opened from its parent's descriptor, no link followed, and
+    anything but regular files and directories is refused."""
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode):
+        budget[0] -= info.st_size
+        if budget[0] < 0:
+            raise ModelLoadError(f"{where} is larger than one model may be")
+        out = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                      | os.O_CLOEXEC, 0o600)
+        with os.fdopen(out, "wb") as target:
+            os.lseek(fd, 0, os.SEEK_SET)
+            while chunk := os.read(fd, 1 << 20):
+                target.write(chunk)
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise ModelLoadError(f"{where} holds an entry that is neither a file nor a directory")
+    os.mkdir(destination, 0o700)
+    for name in sorted(os.listdir(fd)):
+        try:
+            child = os.open(name, _FILE_FLAGS, dir_fd=fd)
+        except OSError as e:
+            if e.errno != errno.EISDIR:
+                raise ModelLoadError(_refusal(e, where, _shown(name))) from None
+            child = _open_dir(name, fd, where, _shown(name))
+        try:
+            os.set_blocking(child, True)
+            _copy(child, os.path.join(destination, name), where, budget)
+        finally:
+            os.close(child)
 
 
 def _refusal(error: OSError, where: str, rel: str) -> str:
@@ -309,6 +372,26 @@ def read(uri: str, repository: Optional[Repository]) -> bytes:
             return f.read()
     with os.fdopen(fd, "rb") as f:
         return f.read()
+
+
+@contextlib.contextmanager
+def snapshot(uri: str, repository: Optional[Repository]) -> Iterator[str]:
+    """The path of a private copy of model ``uri`` (a file, or a directory such as a
+    SavedModel) while the block runs: made from the descriptors ``repository`` walks, in a new
+    directory only this process's user can open, removed afterwards. With no repository, or
+    for an object-store URI, ``uri`` itself (the loader reads it as Beam's handlers do)."""
+    if repository is None:
+        yield uri
+        return
+    import shutil
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix="crossinfer-model-")  # mode 0700
+    try:
+        copy = os.path.join(private, posixpath.basename(uri.rstrip("/")) or "model")
+        yield copy if repository.copy(uri, copy) else uri
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -58,6 +58,7 @@ class Plugin:
     # objective): messages advise other postprocesses, not setting ``output``.
     output_from_model: bool = False
     opaque: bool = False  # a handler crossinfer cannot probe: ``output`` must be stated
+    directories: bool = False  # a model may be a directory (copied privately to be loaded)
 
     def load(self) -> FrameworkModule:
         """The framework's module (imports its library)."""
@@ -86,7 +87,8 @@ REGISTRY: tuple[Plugin, ...] = (
            extra="tensorflow", warm=False),
     Plugin("xgboost", "crossinfer.frameworks._xgboost",
            "XGBoost's JSON (`.json`) or UBJSON (`.ubj`) model", "", "xgboost",
-           takes=_STACKED, extra="xgboost", warm=False, output_from_model=True),
+           takes=_STACKED + ("env_vars", "model_updates"), extra="xgboost", warm=False,
+           output_from_model=True),
     Plugin("custom", "crossinfer.frameworks._custom", "passed to the factory",
            "a custom handler's file", "custom",
            takes=("model_params", "handler", "device", "pad_value", "inference_args"),
