@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import io
 import functools
 import inspect
 import sys
@@ -111,8 +112,10 @@ def _device(config: Config) -> str:
 
 
 class _Handler(PytorchModelHandlerTensor):
-    """Beam's handler, plus safetensors state dicts; the module computes no gradients (its
-    outputs then pickle, as they must when a shared model answers from another process)."""
+    """Beam's handler, loading from the bytes ``policy`` reads (never a path: the service's
+    repository walked to the file it checked), plus safetensors state dicts; the module
+    computes no gradients (its outputs then pickle, as they must when a shared model answers
+    from another process)."""
 
     def __init__(self, *args: Any, policy: Policy, safetensors: bool = False,
                  crossinfer_device: str = "cpu", model_class: Optional[type] = None,
@@ -121,21 +124,26 @@ class _Handler(PytorchModelHandlerTensor):
         super().__init__(*args, model_class=model_class, model_params=model_params,
                          state_dict_path=state_dict_path, **kwargs)
         self._st = safetensors
-        self._st_args = (state_dict_path, model_class, dict(model_params or {}))
         self._crossinfer_device = crossinfer_device
-        self._policy = policy  # reads a safetensors file (Beam's loader reads the others)
+        self._policy = policy
 
     def load_model(self) -> torch.nn.Module:
-        if self._st:
-            from safetensors.torch import load as load_safetensors
-
-            path, model_class, params = self._st_args
-            state = load_safetensors(self._policy.read(path))
-            model = model_class(**params)
-            model.load_state_dict(state)
-            model.to(self._crossinfer_device)
+        device = self._crossinfer_device
+        if self._torch_script_model_path:
+            data = io.BytesIO(self._policy.read(self._torch_script_model_path))
+            model = torch.jit.load(data, map_location=device, **self._load_model_args)
         else:
-            model = super().load_model()
+            model = self._model_class(**self._model_params)
+            data = self._policy.read(self._state_dict_path)
+            if self._st:
+                from safetensors.torch import load as load_safetensors
+
+                state = load_safetensors(data)
+            else:
+                state = torch.load(io.BytesIO(data), map_location=device,
+                                   **self._load_model_args)
+            model.load_state_dict(state)
+        model.to(device)
         for param in model.parameters():  # (ScriptModules have no requires_grad_)
             param.requires_grad_(False)
         model.eval()
@@ -209,11 +217,10 @@ def _load(config: Config, model_uri: str, model_class: Optional[type],
         raise _torch_files.state_dict_without_class(argument, model_uri)
     kind = "pytorch state_dict" if model_class is not None else "TorchScript"
     try:
-        # The file the repository checked, by descriptor (its name may change meanwhile).
-        with policy.opened(model_uri) as path:
-            return load_once(_handler(config, path, model_class, "CPU", named=model_uri,
-                                      policy=policy).load_model, model_uri, kind, argument,
-                             policy=policy)
+        # Read through the policy: the file the repository checked, whatever its name is now.
+        return load_once(_handler(config, model_uri, model_class, "CPU",
+                                  policy=policy).load_model, model_uri, kind, argument,
+                         policy=policy)
     except ModelLoadError as e:
         diagnosed = _torch_files.diagnose(config, model_uri, argument, e, policy)
         if diagnosed is e:
