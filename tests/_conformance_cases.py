@@ -202,7 +202,16 @@ def sklearn_case(d: Path, outside: Path) -> Case:
     return Case(d / "m.pkl", d / "m2.pkl", outside / "m.pkl", d / "narrow.pkl",
                 {"feature_field": "features"}, models.dataset(n=30, seed=7)[0], _sk_predict,
                 tricky={"string classes": _sk_strings, "pipelines": _sk_pipeline},
-                effects={"model_file_type": lambda d: ({"model_file_type": "joblib"}, _failed)})
+                effects={"model_file_type": _sk_file_type})
+
+
+def _sk_file_type(d: Path) -> tuple[dict[str, Any], Callable[..., bool]]:
+    """A compressed joblib file read as a plain pickle (as stated) does not load."""
+    import joblib
+
+    with open(d / "m.pkl", "rb") as f:
+        joblib.dump(pickle.load(f), d / "m.joblib", compress=3)
+    return {"model_uri": str(d / "m.joblib"), "model_file_type": "pickle"}, _failed
 
 
 def _failed(preds: list[Any], base: list[Any]) -> bool:
