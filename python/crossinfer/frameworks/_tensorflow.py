@@ -39,27 +39,20 @@ from crossinfer._signature import Signature
 
 _SIGNATURE = "serving_default"
 _KERAS_ARGS = {"compile": False, "safe_mode": True}
-# load_model_args the loaders take as plain values: Keras's (a Lambda layer's code needs
-# safe_mode=false, and the file is from a trusted root anyway) and tf.saved_model.load's tags.
-_LOAD_ARGS = {"safe_mode": bool, "compile": bool, "tags": list}
 
 
 def _load_args(config: Config) -> dict[str, Any]:
-    args = dict(config.load_model_args or {})
-    for key, value in args.items():
-        if key not in _LOAD_ARGS or not isinstance(value, _LOAD_ARGS[key]):
-            raise ConfigurationError(
-                f"load_model_args={{{key!r}: {value!r}}}: TensorFlow takes "
-                + ", ".join(f"{k} ({t.__name__})" for k, t in _LOAD_ARGS.items()))
-    return args
+    """Keras's load_model arguments, checked with the others (safe_mode=false loads a Lambda
+    layer's code; the file is from a trusted root anyway)."""
+    return dict(config.load_model_args or {})
 
 
 class _SavedModel:
     """A SavedModel's serving signature as a model with Keras's ``predict_on_batch``: the
     one method crossinfer calls (also through Beam's shared-model proxy)."""
 
-    def __init__(self, path: str, tags: Optional[list] = None) -> None:
-        self._loaded = tf.saved_model.load(path, tags=tags)  # kept: variables live here
+    def __init__(self, path: str) -> None:
+        self._loaded = tf.saved_model.load(path)  # kept: variables live here
         self._fn = self._loaded.signatures[_SIGNATURE]
         inputs = self._fn.structured_input_signature[1]
         self.input_specs = {k: inputs[k] for k in sorted(inputs)}
@@ -83,9 +76,8 @@ class _SavedModel:
 def _load(path: str, load_args: Mapping[str, Any]) -> Any:
     """The model at ``path``, a private copy the core made (a directory: a SavedModel)."""
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
-        return _SavedModel(path, load_args.get("tags"))
-    keras_args = {k: v for k, v in {**_KERAS_ARGS, **load_args}.items() if k != "tags"}
-    return tf.keras.models.load_model(path, **keras_args)
+        return _SavedModel(path)
+    return tf.keras.models.load_model(path, **{**_KERAS_ARGS, **load_args})
 
 
 class _Handler(TFModelHandlerNumpy):
@@ -118,14 +110,16 @@ def _limit_threads(threads: int) -> Iterator[None]:
     yield
 
 
-def _call(model: Any, batch: np.ndarray, inference_args: Optional[dict]) -> list[np.ndarray]:
-    """Every output of the model on one batch, as numpy arrays."""
+def _call(model: Any, batch: np.ndarray, inference_args: Optional[dict],
+          names: Optional[list[str]] = None) -> list[np.ndarray]:
+    """Every output of the model on one batch, as numpy arrays (a dict's in ``names``'
+    order)."""
     if inference_args:  # keyword arguments of the model's call (e.g. training=True)
         out = model(tf.constant(batch), **inference_args)
     else:
         out = model.predict_on_batch(batch)
     if isinstance(out, Mapping):
-        out = list(out.values())
+        out = [out[k] for k in sorted(out)]
     if not isinstance(out, (list, tuple)):
         out = [out]
     return [np.asarray(o) for o in out]
@@ -134,7 +128,7 @@ def _call(model: Any, batch: np.ndarray, inference_args: Optional[dict]) -> list
 def _predict(names: Optional[tuple[str, ...]], index: Optional[int], model: Any,
              batch: np.ndarray, inference_args: Optional[dict] = None) -> Any:
     """One output (the only one, or ``index``), or with ``names`` one dict per row."""
-    outs = _call(model, batch, inference_args)
+    outs = _call(model, batch, inference_args, list(names or ()))
     if names is not None:
         return [{n: o[i] for n, o in zip(names, outs)} for i in range(len(batch))]
     return outs[index or 0]
@@ -153,8 +147,12 @@ def _specs(model: Any, config: Config, what: str) -> tuple[Any, list[str], str]:
         where = f"signature {_SIGNATURE!r}"
     else:
         inputs = list(model.inputs)
-        names = [str(n) for n in getattr(model, "output_names", None) or
-                 [f"output_{i}" for i in range(len(model.outputs))]]
+        struct = getattr(model, "output", None)
+        if isinstance(struct, Mapping):  # dict outputs: by key, in _call's order
+            names = sorted(str(k) for k in struct)
+        else:
+            names = [str(n) for n in getattr(model, "output_names", None) or
+                     [f"output_{i}" for i in range(len(model.outputs))]]
         where = "the Keras model's input"
     if len(inputs) != 1:
         raise ConfigurationError(
@@ -230,7 +228,7 @@ def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
         d.output, d.sources["output"] = "probabilities", "the last layer's softmax activation"
 
     def run(batch: np.ndarray) -> Any:
-        outs = _call(model, batch, None)
+        outs = _call(model, batch, None, names)
         return dict(zip(names, outs)) if named else outs[config.output_index or 0]
 
     return _probe.complete(config, d, run, what)
