@@ -240,7 +240,8 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("load_model_args", "map<string,any>", Dict(),
              "pytorch state_dict: keyword arguments for `torch.load` (Beam's "
              "`load_model_args`): `weights_only` (default `true`; `false` runs the file's "
-             "code, so the file must be trusted)", "withLoadModelArgs",
+             "code, so the file must be trusted); tensorflow Keras file: `safe_mode` (default "
+             "`true`; `false` loads Lambda layers' code) and `compile`", "withLoadModelArgs",
              _frameworks.taking("load_model_args")),
     Argument("model_file_type", "string",
              Text(tuple(t for types in MODEL_FILE_TYPES.values() for t in types)),

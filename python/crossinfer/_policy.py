@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable, Optional
 
-from crossinfer import _callables, _repository
+from crossinfer import _callables, _copies, _repository
 from crossinfer._errors import ModelLoadError
 
 # (the transform's plain keyword arguments, model key) -> Signature.to_dict(), opened elsewhere
@@ -70,8 +70,8 @@ class Policy:
 
     def snapshot(self, uri: str) -> contextlib.AbstractContextManager[str]:
         """A private copy of model file or directory ``uri`` made through the repository
-        (see ``_repository.snapshot``), for loaders that read only paths."""
-        return _repository.snapshot(uri, self.repository)
+        (see ``_copies.snapshot``), for loaders that read only paths."""
+        return _copies.snapshot(uri, self.repository)
 
     def opened(self, uri: str) -> contextlib.AbstractContextManager[str]:
         """A path that reads the very file the repository checked (see ``_repository.opened``)."""

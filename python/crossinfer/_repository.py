@@ -185,27 +185,15 @@ class Repository:
                 + "). Put it there, or export the model as ONNX or a torch state_dict")
         return clean
 
-    def open(self, uri: str, argument: str = "model_uri") -> Optional[int]:
-        """A new read-only descriptor of the admitted local file ``uri`` (the caller closes
-        it), or None for an object-store URI (Beam's FileSystems reads those)."""
+    def open(self, uri: str, argument: str = "model_uri", *,
+             directory: bool = False) -> Optional[int]:
+        """A new read-only descriptor of the admitted local file (or, with ``directory``, file
+        or directory) ``uri`` (the caller closes it), or None for an object-store URI (Beam's
+        FileSystems reads those)."""
         root, _, relative = self._locate(uri, argument)
         if root.fd < 0:
             return None
-        return self._walk(root, relative, argument, uri)
-
-    def copy(self, uri: str, destination: str, argument: str = "model_uri") -> bool:
-        """Copy the admitted local file or directory ``uri`` to ``destination`` (a new path in
-        a private directory), every part opened by descriptor with no link followed; False for
-        an object-store URI (nothing copied)."""
-        root, _, relative = self._locate(uri, argument)
-        if root.fd < 0:
-            return False
-        fd = self._walk(root, relative, argument, uri, directory=True)
-        try:
-            _copy(fd, destination, f"{argument}={_shown(uri)}", [_MAX_COPY])
-        finally:
-            os.close(fd)
-        return True
+        return self._walk(root, relative, argument, uri, directory=directory)
 
     def open_beside(self, uri: str, location: str, argument: str = "model_uri") -> int:
         """A descriptor of ``location`` (a relative name, as ONNX external data gives it) in
@@ -299,7 +287,6 @@ class Repository:
         return None
 
 
-_MAX_COPY = 64 << 30  # bytes one private copy may hold: a bound on a directory that grows
 _DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -308,39 +295,6 @@ def _open_dir(name: str, parent: int, where: str, rel: str) -> int:
         return os.open(name, _DIR_READ, dir_fd=parent)
     except OSError as e:
         raise ModelLoadError(_refusal(e, where, rel)) from None
-
-
-def _copy(fd: int, destination: str, where: str, budget: list[int]) -> None:
-    """Copy what descriptor ``fd`` holds (a regular file or a directory tree) to
-    ``destination``; every entry is opened from its parent's descriptor, no link followed, and
-    anything but regular files and directories is refused."""
-    info = os.fstat(fd)
-    if stat.S_ISREG(info.st_mode):
-        budget[0] -= info.st_size
-        if budget[0] < 0:
-            raise ModelLoadError(f"{where} is larger than one model may be")
-        out = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                      | os.O_CLOEXEC, 0o600)
-        with os.fdopen(out, "wb") as target:
-            os.lseek(fd, 0, os.SEEK_SET)
-            while chunk := os.read(fd, 1 << 20):
-                target.write(chunk)
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        raise ModelLoadError(f"{where} holds an entry that is neither a file nor a directory")
-    os.mkdir(destination, 0o700)
-    for name in sorted(os.listdir(fd)):
-        try:
-            child = os.open(name, _FILE_FLAGS, dir_fd=fd)
-        except OSError as e:
-            if e.errno != errno.EISDIR:
-                raise ModelLoadError(_refusal(e, where, _shown(name))) from None
-            child = _open_dir(name, fd, where, _shown(name))
-        try:
-            os.set_blocking(child, True)
-            _copy(child, os.path.join(destination, name), where, budget)
-        finally:
-            os.close(child)
 
 
 def _refusal(error: OSError, where: str, rel: str) -> str:
@@ -372,26 +326,6 @@ def read(uri: str, repository: Optional[Repository]) -> bytes:
             return f.read()
     with os.fdopen(fd, "rb") as f:
         return f.read()
-
-
-@contextlib.contextmanager
-def snapshot(uri: str, repository: Optional[Repository]) -> Iterator[str]:
-    """The path of a private copy of model ``uri`` (a file, or a directory such as a
-    SavedModel) while the block runs: made from the descriptors ``repository`` walks, in a new
-    directory only this process's user can open, removed afterwards. With no repository, or
-    for an object-store URI, ``uri`` itself (the loader reads it as Beam's handlers do)."""
-    if repository is None:
-        yield uri
-        return
-    import shutil
-    import tempfile
-
-    private = tempfile.mkdtemp(prefix="crossinfer-model-")  # mode 0700
-    try:
-        copy = os.path.join(private, posixpath.basename(uri.rstrip("/")) or "model")
-        yield copy if repository.copy(uri, copy) else uri
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -117,11 +117,25 @@ def taking(argument: str) -> tuple[str, ...]:
 
 
 def markdown() -> str:
-    """The README's table of frameworks."""
-    lines = ["| `framework` | model files | runs code when loaded | Java | pip extra |",
-             "| --- | --- | --- | --- | --- |"]
+    """The README's table of frameworks: what each reads and supports, from its row (a
+    function, so one command can regenerate every README table)."""
+    lines = ["| `framework` | model files | runs code when loaded | framework-specific "
+             "arguments it takes | Java | pip extra |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for p in REGISTRY:
         extra = f"`crossinfer[{p.extra}]`" if p.extra else "(installed with crossinfer)"
-        lines.append(f"| `{p.name}` | {p.formats} | {p.code_formats or 'no'} | "
+        takes = ", ".join(f"`{a}`" for a in sorted(p.takes)) or "none"
+        formats = p.formats + (" (a directory is copied privately to be loaded)"
+                               if p.directories else "")
+        lines.append(f"| `{p.name}` | {formats} | {p.code_formats or 'no'} | {takes} | "
                      f"`CrossInference.{p.java}(…)` | {extra} |")
     return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Print the README's framework table (``python -m crossinfer.frameworks``)."""
+    print(markdown(), end="")
+
+
+if __name__ == "__main__":
+    main()
