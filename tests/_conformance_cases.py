@@ -373,6 +373,23 @@ def _tf_masking(d: Path) -> Tricky:
                    "postprocess": "raw", "pad_value": 0}, rows, want, _raw)
 
 
+def _tf_strings(d: Path) -> Tricky:
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((2,), dtype="string")
+    hot = keras.layers.StringLookup(vocabulary=["cat", "dog", "emu"],
+                                    output_mode="multi_hot")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hot))
+    model.save(str(d / "strings.keras"))
+    rng = np.random.default_rng(2)
+    words = rng.choice(np.array(["cat", "dog", "emu", "zebra"]), size=(24, 2))
+    rows = [beam.Row(id=i, features=[str(v) for v in w]) for i, w in enumerate(words)]
+    return Tricky({"model_uri": str(d / "strings.keras"), "feature_field": "features",
+                   "postprocess": "raw", "input_dtype": "string"}, rows,
+                  dict(enumerate(np.asarray(model.predict_on_batch(words)))), _raw)
+
+
 def tensorflow_case(d: Path, outside: Path) -> Case:
     import keras
 
@@ -386,7 +403,7 @@ def tensorflow_case(d: Path, outside: Path) -> Case:
     return Case(d / "m.keras", d / "m2.keras", outside / "m.keras", d / "narrow.keras",
                 {"feature_field": "features"}, models.dataset(n=30, seed=7)[0], _tf_predict,
                 tricky={"small embedding": _tf_embedding, "multi-output": _tf_multi,
-                        "masking": _tf_masking},
+                        "masking": _tf_masking, "string inputs": _tf_strings},
                 effects={"inference_args": lambda d: (
                     {"model_uri": str(d / "dropout.keras"), "postprocess": "raw",
                      "inference_args": {"training": True}}, _differs_from_model(
