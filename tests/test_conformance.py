@@ -229,7 +229,7 @@ def test_swap_to_a_link_for_a_model_update(fresh: Any, framework: str) -> None:
 def test_model_updates_accept_a_good_file_and_refuse_another_signature(
         built: Any, framework: str) -> None:
     b = built(framework)
-    if "model_updates" not in frameworks.plugin(framework).takes:
+    if "model_updates" not in frameworks.get(framework).takes:
         pytest.fail(f"{framework} does not take model_updates")
     config = _config.parse(**b.kwargs())
     plan = _plan_for(b, b.policy)
@@ -277,7 +277,7 @@ Block = typing.NamedTuple("Block", [("id", typing.Sequence[int]),
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_blocks(built: Any, framework: str) -> None:
     b = built(framework)
-    if "blocks" not in frameworks.plugin(framework).takes:
+    if "blocks" not in frameworks.get(framework).takes:
         pytest.fail(f"{framework} does not take blocks")
     x = b.case.x
     blocks = [Block(list(range(0, 12)), x[:12].tolist()), Block(list(range(12, len(x))),
@@ -311,9 +311,9 @@ def test_every_framework_specific_argument_has_a_value() -> None:
 def test_arguments_not_taken_are_refused_naming_who_takes_them(built: Any,
                                                                framework: str) -> None:
     b = built(framework)
-    plugin = frameworks.plugin(framework)
+    row = frameworks.get(framework)
     for argument in _ALL_TAKEN:
-        if argument in plugin.takes:
+        if argument in row.takes:
             continue
         with pytest.raises(Exception) as caught:
             p = beam.Pipeline()
@@ -328,7 +328,7 @@ def test_arguments_not_taken_are_refused_naming_who_takes_them(built: Any,
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_env_vars_are_set_before_the_model_loads(built: Any, framework: str) -> None:
     b = built(framework)
-    if "env_vars" not in frameworks.plugin(framework).takes:
+    if "env_vars" not in frameworks.get(framework).takes:
         pytest.fail(f"{framework} does not take env_vars")
     name = f"CROSSINFER_CONFORMANCE_{framework.upper()}"
     assert name not in os.environ
@@ -352,7 +352,7 @@ def test_arguments_taken_change_what_it_does(built: Any, framework: str) -> None
     effects_dir = b.root / "effects"
     effects_dir.mkdir(exist_ok=True)
     for argument, effect in b.case.effects.items():
-        assert argument in frameworks.plugin(framework).takes, argument
+        assert argument in frameworks.get(framework).takes, argument
         kwargs, changed = effect(b.root)
         try:
             preds, fails = _run(b.case.rows(), **b.kwargs(**kwargs))

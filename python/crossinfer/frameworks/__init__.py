@@ -1,7 +1,7 @@
 """The model frameworks crossinfer runs, one module each, and the registry that lists them.
 
 A framework is one module here (``_<name>.py``) that implements ``FrameworkModule`` plus one
-``Plugin`` row in ``REGISTRY``. The row is plain data, so everything that needs to know which
+``Framework`` row in ``REGISTRY``. The row is plain data, so everything that needs to know which
 frameworks exist (the argument table, the model repository's code check, the model
 inspectors' warm-up, the README, the Java contract test) reads it without importing any
 framework's library; the module itself is imported only when its framework is used.
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 if TYPE_CHECKING:  # only for the protocol's annotations: no import cycle at run time
     from crossinfer._config import Config
-    from crossinfer._handler import Framework
+    from crossinfer._handler import BuiltHandler
     from crossinfer._policy import Policy
     from crossinfer._signature import Signature
 
-__all__ = ["FrameworkModule", "Plugin", "REGISTRY", "NAMES", "plugin", "module",
+__all__ = ["FrameworkModule", "Framework", "REGISTRY", "NAMES", "get", "module",
            "taking"]
 
 
@@ -35,13 +35,13 @@ class FrameworkModule(Protocol):
         and files through ``policy``."""
 
     def build(self, config: "Config", model_uri: Optional[str], signature: "Signature",
-              policy: "Policy") -> "Framework":
+              policy: "Policy") -> "BuiltHandler":
         """Beam's model handler for the model ``signature`` describes (it carries ``policy``
         to the workers where it opens files itself)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Plugin:
+class Framework:
     """One framework, as plain data."""
 
     name: str  # the value of the ``framework`` argument
@@ -67,31 +67,31 @@ class Plugin:
 
 _STACKED = ("blocks", "inference_args")  # frameworks fed one stacked array per batch
 
-REGISTRY: tuple[Plugin, ...] = (
-    Plugin("sklearn", "crossinfer.frameworks._sklearn",
+REGISTRY: tuple[Framework, ...] = (
+    Framework("sklearn", "crossinfer.frameworks._sklearn",
            "a pickle, or joblib for `.joblib`", "a pickle/joblib file", "sklearn",
            takes=("blocks", "env_vars", "model_file_type", "model_updates"),
            output_from_model=True),
-    Plugin("pytorch", "crossinfer.frameworks._pytorch",
+    Framework("pytorch", "crossinfer.frameworks._pytorch",
            "a state_dict (`torch.save` or `.safetensors`) with `model_class`, or TorchScript "
            "without", "a TorchScript file", "pytorch",
            takes=("model_class", "model_params", "device", "pad_value", "output_index",
                   "env_vars", "load_model_args", "model_file_type", "model_updates")
            + _STACKED),
-    Plugin("onnx", "crossinfer.frameworks._onnx", "`.onnx`", "", "onnx",
+    Framework("onnx", "crossinfer.frameworks._onnx", "`.onnx`", "", "onnx",
            takes=("device", "pad_value", "output_index", "env_vars", "model_updates")
            + _STACKED),
-    Plugin("tensorflow", "crossinfer.frameworks._tensorflow",
+    Framework("tensorflow", "crossinfer.frameworks._tensorflow",
            "a SavedModel directory, or a Keras `.keras` / `.h5` file",
            "a SavedModel or Keras file", "tensorflow",
            takes=("pad_value", "output_index", "env_vars", "load_model_args",
                   "model_updates") + _STACKED,
            extra="tensorflow", warm=False, directories=True),
-    Plugin("xgboost", "crossinfer.frameworks._xgboost",
+    Framework("xgboost", "crossinfer.frameworks._xgboost",
            "XGBoost's JSON (`.json`) or UBJSON (`.ubj`) model", "", "xgboost",
            takes=_STACKED + ("env_vars", "model_updates"), extra="xgboost", warm=False,
            output_from_model=True),
-    Plugin("custom", "crossinfer.frameworks._custom", "passed to the factory",
+    Framework("custom", "crossinfer.frameworks._custom", "passed to the factory",
            "a custom handler's file", "custom",
            takes=("model_params", "handler", "device", "pad_value", "inference_args"),
            opaque=True),
@@ -101,14 +101,14 @@ NAMES: tuple[str, ...] = tuple(p.name for p in REGISTRY)
 _BY_NAME = {p.name: p for p in REGISTRY}
 
 
-def plugin(name: str) -> Plugin:
+def get(name: str) -> Framework:
     """The registry row of framework ``name`` (KeyError if there is none)."""
     return _BY_NAME[name]
 
 
 def module(name: str) -> Any:
     """The module of framework ``name``, imported on first use."""
-    return plugin(name).load()
+    return get(name).load()
 
 
 def taking(argument: str) -> tuple[str, ...]:

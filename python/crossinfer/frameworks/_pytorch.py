@@ -26,7 +26,7 @@ from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 from crossinfer import _probe, _torch_files
 from crossinfer._config import Config
 from crossinfer._errors import CallableNotAllowedError, ConfigurationError, ModelLoadError
-from crossinfer._handler import Framework
+from crossinfer._handler import BuiltHandler
 from crossinfer._loading import argument_for, check_exists, load_once
 from crossinfer._policy import Policy
 from crossinfer._signature import Signature
@@ -375,13 +375,14 @@ def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     return _probe.complete(config, declared, run_named, what)
 
 
-def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature,
+          policy: Policy) -> BuiltHandler:
     """Beam's handler for the module ``signature`` describes."""
     device = _device(config)
     handler = _handler(config, model_uri, _model_class(config, policy), config.device,
                        policy=policy, crossinfer_device=device, large_model=config.large_model,
                        model_copies=config.model_copies)
-    return Framework(
+    return BuiltHandler(
         handler=handler, spec=signature.input_spec(), model_id=model_uri, to_model=_to_tensor,
         limit_threads=_limit_threads, predict=functools.partial(
             _forward, device, signature.output == "named", signature.output_index))

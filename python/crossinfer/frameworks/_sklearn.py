@@ -21,7 +21,7 @@ from apache_beam.ml.inference.sklearn_inference import ModelFileType, SklearnMod
 from crossinfer import _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
-from crossinfer._handler import Framework
+from crossinfer._handler import BuiltHandler
 from crossinfer._loading import argument_for, load_once
 from crossinfer._policy import Policy
 from crossinfer._signature import Signature
@@ -141,14 +141,15 @@ def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     return _probe.complete(config, d, run, f"{name} ({model_uri})")
 
 
-def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature,
+          policy: Policy) -> BuiltHandler:
     """Beam's handler for the estimator ``signature`` describes."""
     predict = _predict_proba if signature.output == "probabilities" else _predict
     handler = _Handler(
         model_uri, _file_type(config, model_uri), policy=policy, inference_fn=predict,
         large_model=config.large_model, model_copies=config.model_copies,
         env_vars=dict(config.env_vars or {}))
-    return Framework(
+    return BuiltHandler(
         predict=predict, handler=handler, spec=signature.input_spec(), model_id=model_uri,
         to_model=_identity, limit_threads=_limit_threads)
 

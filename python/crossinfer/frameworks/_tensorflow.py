@@ -32,7 +32,7 @@ from crossinfer import _probe
 from crossinfer._arguments import INPUT_DTYPES
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError, ModelLoadError
-from crossinfer._handler import Framework
+from crossinfer._handler import BuiltHandler
 from crossinfer._loading import argument_for, load_once
 from crossinfer._policy import Policy
 from crossinfer._signature import Signature
@@ -234,13 +234,14 @@ def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     return _probe.complete(config, d, run, what)
 
 
-def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature,
+          policy: Policy) -> BuiltHandler:
     """Beam's handler for the model ``signature`` describes."""
     handler = _Handler(model_uri, policy=policy, load_args=_load_args(config),
                        large_model=config.large_model, model_copies=config.model_copies,
                        env_vars=dict(config.env_vars or {}))
     predict = functools.partial(_predict, signature.output_names, signature.output_index)
-    return Framework(handler=handler, spec=signature.input_spec(), model_id=model_uri,
+    return BuiltHandler(handler=handler, spec=signature.input_spec(), model_id=model_uri,
                      to_model=_identity, predict=predict, limit_threads=_limit_threads)
 
 

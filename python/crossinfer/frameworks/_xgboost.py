@@ -27,7 +27,7 @@ from apache_beam.ml.inference.xgboost_inference import XGBoostModelHandlerNumpy
 from crossinfer import _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
-from crossinfer._handler import Framework, model_threads
+from crossinfer._handler import BuiltHandler, model_threads
 from crossinfer._loading import argument_for, load_once
 from crossinfer._policy import Policy
 from crossinfer._signature import Signature
@@ -133,12 +133,13 @@ def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     return _probe.complete(config, d, lambda b: _predict(kind, booster, b), what)
 
 
-def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature,
+          policy: Policy) -> BuiltHandler:
     """Beam's handler for the booster ``signature`` describes."""
     kind = signature.output if signature.output in ("probabilities", "logits") else "value"
     handler = _Handler(model_uri, policy=policy, large_model=config.large_model,
                        model_copies=config.model_copies, env_vars=dict(config.env_vars or {}))
-    return Framework(handler=handler, spec=signature.input_spec(), model_id=model_uri,
+    return BuiltHandler(handler=handler, spec=signature.input_spec(), model_id=model_uri,
                      to_model=_identity, predict=functools.partial(_predict, kind))
 
 
