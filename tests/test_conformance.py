@@ -360,3 +360,41 @@ def test_arguments_taken_change_what_it_does(built: Any, framework: str) -> None
         except Exception:  # pylint: disable=broad-except
             preds = None
         assert changed(preds, base), f"{argument}={kwargs[argument]!r} changed nothing"
+
+
+# --- remote workers ---------------------------------------------------------------------------
+
+def test_a_remote_worker_reads_through_the_same_roots(tmp_path: Path) -> None:
+    """A policy unpickled in another process (a remote worker) opens the same roots there and
+    reads model files through them: a link is refused, never followed; a worker that cannot
+    open the roots fails."""
+    import pickle
+    import subprocess
+    import sys
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "m.bin").write_bytes(b"inside")
+    (outside / "m.bin").write_bytes(b"SECRET")
+    (root / "link.bin").symlink_to(outside / "m.bin")
+    policy = _policy.Policy(repository=_repository.Repository([str(root)]))
+    (tmp_path / "policy.pickle").write_bytes(pickle.dumps(policy))
+    code = ("import pickle, sys\n"
+            "policy = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+            "print(policy.repository is not None, policy.read(sys.argv[2]))\n"
+            "try:\n"
+            "    policy.read(sys.argv[3])\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, 'symbolic link' in str(e))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "policy.pickle"),
+                           str(root / "m.bin"), str(root / "link.bin")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["True b'inside'", "ModelLoadError True"]
+    root.rename(tmp_path / "gone")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "policy.pickle"),
+                           str(root / "m.bin"), str(root / "link.bin")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0 and "cannot open the model roots" in done.stderr
