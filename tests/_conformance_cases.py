@@ -257,7 +257,11 @@ def pytorch_case(d: Path, outside: Path) -> Case:
     return Case(d / "m.pt", d / "m2.pt", outside / "m.pt", d / "narrow.pt",
                 {"feature_field": "features", "model_class": "tests.models:MLP"},
                 models.dataset(n=30, seed=7)[0], _torch_predict,
-                tricky={"dict outputs": _torch_dict})
+                tricky={"dict outputs": _torch_dict},
+                # The weights do not fit another shape; a torch.save file is no safetensors.
+                effects={"model_params": lambda d: ({"model_params": {"hidden": 32}}, _failed),
+                         "model_file_type": lambda d: ({"model_file_type": "safetensors"},
+                                                       _failed)})
 
 
 # --- ONNX ------------------------------------------------------------------------------------
