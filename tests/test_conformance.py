@@ -167,6 +167,23 @@ def test_outputs_equal_the_librarys_own_predict(built: Any, framework: str) -> N
 
 # --- the core opens model files -------------------------------------------------------------
 
+def test_no_framework_module_opens_a_path() -> None:
+    """Statically: no framework module calls a file-opening function itself (the dynamic
+    checks are the renamed root and the swaps below)."""
+    import ast
+
+    opening = {"open", "opened", "read_bytes", "read_text", "exists", "isfile", "listdir",
+               "scandir", "walk", "load_model_from_path", "fdopen"}
+    found = []
+    for path in sorted((Path(frameworks.__file__).parent).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+                if name in opening:
+                    found.append(f"{path.name}:{node.lineno} {name}()")
+    assert not found, found
+
+
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_served_from_a_renamed_root(built: Any, framework: str, tmp_path: Path) -> None:
     """The root is renamed after the policy opened it: the model's name now leads nowhere, so

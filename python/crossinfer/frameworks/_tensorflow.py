@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
@@ -74,8 +73,9 @@ class _SavedModel:
 
 
 def _load(path: str, load_args: Mapping[str, Any]) -> Any:
-    """The model at ``path``, a private copy the core made (a directory: a SavedModel)."""
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
+    """The model at ``path``: a private copy the core made, or with no repository the
+    pipeline's own name (a directory: a SavedModel)."""
+    if tf.saved_model.contains_saved_model(path):
         return _SavedModel(path)
     return tf.keras.models.load_model(path, **{**_KERAS_ARGS, **load_args})
 
