@@ -391,8 +391,6 @@ def test_arguments_taken_change_what_it_does(built: Any, framework: str) -> None
     b = built(framework)
     assert tuple(b.case.effects) == _EFFECTS[framework]
     base, _ = _run(b.case.rows(), **b.kwargs())
-    effects_dir = b.root / "effects"
-    effects_dir.mkdir(exist_ok=True)
     for argument, effect in b.case.effects.items():
         assert argument in frameworks.get(framework).takes, argument
         kwargs, changed = effect(b.root)

@@ -75,10 +75,6 @@ class Policy:
         (see ``_copies.snapshot``), for loaders that read only paths."""
         return _copies.snapshot(uri, self.repository)
 
-    def opened(self, uri: str) -> contextlib.AbstractContextManager[str]:
-        """A path that reads the very file the repository checked (see ``_repository.opened``)."""
-        return _repository.opened(uri, self.repository)
-
     def __reduce__(self) -> Any:
         roots = None if self.repository is None else tuple(
             (r.prefix, r.trusted) for r in self.repository.roots)

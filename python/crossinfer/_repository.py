@@ -10,7 +10,8 @@ Local roots are opened once, at start-up, and held by descriptor; a model file i
 walking its path from its root's descriptor one component at a time, never following a
 symbolic link (``O_NOFOLLOW``), and checked as a regular file on the descriptor it was opened
 with. Whatever happens to the names afterwards (a root renamed and re-created, a file swapped
-for a link), what loads is the file that was checked: the loaders read that descriptor. Roots
+for a link), what loads is the file that was checked: the core reads that descriptor and
+hands the framework its bytes (or a private copy, ``_copies``). Roots
 that overlap are refused, and so are names with control or bidirectional-format characters,
 ``.``/``..``/empty segments or a trailing slash. Refusals outside the roots say nothing about
 the path (not whether it exists, nor whether it is readable); errors inside a root name the
@@ -19,14 +20,13 @@ path relative to it, never the directory behind it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import posixpath
 import re
 import stat
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -326,18 +326,3 @@ def read(uri: str, repository: Optional[Repository]) -> bytes:
             return f.read()
     with os.fdopen(fd, "rb") as f:
         return f.read()
-
-
-@contextlib.contextmanager
-def opened(uri: str, repository: Optional[Repository]) -> Iterator[str]:
-    """A path that reads the very file ``repository`` checked for ``uri`` while the block
-    runs (``/proc/self/fd/N`` of a descriptor opened by walking from the root), for loaders
-    that take a path; ``uri`` itself when there is no repository or it is not local."""
-    fd = repository.open(uri) if repository is not None else None
-    if fd is None:
-        yield uri
-        return
-    try:
-        yield f"/proc/self/fd/{fd}"
-    finally:
-        os.close(fd)
