@@ -135,18 +135,24 @@ def test_bad_file_fails_at_construction(tmp_path):
 
 
 @pytest.mark.java
-def test_from_java(job_server, classifier, tmp_path):
-    """CrossInference.tensorflow(uri) from a Java pipeline; the Keras file in a trusted root."""
+@pytest.mark.parametrize("form", ["keras", "saved_model"])
+def test_from_java(job_server, classifier, tmp_path, form):
+    """CrossInference.tensorflow(uri) from a Java pipeline; the Keras file, or a SavedModel
+    directory, in a trusted root of the service CrossInference starts."""
     from tests._java_frameworks import java_rows
 
     path, model = classifier
     data, trusted = tmp_path / "data", tmp_path / "trusted"
     data.mkdir()
     trusted.mkdir()
-    (trusted / "m.keras").write_bytes(path.read_bytes())
+    if form == "keras":
+        served = trusted / "m.keras"
+        served.write_bytes(path.read_bytes())
+    else:
+        served = trusted / "sm"
+        model.export(str(served))
     x, _ = models.dataset(n=50, seed=12)
-    preds, fails = java_rows(job_server, tmp_path, "tensorflow", trusted / "m.keras", x, data,
-                             trusted)
+    preds, fails = java_rows(job_server, tmp_path, "tensorflow", served, x, data, trusted)
     want = model.predict_on_batch(x)
     assert sorted(p["id"] for p in preds) == list(range(50))
     for p in preds:
