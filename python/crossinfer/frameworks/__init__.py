@@ -131,11 +131,3 @@ def markdown() -> str:
                      f"`CrossInference.{p.java}(…)` | {extra} |")
     return "\n".join(lines) + "\n"
 
-
-def main() -> None:
-    """Print the README's framework table (``python -m crossinfer.frameworks``)."""
-    print(markdown(), end="")
-
-
-if __name__ == "__main__":
-    main()
