@@ -139,14 +139,15 @@ def test_a_policy_pickles_as_a_reference_to_its_own_process(tmp_path: Path) -> N
     policy, _ = _service_like(tmp_path, "svc", barrier, ("tests.test_policy.*",))
     # The service's own workers (threads of it) get the live value: its held roots, its runner.
     assert pickle.loads(pickle.dumps(policy)) is policy
-    # Another process (a remote worker) gets the allowlist but none of this process's
-    # descriptors or inspectors: it reads files as the pipeline names them.
+    # Another process (a remote worker) gets the allowlist and the same roots, opened there
+    # (files are read through them, never by name), but none of this process's inspectors.
     env = dict(os.environ, PYTHONPATH=f"{REPO / 'python'}{os.pathsep}{REPO}")
     elsewhere = subprocess.run(
         [sys.executable, "-c", "import pickle, sys; p = pickle.loads(sys.stdin.buffer.read()); "
-                               "print(p.allowlist, p.repository, p.runner)"],
+                               "print(p.allowlist, p.repository.describe(), p.runner)"],
         input=pickle.dumps(policy), capture_output=True, env=env, timeout=120, check=True)
-    assert elsewhere.stdout.decode().strip() == "('tests.test_policy.*',) None None"
+    assert elsewhere.stdout.decode().strip() == (
+        f"('tests.test_policy.*',) {policy.repository.describe()} None")
     # A policy whose service is gone is never replaced by one that opens anything anywhere.
     gone = pickle.dumps(Policy(allowlist=(), repository=policy.repository))
     gc.collect()

@@ -147,14 +147,38 @@ def _count_events(fd: int) -> int:
             offset += 16 + length
 
 
-def test_swap_between_check_and_open(channel, service, place):
-    data = place / "roots" / "data" / "race"
+def _xgboost_json(path: Path, seed: int) -> Path:
+    import numpy as np
+    import xgboost
+
+    x = np.random.default_rng(seed).normal(size=(60, 4)).astype(np.float32)
+    xgboost.train({"objective": "binary:logistic", "max_depth": 2},
+                  xgboost.DMatrix(x, label=(x[:, 0] > 0).astype(np.float32)), 3
+                  ).save_model(str(path))
+    return path
+
+
+# (framework, requests): XGBoost was loaded by name after the check (issue 22); fewer
+# requests for it keep the suite's time (its inspections are slower than ONNX's).
+@pytest.mark.parametrize("framework,requests", [("onnx", 520), ("xgboost", 60)])
+def test_swap_between_check_and_open(channel, service, place, framework, requests):
+    data = place / "roots" / "data" / f"race-{framework}"
     data.mkdir()
-    real = small_onnx(data / "real.onnx", width=4)
-    outside = small_onnx(place / "outside" / "other.onnx", width=7,
-                         doc="SECRET-OUTSIDE-THE-ROOTS")
-    model, link = data / "m.onnx", data / "link.onnx"
-    shutil.copy(real, data / "copy.onnx")
+    if framework == "onnx":
+        real = small_onnx(data / "real.onnx", width=4)
+        outside = small_onnx(place / "outside" / "other.onnx", width=7,
+                             doc="SECRET-OUTSIDE-THE-ROOTS")
+    else:
+        pytest.importorskip("xgboost")
+        real = _xgboost_json(data / "real.json", 0)
+        outside = _xgboost_json(place / "outside" / "other.json", 1)
+    suffix = real.suffix
+    model, link = data / f"m{suffix}", data / f"link{suffix}"
+    shutil.copy(real, data / f"copy{suffix}")
+    kind = "regression" if framework == "onnx" else "argmax"
+    served = expand(channel, request(framework=framework, model_uri=str(real),
+                                     postprocess=kind))
+    assert served.error == "", served.error  # with no swap, the model is served
     link.symlink_to(outside)
     watch = _watch_opens(outside)
     _count_events(watch)
@@ -164,11 +188,11 @@ def test_swap_between_check_and_open(channel, service, place):
         # rename(2) is atomic: the name is always either the real file or the link.
         # Both steps equally quick (a hard link of the real file, a new symlink).
         while not stop.is_set():
-            os.link(data / "copy.onnx", data / "tmp.onnx")
-            os.replace(data / "tmp.onnx", model)
+            os.link(data / f"copy{suffix}", data / f"tmp{suffix}")
+            os.replace(data / f"tmp{suffix}", model)
             time.sleep(0.0005)
-            os.symlink(outside, data / "tmp-link.onnx")
-            os.replace(data / "tmp-link.onnx", model)
+            os.symlink(outside, data / f"tmp-link{suffix}")
+            os.replace(data / f"tmp-link{suffix}", model)
             time.sleep(0.0005)
 
     swapper = threading.Thread(target=swap, daemon=True)
@@ -185,15 +209,16 @@ def test_swap_between_check_and_open(channel, service, place):
             # request that finds the link between the two goes on to an inspector, which
             # walks it again.
             try:
-                return expand(channels[i % 3], request(framework="onnx", model_uri=str(model),
-                                                       postprocess="regression"))
+                return expand(channels[i % 3], request(
+                    framework=framework, model_uri=str(model),
+                    postprocess=kind))
             except grpc.RpcError as e:  # the per-client cap: a refusal, not a failure
                 if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                     raise
                 return None
 
         with concurrent.futures.ThreadPoolExecutor(3) as ex:
-            for response in ex.map(one, range(520)):
+            for response in ex.map(one, range(requests)):
                 if response is None:
                     outcomes["busy"] += 1
                 elif response.error == "":
@@ -212,7 +237,12 @@ def test_swap_between_check_and_open(channel, service, place):
     os.close(watch)
     print(f"\nswap race: {sum(outcomes.values())} requests {outcomes}, outside opens: {opens}")
     assert opens == 0
-    assert sum(outcomes.values()) >= 500 and outcomes["ok"] > 0 and outcomes["link"] > 0
+    assert opens == 0, errors[:3]
+    # Every request either served the real model or was refused for the link (for XGBoost's
+    # slower inspection nearly every request meets a link in one of its walks).
+    assert sum(outcomes.values()) >= requests - 20 and outcomes["other"] == 0 and \
+        outcomes["link"] > 0, (outcomes, errors[:3])
+    assert framework != "onnx" or outcomes["ok"] > 0, outcomes
     for error in errors:
         assert "OSError" not in error and str(place) not in error.replace(str(model), ""), error
     _no_secret(service, *errors)

@@ -13,7 +13,8 @@ import pytest
 
 from crossinfer._errors import ModelLoadError
 from tests import models
-from tests.conftest import failure_ids, feature_rows, run
+from crossinfer import Inference
+from tests.conftest import collect, collected, failure_ids, feature_rows, run
 from tests.test_java_e2e import job_server  # noqa: F401 - the fixture
 
 # Run by scripts/test.sh in a pytest process of its own: TensorFlow and torch's compiler
@@ -134,18 +135,24 @@ def test_bad_file_fails_at_construction(tmp_path):
 
 
 @pytest.mark.java
-def test_from_java(job_server, classifier, tmp_path):
-    """CrossInference.tensorflow(uri) from a Java pipeline; the Keras file in a trusted root."""
+@pytest.mark.parametrize("form", ["keras", "saved_model"])
+def test_from_java(job_server, classifier, tmp_path, form):
+    """CrossInference.tensorflow(uri) from a Java pipeline; the Keras file, or a SavedModel
+    directory, in a trusted root of the service CrossInference starts."""
     from tests._java_frameworks import java_rows
 
     path, model = classifier
     data, trusted = tmp_path / "data", tmp_path / "trusted"
     data.mkdir()
     trusted.mkdir()
-    (trusted / "m.keras").write_bytes(path.read_bytes())
+    if form == "keras":
+        served = trusted / "m.keras"
+        served.write_bytes(path.read_bytes())
+    else:
+        served = trusted / "sm"
+        model.export(str(served))
     x, _ = models.dataset(n=50, seed=12)
-    preds, fails = java_rows(job_server, tmp_path, "tensorflow", trusted / "m.keras", x, data,
-                             trusted)
+    preds, fails = java_rows(job_server, tmp_path, "tensorflow", served, x, data, trusted)
     want = model.predict_on_batch(x)
     assert sorted(p["id"] for p in preds) == list(range(50))
     for p in preds:
@@ -155,13 +162,74 @@ def test_from_java(job_server, classifier, tmp_path):
     assert "takes exactly 8" in fails[0]["error"]
 
 
-def test_keras_lambda_is_refused_by_safe_mode(tmp_path):
+def test_keras_lambda_is_refused_by_safe_mode_and_the_advice_works(tmp_path):
     """A Keras file holding Python bytecode (a Lambda layer) does not load, even from a
-    trusted root: Keras's safe_mode is on."""
+    trusted root: Keras's safe_mode is on. The message's advice (load_model_args) loads it."""
     model = keras.Sequential([keras.Input((models.N_FEATURES,)),
                               keras.layers.Lambda(lambda t: t * 2), keras.layers.Dense(2)])
     model.save(str(tmp_path / "lambda.keras"))
-    with pytest.raises(ModelLoadError, match="did not load as a tensorflow model.*Lambda"):
-        run(feature_rows(np.zeros((1, models.N_FEATURES), np.float32)), framework="tensorflow",
-            model_uri=str(tmp_path / "lambda.keras"), feature_field="features",
-            postprocess="raw")
+    rows = feature_rows(models.dataset(n=10, seed=3)[0])
+    kw = dict(framework="tensorflow", model_uri=str(tmp_path / "lambda.keras"),
+              feature_field="features", passthrough_fields=["id"], postprocess="raw")
+    with pytest.raises(ModelLoadError, match="did not load as a tensorflow model.*Lambda.*"
+                                             "load_model_args=.'safe_mode': False"):
+        run(rows, **kw)
+    preds, fails = run(rows, load_model_args={"safe_mode": False}, **kw)
+    want = model.predict_on_batch(models.dataset(n=10, seed=3)[0])
+    assert fails == [] and len(preds) == 10
+    for p in preds:
+        np.testing.assert_allclose(p.output, want[p.id], rtol=1e-5, atol=1e-6)
+
+
+def test_saved_model_directory_from_a_model_root(classifier, tmp_path):
+    """A SavedModel directory is served from a model root (copied privately through
+    descriptors); a directory holding a link out of the root is refused."""
+    from crossinfer import _policy, _repository
+
+    _, model = classifier
+    root, outside = tmp_path / "trusted", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    model.export(str(root / "sm"))
+    model.export(str(outside / "sm"))
+    policy = _policy.Policy(repository=_repository.Repository(trusted_roots=[str(root)]))
+    x, _ = models.dataset(n=20, seed=8)
+    kw = dict(framework="tensorflow", feature_field="features", passthrough_fields=["id"],
+              postprocess="raw")
+    with beam.Pipeline() as p:
+        with _policy.applied(policy):
+            out = p | beam.Create(feature_rows(x)) | Inference(model_uri=str(root / "sm"), **kw)
+        token = collect(out["predictions"], "sm")
+    preds = collected(token)
+    want = model.predict_on_batch(x)
+    assert len(preds) == 20
+    for pred in preds:
+        np.testing.assert_allclose(pred.output, want[pred.id], rtol=1e-5, atol=1e-6)
+    (root / "sm" / "variables").rename(root / "sm" / "old-variables")
+    (root / "sm" / "variables").symlink_to(outside / "sm" / "variables")
+    with pytest.raises(ModelLoadError, match="symbolic link"):
+        with _policy.applied(policy):
+            beam.Pipeline() | beam.Create(feature_rows(x)) | Inference(
+                model_uri=str(root / "sm"), **kw)
+
+
+def test_multi_output_keras_model_named(tmp_path):
+    """Several outputs: output='named' gives them all, by name, to a custom postprocess;
+    without output_index or output='named' the build says which to give."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((models.N_FEATURES,))
+    model = keras.Model(inputs, {"logits": keras.layers.Dense(3, name="logits")(inputs),
+                                 "embedding": keras.layers.Dense(2, name="embedding")(inputs)})
+    model.save(str(tmp_path / "multi.keras"))
+    x, _ = models.dataset(n=20, seed=9)
+    kw = dict(framework="tensorflow", model_uri=str(tmp_path / "multi.keras"),
+              feature_field="features", passthrough_fields=["id"])
+    with pytest.raises(Exception, match="has 2 outputs.*output_index=0.*output='named'"):
+        run(feature_rows(x), postprocess="raw", **kw)
+    preds, fails = run(feature_rows(x), output="named", postprocess="tests.models:named_fields",
+                       output_schema={"top": "int64", "first": "float64"}, **kw)
+    want = model.predict_on_batch(x)
+    assert fails == [] and len(preds) == 20
+    for p in preds:
+        assert p.top == int(np.asarray(want["logits"][p.id]).argmax())
+        assert p.first == pytest.approx(float(want["embedding"][p.id][0]), rel=1e-5)

@@ -27,7 +27,7 @@ FRAMEWORKS = _frameworks.NAMES  # the registry's, in its order
 _FACTORIES = "|".join(p.java for p in _frameworks.REGISTRY)  # Java factories, one per framework
 BUILTIN_POSTPROCESS = ("argmax", "regression", "raw")
 OUTPUT_KINDS = ("probabilities", "logits", "value", "named")
-INPUT_DTYPES = ("float32", "float64", "int64", "int32", "bool")
+INPUT_DTYPES = ("float32", "float64", "int64", "int32", "bool", "string")
 MODEL_FILE_TYPES = {"sklearn": ("pickle", "joblib"),
                     "pytorch": ("state_dict", "safetensors", "torchscript")}
 WIRE_TYPES = ("string", "int", "float", "bool", "list<string>", "list<int>",
@@ -200,7 +200,9 @@ ARGUMENTS: tuple[Argument, ...] = (
              "one row's model input, stated instead of read off the model: `[32]` (fixed "
              "width), `[-1]` (a sequence), `[-1, 16]`", "withInputShape"),
     Argument("input_dtype", "string", Text(INPUT_DTYPES),
-             "the model input's dtype, stated instead of read off the model",
+             "the model input's dtype, stated instead of read off the model (`\"string\"`: "
+             "an array of strings per row, for a TensorFlow model that starts with "
+             "`StringLookup` / `TextVectorization`)",
              "withInputDtype"),
     Argument("pad_value", "float", Number(),
              "the value sequences are padded with (e.g. the tokenizer's pad id); stated "
@@ -240,7 +242,8 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("load_model_args", "map<string,any>", Dict(),
              "pytorch state_dict: keyword arguments for `torch.load` (Beam's "
              "`load_model_args`): `weights_only` (default `true`; `false` runs the file's "
-             "code, so the file must be trusted)", "withLoadModelArgs",
+             "code, so the file must be trusted); tensorflow Keras file: `safe_mode` (default "
+             "`true`; `false` loads Lambda layers' code) and `compile`", "withLoadModelArgs",
              _frameworks.taking("load_model_args")),
     Argument("model_file_type", "string",
              Text(tuple(t for types in MODEL_FILE_TYPES.values() for t in types)),

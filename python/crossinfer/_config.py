@@ -101,7 +101,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # a pipeline's settings must not reach them.
 _ENV_REFUSED = re.compile(r"^(LD_|DYLD_|PYTHON|BEAM_)|^(PATH|HOME|SHELL|IFS|ENV|BASH_ENV)$",
                           re.IGNORECASE)
-_LOAD_MODEL_ARGS = {"weights_only": bool}
+# What each framework's loader takes as load_model_args (plain values only).
+_LOAD_MODEL_ARGS = {"pytorch": {"weights_only": bool},
+                    "tensorflow": {"safe_mode": bool, "compile": bool}}
 
 
 def _check_model_args(v: dict[str, Any], framework: str) -> None:
@@ -117,11 +119,12 @@ def _check_model_args(v: dict[str, Any], framework: str) -> None:
                 "runs (LD_*, DYLD_*, PYTHON*, BEAM_*, PATH, HOME, SHELL, ENV, BASH_ENV, IFS); "
                 "configure the worker's environment instead")
     for key, value in (v["load_model_args"] or {}).items():
-        want = _LOAD_MODEL_ARGS.get(key)
+        known = _LOAD_MODEL_ARGS.get(framework, {})
+        want = known.get(key)
         if want is None or not isinstance(value, want):
             raise ConfigurationError(
-                f"load_model_args[{key!r}]={value!r} is not supported; give weights_only "
-                "(true/false)")
+                f"load_model_args[{key!r}]={value!r} is not supported for {framework}; give "
+                + " or ".join(f"{k} (true/false)" for k in known))
     file_type = v["model_file_type"]
     if file_type is not None and file_type not in MODEL_FILE_TYPES.get(framework, ()):
         raise ConfigurationError(

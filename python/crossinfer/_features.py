@@ -69,6 +69,8 @@ def to_array(value: Any, name: str) -> np.ndarray:
     kind = arr.dtype.kind
     if kind in "iu":
         arr = arr.astype(np.int64, copy=False)
+    elif kind == "U" and all(isinstance(v, str) for v in np.asarray(value, dtype=object).flat):
+        pass  # strings: conform checks that the model takes them (input_dtype='string')
     elif kind not in "fb":
         raise InputError(f"{name} holds a non-numeric value ({_first_bad(value)}); "
                          "the model needs numbers")
@@ -96,6 +98,14 @@ def conform(arr: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
         raise InputError(
             f"{name} has shape {list(arr.shape)} but the model takes one row of shape "
             f"{_shape_text(spec.shape)}{where}; rows are never flattened, padded or cut to fit")
+    if (arr.dtype.kind == "U") != (spec.dtype == "string"):
+        if spec.dtype == "string":
+            raise InputError(f"{name} holds numbers but the model takes strings")
+        raise InputError(f"{name} holds a non-numeric value ({_first_bad(arr.tolist())}); "
+                         "the model needs numbers (or input_dtype='string' for a model that "
+                         "takes strings)")
+    if spec.dtype == "string":
+        return arr
     if arr.dtype.kind == "b" and spec.dtype != "bool":
         raise InputError(f"{name} holds booleans but the model takes {spec.dtype or 'numbers'}; "
                          "send numbers, or set input_dtype='bool'")

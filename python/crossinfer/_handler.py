@@ -29,7 +29,7 @@ from crossinfer import _batching
 from crossinfer._errors import InputError, describe
 from crossinfer._features import Extractor, InputSpec
 
-__all__ = ["Framework", "Outcomes", "RowHandler", "KeyedRowHandler", "describe",
+__all__ = ["BuiltHandler", "Outcomes", "RowHandler", "KeyedRowHandler", "describe",
            "model_threads"]
 
 _PADDED = Metrics.counter("crossinfer", "padded_tokens")
@@ -119,7 +119,7 @@ def _no_limit(threads: int) -> ContextManager[None]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Framework:
+class BuiltHandler:
     """One checked model: Beam's handler plus its signature's input spec, as plain data."""
 
     handler: ModelHandler
@@ -138,7 +138,7 @@ class Framework:
 class RowHandler(ModelHandler):
     """Wraps one framework handler: takes rows, returns one Outcomes per batch."""
 
-    def __init__(self, framework: Framework, extract: Extractor, batching: Mapping[str, Any],
+    def __init__(self, framework: BuiltHandler, extract: Extractor, batching: Mapping[str, Any],
                  reader: Optional[Callable[[Any, InputSpec], tuple]] = None,
                  max_rows: Optional[int] = None) -> None:
         super().__init__()

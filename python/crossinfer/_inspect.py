@@ -19,7 +19,7 @@ from crossinfer._signature import Signature
 
 def code_format(framework: str) -> str:
     """What a framework's code-running files are, for a repository refusal."""
-    return frameworks.plugin(framework).code_formats or "a model file of this kind"
+    return frameworks.get(framework).code_formats or "a model file of this kind"
 
 
 def framework_module(framework: str) -> Any:
@@ -47,7 +47,8 @@ def admit(config: Config, policy: Policy) -> dict[Optional[str], Optional[str]]:
         argument = "model_uri" if key is None else f"models[{key!r}]"
         admitted[key] = repository.admit(
             uri, code=bool(module.loads_code(config, uri)), argument=argument,
-            what=code_format(config.framework), java=config.client_version is not None)
+            what=code_format(config.framework), java=config.client_version is not None,
+            directory=frameworks.get(config.framework).directories)
     return admitted
 
 

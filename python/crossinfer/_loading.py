@@ -87,7 +87,9 @@ def load_once(load: Callable[[], Any], uri: str, framework: str,
               argument: str = "model_uri", *, policy: "Policy") -> Any:
     """Run Beam's own loader once; wrap any failure into ModelLoadError (what the file looks
     like is read through ``policy``)."""
-    check_exists(uri, argument)
+    if policy.repository is None or not uri.startswith("/"):
+        # (A local file under a repository was found by its descriptor walk, not by name.)
+        check_exists(uri, argument)
     try:
         return load()
     except ModelLoadError:

@@ -19,7 +19,7 @@ from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError, OutputError
 from crossinfer._blocks import Reader
 from crossinfer._features import Extractor, InputSpec
-from crossinfer._handler import Framework, KeyedRowHandler, RowHandler
+from crossinfer._handler import BuiltHandler, KeyedRowHandler, RowHandler
 from crossinfer._policy import Policy
 from crossinfer._signature import Signature, unsample
 
@@ -76,7 +76,7 @@ def _check_input(config: Config, fields: dict[str, Any]) -> None:
 
 
 def _framework(config: Config, key: Optional[str],
-               policy: Policy) -> tuple[Signature, Framework]:
+               policy: Policy) -> tuple[Signature, BuiltHandler]:
     signature = _inspect.describe(config, key, policy)
     # What was inferred is stated, with where each fact came from.
     _LOG.info("crossinfer: model %s: %s", config.model_uris()[key], signature.explain())
@@ -88,15 +88,15 @@ def _check_output(config: Config, uri: Optional[str], signature: Signature) -> N
     """The postprocess must fit what the model returns (framework-neutral)."""
     where = signature.source("output")
     where = f" ({where})" if where else ""
-    plugin = frameworks.plugin(config.framework)
-    if plugin.opaque and signature.output is None:
+    row = frameworks.get(config.framework)
+    if row.opaque and signature.output is None:
         if config.postprocess == "argmax":
             raise ConfigurationError(
                 "postprocess='argmax' on a custom handler needs output='probabilities' or "
                 "'logits' (what its inferences are); or use postprocess='raw' or a custom one")
         return
     if config.postprocess == "argmax" and signature.output not in ("probabilities", "logits"):
-        if signature.output == "value" and plugin.output_from_model:
+        if signature.output == "value" and row.output_from_model:
             fix = "use postprocess='regression' or 'raw'"
         else:
             fix = ("set output='logits' (or 'probabilities') if these are class scores, or use "

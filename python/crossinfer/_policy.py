@@ -15,8 +15,10 @@ that one request (``applied``) and ``Inference`` reads it once, at construction.
 
 Handlers carry their policy to the workers. A policy pickles as a reference: in the process
 that made it (the service's own loopback workers) it is the same live value, with the
-repository's held descriptors; in any other process (a remote worker) it is a policy without a
-repository or inspectors, so the file is read as the pipeline names it, as Beam's handlers do.
+repository's held descriptors; in any other process (a remote worker) it has no inspectors,
+and a repository of the same roots, opened there (a worker that cannot open them fails, never
+falling back to reading by name); a policy without a repository (a Python pipeline's own)
+reads the file as the pipeline names it, as Beam's handlers do.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable, Optional
 
-from crossinfer import _callables, _repository
+from crossinfer import _callables, _copies, _repository
 from crossinfer._errors import ModelLoadError
 
 # (the transform's plain keyword arguments, model key) -> Signature.to_dict(), opened elsewhere
@@ -68,17 +70,44 @@ class Policy:
         """The bytes of model file ``uri`` (through the repository, if any)."""
         return _repository.read(uri, self.repository)
 
-    def opened(self, uri: str) -> contextlib.AbstractContextManager[str]:
-        """A path that reads the very file the repository checked (see ``_repository.opened``)."""
-        return _repository.opened(uri, self.repository)
+    def descriptor_path(self, uri: str) -> contextlib.AbstractContextManager[Optional[str]]:
+        """``/proc/self/fd/N`` of model file ``uri`` as the core opened it (through the
+        repository, if any) while the block runs, for loaders that map a file (a big model is
+        then held once); ``None`` for a remote file (use ``read``)."""
+        return _repository.descriptor_path(uri, self.repository)
+
+    def snapshot(self, uri: str) -> contextlib.AbstractContextManager[str]:
+        """A private copy of model file or directory ``uri`` made through the repository
+        (see ``_copies.snapshot``), for loaders that read only paths."""
+        return _copies.snapshot(uri, self.repository)
 
     def __reduce__(self) -> Any:
-        return _revive, (_PROCESS, self._key, self.allowlist)
+        roots = None if self.repository is None else tuple(
+            (r.prefix, r.trusted) for r in self.repository.roots)
+        return _revive, (_PROCESS, self._key, self.allowlist, roots)
 
 
-def _revive(process: str, key: str, allowlist: Optional[tuple[str, ...]]) -> Policy:
-    if process != _PROCESS:  # another process: no descriptors, no inspectors of this one
-        return Policy(allowlist=allowlist)
+_REMOTE: dict[tuple, Policy] = {}  # another process's policies, rebuilt once each
+
+
+def _revive(process: str, key: str, allowlist: Optional[tuple[str, ...]],
+            roots: Optional[tuple[tuple[str, bool], ...]] = None) -> Policy:
+    if process != _PROCESS:
+        # Another process (a remote worker): no inspectors of this one, but the same roots,
+        # opened here, so its files are read by the same descriptor walk, never by name.
+        if roots is None:
+            return Policy(allowlist=allowlist)
+        cache = (allowlist, roots)
+        if cache not in _REMOTE:
+            try:
+                repository = _repository.Repository(
+                    [p for p, trusted in roots if not trusted],
+                    [p for p, trusted in roots if trusted])
+            except ValueError as e:  # fail closed: never open files without the roots
+                raise ModelLoadError(f"this worker cannot open the model roots of the "
+                                     f"service that built the transform: {e}") from None
+            _REMOTE[cache] = Policy(allowlist=allowlist, repository=repository)
+        return _REMOTE[cache]
     live = _LIVE.get(key)
     if live is None:
         # Fail closed: never fall back to opening files without the service's repository.

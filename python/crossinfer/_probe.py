@@ -62,6 +62,8 @@ def probe_rows(shape: tuple[int, ...], dtype: str, lengths: list[int], pad_value
             rows.append(rng.choice(ids, size=row_shape))
         elif dtype == "bool":
             rows.append(rng.random(row_shape) > 0.5)
+        elif dtype == "string":  # a model that takes strings maps unknown ones itself
+            rows.append(rng.choice(np.array(["a", "b", "probe"]), size=row_shape))
         else:
             rows.append(rng.normal(size=row_shape).astype(dtype))
     return rows

@@ -10,7 +10,8 @@ Local roots are opened once, at start-up, and held by descriptor; a model file i
 walking its path from its root's descriptor one component at a time, never following a
 symbolic link (``O_NOFOLLOW``), and checked as a regular file on the descriptor it was opened
 with. Whatever happens to the names afterwards (a root renamed and re-created, a file swapped
-for a link), what loads is the file that was checked: the loaders read that descriptor. Roots
+for a link), what loads is the file that was checked: the core reads that descriptor and
+hands the framework its bytes (or a private copy, ``_copies``). Roots
 that overlap are refused, and so are names with control or bidirectional-format characters,
 ``.``/``..``/empty segments or a trailing slash. Refusals outside the roots say nothing about
 the path (not whether it exists, nor whether it is readable); errors inside a root name the
@@ -165,16 +166,17 @@ class Repository:
         return [r.fd for r in self.roots if r.fd >= 0]
 
     def admit(self, uri: str, *, code: bool, what: str, argument: str = "model_uri",
-              java: bool = False) -> str:
+              java: bool = False, directory: bool = False) -> str:
         """The normalised ``uri`` if it may be opened; else raise ModelLoadError.
 
         ``code``: opening the file runs code (so only trusted roots); ``what`` names the format
         in the message; ``java``: the request came from the Java library, so the messages name
-        its methods too. A local file is opened (by descriptor, as ``open`` does) to be checked.
+        its methods too; ``directory``: the format may be a directory (a SavedModel). A local
+        file is opened (by descriptor, as ``open`` does) to be checked.
         """
         root, clean, relative = self._locate(uri, argument, java)
         if root.fd >= 0:
-            os.close(self._walk(root, relative, argument, uri))
+            os.close(self._walk(root, relative, argument, uri, directory=directory))
         if code and not root.trusted:
             raise ModelLoadError(
                 f"{argument}={_shown(uri)} is {what}, a format that runs code when loaded; this "
@@ -184,13 +186,15 @@ class Repository:
                 + "). Put it there, or export the model as ONNX or a torch state_dict")
         return clean
 
-    def open(self, uri: str, argument: str = "model_uri") -> Optional[int]:
-        """A new read-only descriptor of the admitted local file ``uri`` (the caller closes
-        it), or None for an object-store URI (Beam's FileSystems reads those)."""
+    def open(self, uri: str, argument: str = "model_uri", *,
+             directory: bool = False) -> Optional[int]:
+        """A new read-only descriptor of the admitted local file (or, with ``directory``, file
+        or directory) ``uri`` (the caller closes it), or None for an object-store URI (Beam's
+        FileSystems reads those)."""
         root, _, relative = self._locate(uri, argument)
         if root.fd < 0:
             return None
-        return self._walk(root, relative, argument, uri)
+        return self._walk(root, relative, argument, uri, directory=directory)
 
     def open_beside(self, uri: str, location: str, argument: str = "model_uri") -> int:
         """A descriptor of ``location`` (a relative name, as ONNX external data gives it) in
@@ -248,8 +252,10 @@ class Repository:
                     return root, prefix + relative, relative
         raise outside
 
-    def _walk(self, root: Root, relative: str, argument: str, uri: str) -> int:
-        """Open ``relative`` from ``root``'s descriptor, no link followed; a regular file."""
+    def _walk(self, root: Root, relative: str, argument: str, uri: str, *,
+              directory: bool = False) -> int:
+        """Open ``relative`` from ``root``'s descriptor, no link followed; a regular file (or,
+        with ``directory``, a directory, opened for reading its entries)."""
         parts = relative.split("/")
         where = f"{argument}={_shown(uri)}"
         rel = _shown(relative)
@@ -260,12 +266,14 @@ class Repository:
                 try:
                     fd = os.open(part, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=current)
                 except OSError as e:
-                    raise ModelLoadError(_refusal(e, where, rel)) from None
+                    if not (last and directory and e.errno == errno.EISDIR):
+                        raise ModelLoadError(_refusal(e, where, rel)) from None
+                    fd = _open_dir(part, current, where, rel)
                 if current != root.fd:
                     os.close(current)
                 current = fd
             info = os.fstat(current)
-            if not stat.S_ISREG(info.st_mode):
+            if not (stat.S_ISREG(info.st_mode) or directory and stat.S_ISDIR(info.st_mode)):
                 raise ModelLoadError(f"{where}: {rel} in its model root is not a regular file")
             os.set_blocking(current, True)
             fd, current = current, root.fd
@@ -279,6 +287,16 @@ class Repository:
             if path.startswith(root.prefix) and len(path) > len(root.prefix):
                 return root
         return None
+
+
+_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(name: str, parent: int, where: str, rel: str) -> int:
+    try:
+        return os.open(name, _DIR_READ, dir_fd=parent)
+    except OSError as e:
+        raise ModelLoadError(_refusal(e, where, rel)) from None
 
 
 def _refusal(error: OSError, where: str, rel: str) -> str:
@@ -313,13 +331,19 @@ def read(uri: str, repository: Optional[Repository]) -> bytes:
 
 
 @contextlib.contextmanager
-def opened(uri: str, repository: Optional[Repository]) -> Iterator[str]:
-    """A path that reads the very file ``repository`` checked for ``uri`` while the block
-    runs (``/proc/self/fd/N`` of a descriptor opened by walking from the root), for loaders
-    that take a path; ``uri`` itself when there is no repository or it is not local."""
-    fd = repository.open(uri) if repository is not None else None
+def descriptor_path(uri: str, repository: Optional[Repository]) -> Iterator[Optional[str]]:
+    """``/proc/self/fd/N`` of a descriptor the core opened for local model file ``uri``
+    (through ``repository``'s walk, or by name when there is none: a pipeline's own file), so
+    a loader that takes a path reads the very file that was checked; ``None`` for a remote
+    file."""
+    if repository is not None:
+        fd = repository.open(uri)
+    elif "://" in uri:
+        fd = None
+    else:
+        fd = os.open(uri, os.O_RDONLY | os.O_CLOEXEC)
     if fd is None:
-        yield uri
+        yield None
         return
     try:
         yield f"/proc/self/fd/{fd}"

@@ -150,7 +150,8 @@ def check_model(checks: Checks, path: str) -> Signature:
             _repository.Repository(checks.roots, checks.trusted_roots)
         kwargs["model_uri"] = repository.admit(
             path, code=bool(module.loads_code(config, path)), argument="model_updates",
-            what=_inspect.code_format(config.framework))
+            what=_inspect.code_format(config.framework),
+            directory=_inspect.frameworks.get(config.framework).directories)
     if checks.isolate:
         signature = Signature.from_dict(_isolated(checks)(kwargs, None))
     else:

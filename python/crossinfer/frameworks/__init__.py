@@ -1,7 +1,7 @@
 """The model frameworks crossinfer runs, one module each, and the registry that lists them.
 
 A framework is one module here (``_<name>.py``) that implements ``FrameworkModule`` plus one
-``Plugin`` row in ``REGISTRY``. The row is plain data, so everything that needs to know which
+``Framework`` row in ``REGISTRY``. The row is plain data, so everything that needs to know which
 frameworks exist (the argument table, the model repository's code check, the model
 inspectors' warm-up, the README, the Java contract test) reads it without importing any
 framework's library; the module itself is imported only when its framework is used.
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 if TYPE_CHECKING:  # only for the protocol's annotations: no import cycle at run time
     from crossinfer._config import Config
-    from crossinfer._handler import Framework
+    from crossinfer._handler import BuiltHandler
     from crossinfer._policy import Policy
     from crossinfer._signature import Signature
 
-__all__ = ["FrameworkModule", "Plugin", "REGISTRY", "NAMES", "plugin", "module",
+__all__ = ["FrameworkModule", "Framework", "REGISTRY", "NAMES", "get", "module",
            "taking"]
 
 
@@ -35,13 +35,13 @@ class FrameworkModule(Protocol):
         and files through ``policy``."""
 
     def build(self, config: "Config", model_uri: Optional[str], signature: "Signature",
-              policy: "Policy") -> "Framework":
+              policy: "Policy") -> "BuiltHandler":
         """Beam's model handler for the model ``signature`` describes (it carries ``policy``
         to the workers where it opens files itself)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Plugin:
+class Framework:
     """One framework, as plain data."""
 
     name: str  # the value of the ``framework`` argument
@@ -58,6 +58,7 @@ class Plugin:
     # objective): messages advise other postprocesses, not setting ``output``.
     output_from_model: bool = False
     opaque: bool = False  # a handler crossinfer cannot probe: ``output`` must be stated
+    directories: bool = False  # a model may be a directory (copied privately to be loaded)
 
     def load(self) -> FrameworkModule:
         """The framework's module (imports its library)."""
@@ -66,28 +67,31 @@ class Plugin:
 
 _STACKED = ("blocks", "inference_args")  # frameworks fed one stacked array per batch
 
-REGISTRY: tuple[Plugin, ...] = (
-    Plugin("sklearn", "crossinfer.frameworks._sklearn",
+REGISTRY: tuple[Framework, ...] = (
+    Framework("sklearn", "crossinfer.frameworks._sklearn",
            "a pickle, or joblib for `.joblib`", "a pickle/joblib file", "sklearn",
            takes=("blocks", "env_vars", "model_file_type", "model_updates"),
            output_from_model=True),
-    Plugin("pytorch", "crossinfer.frameworks._pytorch",
+    Framework("pytorch", "crossinfer.frameworks._pytorch",
            "a state_dict (`torch.save` or `.safetensors`) with `model_class`, or TorchScript "
            "without", "a TorchScript file", "pytorch",
            takes=("model_class", "model_params", "device", "pad_value", "output_index",
                   "env_vars", "load_model_args", "model_file_type", "model_updates")
            + _STACKED),
-    Plugin("onnx", "crossinfer.frameworks._onnx", "`.onnx`", "", "onnx",
+    Framework("onnx", "crossinfer.frameworks._onnx", "`.onnx`", "", "onnx",
            takes=("device", "pad_value", "output_index", "env_vars", "model_updates")
            + _STACKED),
-    Plugin("tensorflow", "crossinfer.frameworks._tensorflow",
+    Framework("tensorflow", "crossinfer.frameworks._tensorflow",
            "a SavedModel directory, or a Keras `.keras` / `.h5` file",
-           "a SavedModel or Keras file", "tensorflow", takes=("pad_value", "blocks"),
-           extra="tensorflow", warm=False),
-    Plugin("xgboost", "crossinfer.frameworks._xgboost",
+           "a SavedModel or Keras file", "tensorflow",
+           takes=("pad_value", "output_index", "env_vars", "load_model_args",
+                  "model_updates") + _STACKED,
+           extra="tensorflow", warm=False, directories=True),
+    Framework("xgboost", "crossinfer.frameworks._xgboost",
            "XGBoost's JSON (`.json`) or UBJSON (`.ubj`) model", "", "xgboost",
-           takes=_STACKED, extra="xgboost", warm=False, output_from_model=True),
-    Plugin("custom", "crossinfer.frameworks._custom", "passed to the factory",
+           takes=_STACKED + ("env_vars", "model_updates"), extra="xgboost", warm=False,
+           output_from_model=True),
+    Framework("custom", "crossinfer.frameworks._custom", "passed to the factory",
            "a custom handler's file", "custom",
            takes=("model_params", "handler", "device", "pad_value", "inference_args"),
            opaque=True),
@@ -97,14 +101,14 @@ NAMES: tuple[str, ...] = tuple(p.name for p in REGISTRY)
 _BY_NAME = {p.name: p for p in REGISTRY}
 
 
-def plugin(name: str) -> Plugin:
+def get(name: str) -> Framework:
     """The registry row of framework ``name`` (KeyError if there is none)."""
     return _BY_NAME[name]
 
 
 def module(name: str) -> Any:
     """The module of framework ``name``, imported on first use."""
-    return plugin(name).load()
+    return get(name).load()
 
 
 def taking(argument: str) -> tuple[str, ...]:
@@ -113,11 +117,17 @@ def taking(argument: str) -> tuple[str, ...]:
 
 
 def markdown() -> str:
-    """The README's table of frameworks."""
-    lines = ["| `framework` | model files | runs code when loaded | Java | pip extra |",
-             "| --- | --- | --- | --- | --- |"]
+    """The README's table of frameworks: what each reads and supports, from its row (a
+    function, so one command can regenerate every README table)."""
+    lines = ["| `framework` | model files | runs code when loaded | framework-specific "
+             "arguments it takes | Java | pip extra |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for p in REGISTRY:
         extra = f"`crossinfer[{p.extra}]`" if p.extra else "(installed with crossinfer)"
-        lines.append(f"| `{p.name}` | {p.formats} | {p.code_formats or 'no'} | "
+        takes = ", ".join(f"`{a}`" for a in sorted(p.takes)) or "none"
+        formats = p.formats + (" (a directory is copied privately to be loaded)"
+                               if p.directories else "")
+        lines.append(f"| `{p.name}` | {formats} | {p.code_formats or 'no'} | {takes} | "
                      f"`CrossInference.{p.java}(…)` | {extra} |")
     return "\n".join(lines) + "\n"
+

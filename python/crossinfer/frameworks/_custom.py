@@ -17,7 +17,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from crossinfer import _beam, _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
-from crossinfer._handler import Framework
+from crossinfer._handler import BuiltHandler
 from crossinfer._loading import check_exists
 from crossinfer._policy import Policy
 from crossinfer._signature import Signature
@@ -56,7 +56,7 @@ def _takes_tensors(handler: ModelHandler) -> bool:
 
 
 def build(config: Config, model_uri: Optional[str], signature: Signature,
-          policy: Policy) -> Framework:
+          policy: Policy) -> BuiltHandler:
     """Call ``factory(**model_params[, model_uri=...])``; it must return a ModelHandler.
 
     The handler receives the rows' model inputs as a list, exactly as Beam's RunInference
@@ -81,6 +81,6 @@ def build(config: Config, model_uri: Optional[str], signature: Signature,
         raise ConfigurationError(
             f"handler={config.handler!r} was made with with_no_batching(); crossinfer batches "
             "rows itself: return the handler without it")
-    return Framework(handler=handler, spec=signature.input_spec(),
+    return BuiltHandler(handler=handler, spec=signature.input_spec(),
                      model_id=model_uri or config.handler, to_model=None,
                      each=_tensor if _takes_tensors(handler) else None)

@@ -19,7 +19,7 @@ from apache_beam.ml.inference.onnx_inference import OnnxModelHandlerNumpy
 from crossinfer import _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
-from crossinfer._handler import Framework, model_threads
+from crossinfer._handler import BuiltHandler, model_threads
 from crossinfer._loading import argument_for, load_once
 from crossinfer._onnx_files import self_contained
 from crossinfer._policy import Policy
@@ -221,7 +221,8 @@ def _check_labels(session: Any, input_name: str, batch: np.ndarray, config: Conf
             "batch; set output='named' with a custom postprocess that reads both")
 
 
-def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature,
+          policy: Policy) -> BuiltHandler:
     """Beam's handler for the graph ``signature`` describes."""
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if config.device == "GPU"
                  else ["CPUExecutionProvider"])
@@ -232,6 +233,6 @@ def build(config: Config, model_uri: str, signature: Signature, policy: Policy) 
     handler = _OnnxHandler(model_uri, policy=policy, providers=providers, inference_fn=predict,
                            large_model=config.large_model, model_copies=config.model_copies,
                            env_vars=dict(config.env_vars or {}))
-    return Framework(
+    return BuiltHandler(
         handler=handler, spec=signature.input_spec(), model_id=model_uri, to_model=_identity,
         predict=predict)

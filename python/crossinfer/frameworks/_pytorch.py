@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import io
 import functools
 import inspect
 import itertools
@@ -26,7 +27,7 @@ from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 from crossinfer import _probe, _torch_files
 from crossinfer._config import Config
 from crossinfer._errors import CallableNotAllowedError, ConfigurationError, ModelLoadError
-from crossinfer._handler import Framework
+from crossinfer._handler import BuiltHandler
 from crossinfer._loading import argument_for, check_exists, load_once
 from crossinfer._policy import Policy
 from crossinfer._signature import Signature
@@ -112,8 +113,10 @@ def _device(config: Config) -> str:
 
 
 class _Handler(PytorchModelHandlerTensor):
-    """Beam's handler, plus safetensors state dicts; the module computes no gradients (its
-    outputs then pickle, as they must when a shared model answers from another process)."""
+    """Beam's handler, loading from the bytes ``policy`` reads (never a path: the service's
+    repository walked to the file it checked), plus safetensors state dicts; the module
+    computes no gradients (its outputs then pickle, as they must when a shared model answers
+    from another process)."""
 
     def __init__(self, *args: Any, policy: Policy, safetensors: bool = False,
                  crossinfer_device: str = "cpu", model_class: Optional[type] = None,
@@ -122,17 +125,23 @@ class _Handler(PytorchModelHandlerTensor):
         super().__init__(*args, model_class=model_class, model_params=model_params,
                          state_dict_path=state_dict_path, **kwargs)
         self._st = safetensors
-        self._st_args = (state_dict_path, model_class, dict(model_params or {}))
         self._crossinfer_device = crossinfer_device
-        self._policy = policy  # reads a safetensors file (Beam's loader reads the others)
+        self._policy = policy
 
     def load_model(self) -> torch.nn.Module:
-        if self._st:
-            path, model_class, params = self._st_args
-            model = _load_safetensors(self._policy, path, model_class, params)
-            model.to(self._crossinfer_device)
+        device = self._crossinfer_device
+        if self._torch_script_model_path:
+            data = io.BytesIO(self._policy.read(self._torch_script_model_path))
+            model = torch.jit.load(data, map_location=device, **self._load_model_args)
+        elif self._st:
+            model = _load_safetensors(self._policy, self._state_dict_path, self._model_class,
+                                      self._model_params)
         else:
-            model = super().load_model()
+            model = self._model_class(**self._model_params)
+            data = self._policy.read(self._state_dict_path)
+            model.load_state_dict(torch.load(io.BytesIO(data), map_location=device,
+                                             **self._load_model_args))
+        model.to(device)
         for param in model.parameters():  # (ScriptModules have no requires_grad_)
             param.requires_grad_(False)
         model.eval()
@@ -147,12 +156,10 @@ def _load_safetensors(policy: Policy, path: str, model_class: type,
     it does not save) is built the ordinary way."""
     from safetensors.torch import load, load_file
 
-    if path.startswith("/proc/self/fd/"):  # the descriptor the repository checked (_load)
-        state = load_file(path)
-    else:
-        with policy.opened(path) as local:
-            # A remote file (gs://...) is read whole, through Beam's FileSystems.
-            state = load(policy.read(path)) if "://" in local else load_file(local)
+    with policy.descriptor_path(path) as local:
+        # The descriptor the core opened (and checked) is mapped; a remote file (gs://...) is
+        # read whole, through Beam's FileSystems.
+        state = load(policy.read(path)) if local is None else load_file(local)
     with torch.device("meta"):
         model = model_class(**params)
     model.load_state_dict(state, assign=True)
@@ -229,11 +236,10 @@ def _load(config: Config, model_uri: str, model_class: Optional[type],
         raise _torch_files.state_dict_without_class(argument, model_uri)
     kind = "pytorch state_dict" if model_class is not None else "TorchScript"
     try:
-        # The file the repository checked, by descriptor (its name may change meanwhile).
-        with policy.opened(model_uri) as path:
-            return load_once(_handler(config, path, model_class, "CPU", named=model_uri,
-                                      policy=policy).load_model, model_uri, kind, argument,
-                             policy=policy)
+        # Read through the policy: the file the repository checked, whatever its name is now.
+        return load_once(_handler(config, model_uri, model_class, "CPU",
+                                  policy=policy).load_model, model_uri, kind, argument,
+                         policy=policy)
     except ModelLoadError as e:
         diagnosed = _torch_files.diagnose(config, model_uri, argument, e, policy)
         if diagnosed is e:
@@ -388,13 +394,14 @@ def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     return _probe.complete(config, declared, run_named, what)
 
 
-def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature,
+          policy: Policy) -> BuiltHandler:
     """Beam's handler for the module ``signature`` describes."""
     device = _device(config)
     handler = _handler(config, model_uri, _model_class(config, policy), config.device,
                        policy=policy, crossinfer_device=device, large_model=config.large_model,
                        model_copies=config.model_copies)
-    return Framework(
+    return BuiltHandler(
         handler=handler, spec=signature.input_spec(), model_id=model_uri, to_model=_to_tensor,
         limit_threads=_limit_threads, predict=functools.partial(
             _forward, device, signature.output == "named", signature.output_index))

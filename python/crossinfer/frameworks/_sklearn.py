@@ -10,6 +10,8 @@ probabilities), ``predict`` for output "value" (a regressor, ``postprocess="regr
 from __future__ import annotations
 
 import contextlib
+import io
+import pickle
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
@@ -19,10 +21,29 @@ from apache_beam.ml.inference.sklearn_inference import ModelFileType, SklearnMod
 from crossinfer import _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
-from crossinfer._handler import Framework
+from crossinfer._handler import BuiltHandler
 from crossinfer._loading import argument_for, load_once
 from crossinfer._policy import Policy
 from crossinfer._signature import Signature
+
+
+class _Handler(SklearnModelHandlerNumpy):
+    """Beam's handler, unpickling the bytes ``policy`` reads (never a path: in the service,
+    the file its repository checked, by descriptor), at inspection, on the workers and for
+    each model update."""
+
+    def __init__(self, model_uri: str, file_type: ModelFileType, *, policy: Policy,
+                 **kwargs: Any) -> None:
+        super().__init__(model_uri, file_type, **kwargs)
+        self._policy = policy
+
+    def load_model(self) -> Any:
+        data = io.BytesIO(self._policy.read(self._model_uri))
+        if self._model_file_type == ModelFileType.JOBLIB:
+            import joblib
+
+            return joblib.load(data)
+        return pickle.load(data)
 
 
 def _predict(model: Any, batch: np.ndarray, inference_args: Optional[dict] = None) -> Any:
@@ -81,11 +102,9 @@ def _allow_nan(model: Any) -> bool:
 
 def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     """Load the estimator once; read n_features_in_, classes_ and predict_proba; probe it."""
-    # The file the repository checked, by descriptor (its name may change meanwhile).
-    with policy.opened(model_uri) as path:
-        probe = SklearnModelHandlerNumpy(path, _file_type(config, model_uri))
-        model = load_once(probe.load_model, model_uri, "sklearn",
-                          argument_for(config, model_uri), policy=policy)
+    probe = _Handler(model_uri, _file_type(config, model_uri), policy=policy)
+    model = load_once(probe.load_model, model_uri, "sklearn", argument_for(config, model_uri),
+                      policy=policy)
     name = type(model).__name__
     d = _probe.Declared(input_dtype="float64", allow_nan=_allow_nan(model))
     d.sources["input_dtype"] = "scikit-learn computes in float64"
@@ -122,14 +141,15 @@ def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     return _probe.complete(config, d, run, f"{name} ({model_uri})")
 
 
-def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature,
+          policy: Policy) -> BuiltHandler:
     """Beam's handler for the estimator ``signature`` describes."""
     predict = _predict_proba if signature.output == "probabilities" else _predict
-    handler = SklearnModelHandlerNumpy(
-        model_uri, _file_type(config, model_uri), inference_fn=predict,
+    handler = _Handler(
+        model_uri, _file_type(config, model_uri), policy=policy, inference_fn=predict,
         large_model=config.large_model, model_copies=config.model_copies,
         env_vars=dict(config.env_vars or {}))
-    return Framework(
+    return BuiltHandler(
         predict=predict, handler=handler, spec=signature.input_spec(), model_id=model_uri,
         to_model=_identity, limit_threads=_limit_threads)
 

@@ -6,7 +6,12 @@ objective says what a prediction is: ``binary:logistic`` and ``multi:softprob`` 
 probabilities (a binary model's one probability p becomes the two columns [1 - p, p]),
 ``multi:softmax`` is read as its margins (logits; its ``predict`` gives only the label), any
 other objective is a value. Missing values (NaN) are XGBoost's "missing", so rows may hold
-NaN.
+NaN. A model trained with early stopping predicts with its best iteration's trees, as
+``XGBClassifier.predict`` does (``iteration_range``, stated in the signature's sources).
+
+The module never opens a path: the booster is loaded from the bytes the core read (through the
+model repository's descriptor walk in the service), at inspection, on the workers and for each
+model update.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from apache_beam.ml.inference.xgboost_inference import XGBoostModelHandlerNumpy
 from crossinfer import _probe
 from crossinfer._config import Config
 from crossinfer._errors import ConfigurationError
-from crossinfer._handler import Framework, model_threads
-from crossinfer._loading import load_once
+from crossinfer._handler import BuiltHandler, model_threads
+from crossinfer._loading import argument_for, load_once
 from crossinfer._policy import Policy
 from crossinfer._signature import Signature
 
@@ -31,19 +36,46 @@ _PROBABILITIES = ("binary:logistic", "multi:softprob")
 _LOGITS = ("multi:softmax",)
 
 
+def _booster(data: bytes) -> Any:
+    """A booster from the bytes of its JSON or UBJSON file (XGBoost tells them apart)."""
+    booster = xgboost.Booster()
+    booster.load_model(bytearray(data))
+    return booster
+
+
 class _Handler(XGBoostModelHandlerNumpy):
-    """Beam's handler; the booster's thread count is the loading process's."""
+    """Beam's handler, loading the booster from the bytes ``policy`` reads (never by name);
+    the booster's thread count is the loading process's; a model update replaces the file."""
+
+    def __init__(self, model_uri: str, *, policy: Policy, **kwargs: Any) -> None:
+        super().__init__(model_class=xgboost.Booster, model_state=model_uri, **kwargs)
+        self._policy = policy
 
     def load_model(self) -> Any:
-        model = super().load_model()
+        model = _booster(self._policy.read(self._model_state))
         model.set_param({"nthread": model_threads()})
         return model
+
+    def update_model_path(self, model_path: Optional[str] = None) -> None:
+        self._model_state = model_path or self._model_state
+
+
+def _trees(booster: Any) -> Optional[tuple[int, int]]:
+    """The iteration range ``predict`` uses: up to the best iteration when early stopping
+    recorded one (XGBoost's sklearn wrapper does the same), else None (all trees)."""
+    best = booster.attr("best_iteration")
+    if best is None or not best.isdigit():
+        return None
+    return (0, int(best) + 1)
 
 
 def _predict(kind: str, model: Any, batch: np.ndarray,
              inference_args: Optional[dict] = None) -> np.ndarray:
     """One stacked batch through the booster (``inplace_predict``: no DMatrix copy)."""
     args = dict(inference_args or {})
+    trees = _trees(model)
+    if trees is not None:
+        args.setdefault("iteration_range", trees)
     if kind == "logits":
         args.setdefault("predict_type", "margin")
     out = np.asarray(model.inplace_predict(batch, **args))
@@ -72,8 +104,8 @@ def _objective(booster: Any) -> str:
 
 def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     """Load the booster once; read num_features and the objective; probe it."""
-    probe = XGBoostModelHandlerNumpy(model_class=xgboost.Booster, model_state=model_uri)
-    booster = load_once(probe.load_model, model_uri, "xgboost", policy=policy)
+    booster = load_once(lambda: _booster(policy.read(model_uri)), model_uri, "xgboost",
+                        argument_for(config, model_uri), policy=policy)
     what = f"the XGBoost model ({model_uri})"
     objective = _objective(booster)
     if config.output not in (None, "value", _kind(objective, None)):
@@ -91,17 +123,23 @@ def describe(config: Config, model_uri: str, policy: Policy) -> Signature:
     kind = _kind(objective, config.output)
     d.output = kind
     d.sources["output"] = f"objective {objective or 'unknown'!r}"
+    trees = _trees(booster)
+    if trees is not None:
+        d.sources["iteration_range"] = (
+            f"best_iteration {trees[1] - 1} of {booster.num_boosted_rounds()} rounds (early "
+            f"stopping): predictions use iteration_range {trees}, as XGBoost's predict does")
     if config.output == "value" and kind == "value" and objective in _PROBABILITIES + _LOGITS:
         d.sources["output"] += " (output='value': the booster's predict)"
     return _probe.complete(config, d, lambda b: _predict(kind, booster, b), what)
 
 
-def build(config: Config, model_uri: str, signature: Signature, policy: Policy) -> Framework:
+def build(config: Config, model_uri: str, signature: Signature,
+          policy: Policy) -> BuiltHandler:
     """Beam's handler for the booster ``signature`` describes."""
     kind = signature.output if signature.output in ("probabilities", "logits") else "value"
-    handler = _Handler(model_class=xgboost.Booster, model_state=model_uri,
-                       large_model=config.large_model, model_copies=config.model_copies)
-    return Framework(handler=handler, spec=signature.input_spec(), model_id=model_uri,
+    handler = _Handler(model_uri, policy=policy, large_model=config.large_model,
+                       model_copies=config.model_copies, env_vars=dict(config.env_vars or {}))
+    return BuiltHandler(handler=handler, spec=signature.input_spec(), model_id=model_uri,
                      to_model=_identity, predict=functools.partial(_predict, kind))
 
 

@@ -254,9 +254,11 @@ abstract class FrameworkArguments
   /**
    * pytorch state_dict: keyword arguments for {@code torch.load} (Beam's {@code load_model_args}):
    * {@code weights_only} (default {@code true}; {@code false} runs the file's code, so the file
-   * must be trusted). Values may be String, Integer, Long, Float, Double, Boolean, a List of one of
-   * those, or a nested Map of the same; sent as a row, one field per key (Beam's kwargs encoding
-   * needs one type per field), which Python receives as a dict. Sends {@code load_model_args}.
+   * must be trusted); tensorflow Keras file: {@code safe_mode} (default {@code true}; {@code false}
+   * loads Lambda layers' code) and {@code compile}. Values may be String, Integer, Long, Float,
+   * Double, Boolean, a List of one of those, or a nested Map of the same; sent as a row, one field
+   * per key (Beam's kwargs encoding needs one type per field), which Python receives as a dict.
+   * Sends {@code load_model_args}.
    *
    * @param loadModelArgs the value of {@code load_model_args}
    * @return a new transform with this setting

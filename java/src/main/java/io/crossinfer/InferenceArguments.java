@@ -176,7 +176,9 @@ abstract class InferenceArguments extends FrameworkArguments {
   }
 
   /**
-   * The model input's dtype, stated instead of read off the model. Sends {@code input_dtype}.
+   * The model input's dtype, stated instead of read off the model ({@code "string"}: an array of
+   * strings per row, for a TensorFlow model that starts with {@code StringLookup} / {@code
+   * TextVectorization}). Sends {@code input_dtype}.
    *
    * @param inputDtype the value of {@code input_dtype}
    * @return a new transform with this setting
