@@ -7,8 +7,8 @@ frameworks use it, the rules that tie it to other arguments, the Java ``with…`
 sets it, and its documentation. From it follow ``Inference``'s signature, ``_config.Config``
 and ``parse``, the expansion service's number caps, the README's argument table, and the Java
 library's generated ``with…`` methods (``python -m crossinfer._javagen`` writes those and
-the README's tables). Its JSON, for
-the Java contract test: ``python -m crossinfer._arguments`` (``--markdown`` for the README).
+README's tables). Its JSON, for the Java contract test: ``python -m crossinfer._arguments``
+(``--markdown`` prints README's table).
 """
 
 from __future__ import annotations
