@@ -305,7 +305,8 @@ def test_a_python_without_crossinfer_gets_the_pip_command(tmp_path, listener):
     stderr = _construct_only(tmp_path, java_env(CROSSINFER_PYTHON=str(python)), listener)
     version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M)[1]
     assert f"has no crossinfer" in stderr
-    assert f"{python} -m pip install crossinfer=={version}" in stderr
+    assert f"from the root of a crossinfer {version} checkout" in stderr
+    assert f"`{python} -m pip install .`" in stderr
 
 
 def test_an_unreachable_job_endpoint_fails_at_once_saying_how_to_start_one(tmp_path):
@@ -331,6 +332,23 @@ def test_an_unreachable_job_endpoint_fails_at_once_saying_how_to_start_one(tmp_p
     # The JVM's own start (a few seconds on a loaded machine) is not the wait being bounded.
     assert elapsed < 5 + 25, elapsed
     assert "DEADLINE_EXCEEDED" not in done.stderr
+
+
+def test_an_address_that_is_not_an_expansion_service_is_named_with_the_fix(tmp_path, job_server):
+    """withExpansionService at a gRPC port that serves something else (here Beam's job server):
+    the pipeline fails at construction naming the address and what to start, not Beam's bare
+    "UNIMPLEMENTED: unknown service"."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "features": [1.0]}\n')
+    done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
+                    f"--output={tmp_path / 'out'}", *job_server.flags(),
+                    f"--expansionService={job_server.endpoint}", "--modelUri=/m.pkl",
+                    timeout=120)
+    assert done.returncode != 0
+    assert (f"the service at {job_server.endpoint} is not an expansion service"
+            in done.stderr), done.stderr[-3000:]
+    assert "crossinfer-expansion-service --port PORT" in done.stderr
+    assert not (tmp_path / "out-predictions.jsonl").exists()
 
 
 def _fake_crossinfer(tmp_path, version: str) -> str:

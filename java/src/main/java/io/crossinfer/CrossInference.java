@@ -67,8 +67,8 @@ import org.joda.time.Duration;
  * itself, once per JVM and settings, on a free port of 127.0.0.1, and stops it when the JVM exits:
  * {@code crossinfer-expansion-service} from the Python named by {@link #withPython}, else by the
  * environment variable {@code CROSSINFER_PYTHON}, else {@code python3}. That Python needs the
- * same version of crossinfer as this library ({@link #VERSION}: {@code pip install
- * crossinfer==VERSION}), which is checked before the service starts. The started service admits
+ * same version of crossinfer as this library ({@link #VERSION}: {@code pip install .} from the
+ * root of a crossinfer checkout of that version), which is checked before the service starts. The started service admits
  * the Python callables allowed with {@link #withAllow} and nothing else, and reads models from
  * {@link #withModelRoots}/{@link #withTrustedModelRoots}.
  *
