@@ -117,7 +117,7 @@ def _check_bad_rows(java_fails):
     assert all(f["error"].startswith("ParseError: ") for f in by_stage["parse"])
 
 
-@pytest.mark.parametrize("runner", ["prism", "job_server"])
+@pytest.mark.parametrize("runner", [pytest.param("prism", marks=pytest.mark.prism), "job_server"])
 def test_sklearn_with_nothing_started_by_hand(runner, request, tmp_path, sklearn_model):
     """Zero setup, on Prism and on Beam's Python job server: no service address, no
     environment flags; the started service is stopped when the JVM exits."""
@@ -135,6 +135,7 @@ def test_sklearn_with_nothing_started_by_hand(runner, request, tmp_path, sklearn
     assert _pids_with(marker) == [], "the auto-started expansion service outlived the JVM"
 
 
+@pytest.mark.prism
 def test_a_kept_service_serves_the_next_jvm_and_exits_once_unused(prism, tmp_path,
                                                                  sklearn_model):
     """CROSSINFER_KEEP_SERVICE: the first JVM's service outlives it; the next JVM with the same
@@ -179,6 +180,7 @@ def test_torchscript(job_server, tmp_path, mlp_model):
     _check_bad_rows(fails)
 
 
+@pytest.mark.prism
 def test_onnx_variable_length_token_ids_on_prism(prism, tmp_path, sequence_model):
     """An ONNX model from Java on Prism (the runner once failed such a job decoding the Python
     stage's batch-size distribution)."""

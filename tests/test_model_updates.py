@@ -214,6 +214,7 @@ def _wait(what: str, ok: Any, limit: float = 180.0, detail: Any = lambda: "") ->
 
 
 @pytest.mark.parametrize("large_model", [False, True], ids=["one-per-process", "large_model"])
+@pytest.mark.prism
 def test_models_change_mid_stream_on_prism(tmp_path: Path, large_model: bool) -> None:
     repo = tmp_path / "models"
     repo.mkdir()
@@ -319,6 +320,8 @@ class _PrismJobServer:
         self._log.close()
 
 
+@pytest.mark.java
+@pytest.mark.prism
 def test_java_pipeline_with_model_updates_on_prism(tmp_path: Path) -> None:
     import subprocess
     from tests._java import EXAMPLES_TEST_CLASSPATH, classpath, java_env

@@ -56,6 +56,7 @@ def test_the_model_updates_example_switches_models_while_it_runs(first):
     assert models[:first_new] and set(models[first_new:]) == {"models/model-002.pkl"}, models
 
 
+@pytest.mark.prism
 def test_the_prism_example_predicts_on_prism(first):
     out = _run(first[0], 2).splitlines()
     predictions = [l for l in out if l.startswith("Prediction(")]
