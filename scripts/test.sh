@@ -23,7 +23,7 @@ if [ "$quick" = 1 ]; then
   markers="tensorflow and $skip"
   others="not tensorflow and $skip"
   # Stand-ins for `java` and Prism that fail loudly: an unmarked test that needs them fails.
-  guard=$(mktemp -d)
+  guard=$(mktemp -d -t quick-mode-has-no-java-nor-prism.XXXX)
   trap 'rm -rf "$guard"' EXIT
   for tool in java prism; do
     printf '#!/bin/sh\necho "scripts/test.sh --quick: this test runs %s; mark it @pytest.mark.%s" >&2\nexit 97\n' \

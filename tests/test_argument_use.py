@@ -16,6 +16,7 @@ import enum
 import hashlib
 import inspect
 import re
+import shutil
 import types
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Sequence
@@ -24,7 +25,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 
-from crossinfer import Inference, _plan
+from crossinfer import Inference, _plan, _updates
 from crossinfer._arguments import ARGUMENTS
 from tests import models
 
@@ -35,6 +36,7 @@ class Features(NamedTuple):
     group: str
     features: Sequence[float]
     doubled: Sequence[float]
+    tokens: Sequence[int]
     f0: float
     f1: float
     f2: float
@@ -54,8 +56,11 @@ def files(tmp_path_factory) -> dict[str, str]:
     models.train_sklearn(d / "a.pkl", seed=0)
     models.train_sklearn(d / "b.pkl", seed=1)
     models.train_mlp(d / "mlp.pt", seed=0)
+    models.make_sequence_model(d / "seq.pt")
+    (d / "updates").mkdir()
+    shutil.copy(d / "a.pkl", d / "updates" / "first.pkl")  # model_updates needs one at start
     return {"sk": str(d / "a.pkl"), "sk2": str(d / "b.pkl"), "pt": str(d / "mlp.pt"),
-            "updates": str(d / "updates" / "*.pkl")}
+            "seq": str(d / "seq.pt"), "updates": str(d / "updates" / "*.pkl")}
 
 
 def _bases(f: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -65,6 +70,8 @@ def _bases(f: dict[str, str]) -> dict[str, dict[str, Any]]:
         "sklearn": sk,
         "pytorch": dict(sk, framework="pytorch", model_uri=f["pt"],
                         model_class="tests.models:MLP"),
+        "sequence": dict(sk, framework="pytorch", model_uri=f["seq"], feature_field="tokens",
+                         model_class="tests.models:MeanEmbedding"),
         "custom": dict(sk, framework="custom", handler="tests.models:sklearn_handler",
                        output="probabilities"),
         "fields": dict(sk, feature_field=None, feature_fields=_FIELDS),
@@ -103,7 +110,7 @@ def _cases(f: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
         "blocks": ("sklearn", dict(blocks=True)),
         "input_shape": ("pytorch", dict(input_shape=[-1])),
         "input_dtype": ("sklearn", dict(input_dtype="float64")),
-        "pad_value": ("pytorch", dict(pad_value=3)),
+        "pad_value": ("sequence", dict(pad_value=3)),
         "output": ("sklearn", dict(output="logits")),
         "inference_args": ("pytorch", dict(inference_args={"flag": 1})),
         "labels": ("sklearn", dict(labels=["low", "mid", "high"])),
@@ -166,6 +173,10 @@ def _stable(text: str) -> str:
     return re.sub(r"\b[0-9a-f]{32}\b|\b[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\b", "<id>", text)
 
 
+def _fixed_now() -> float:
+    return 1_800_000_000.0
+
+
 def _built(kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
     """What applying ``Inference(**kwargs)`` builds, as plain values; or its error."""
     plans = []
@@ -176,6 +187,8 @@ def _built(kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
         return plans[-1]
 
     monkeypatch.setattr(_plan, "build", recording)
+    # model_updates starts its ticks at the build's time: the same instant for every build.
+    monkeypatch.setattr(_updates, "time", types.SimpleNamespace(time=_fixed_now))
     p = beam.Pipeline()
     # Windowed, as model_updates needs; the same for every case.
     rows = (p | beam.Create([]).with_output_types(Features)
@@ -185,7 +198,7 @@ def _built(kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
     except Exception as e:  # noqa: BLE001 - a refusal is an outcome of the argument too
         return ("error", type(e).__name__, _stable(str(e)))
     finally:
-        monkeypatch.setattr(_plan, "build", build)
+        monkeypatch.undo()
     applied = []
 
     class Walk(beam.pipeline.PipelineVisitor):

@@ -4,11 +4,9 @@ the Java surface is one public class whose every method is in CrossInference.jav
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from crossinfer import _javagen, frameworks
 from crossinfer._arguments import ARGUMENTS, BLOCKS_RULES, markdown
@@ -17,10 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / _javagen.PACKAGE_DIR
 
 
-def _run(root: Path, *flags: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT)])}
-    return subprocess.run([sys.executable, "-m", "crossinfer._javagen", *flags, "--root",
-                           str(root)], capture_output=True, text=True, env=env, timeout=120)
+class _Done(NamedTuple):
+    returncode: int
+    stderr: str
+
+
+def _run(root: Path, *flags: str) -> _Done:
+    """``python -m crossinfer._javagen FLAGS --root ROOT``, in this process (the command is
+    its ``main``): its exit code and message."""
+    try:
+        _javagen.main([*flags, "--root", str(root)])
+    except SystemExit as e:
+        return _Done(1 if e.code else 0, str(e.code or ""))
+    return _Done(0, "")
 
 
 def test_the_checked_in_java_and_readme_tables_are_current():

@@ -46,6 +46,7 @@ def test_the_first_example_prints_a_prediction_and_a_failure(first):
     assert "has 31 values but the model takes exactly 32" in out[1]
 
 
+@pytest.mark.prism
 def test_the_model_updates_example_switches_models_while_it_runs(first):
     out = [l for l in _run(first[0], 1).splitlines() if l.startswith("Prediction(")]
     models = [re.search(r"model_id='([^']+)'", l).group(1) for l in out]
