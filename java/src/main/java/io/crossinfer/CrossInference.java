@@ -1,8 +1,5 @@
 package io.crossinfer;
 
-import static org.apache.beam.vendor.guava.v32_1_2_jre.com.google.common.base.Preconditions.checkArgument;
-import static org.apache.beam.vendor.guava.v32_1_2_jre.com.google.common.base.Preconditions.checkState;
-
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.UncheckedIOException;
@@ -1000,10 +997,20 @@ public final class CrossInference
     return WireValues.names(method, Arrays.asList(WireValues.notNull(method, "the list", values)));
   }
 
+  // Guava's checkArgument, without Beam's vendored Guava (not a public Beam API).
+  private static void checkArgument(boolean valid, String format, Object... args) {
+    if (!valid) {
+      throw new IllegalArgumentException(String.format(format, args));
+    }
+  }
+
   private static String readVersion() {
     Properties properties = new Properties();
     try (InputStream in = CrossInference.class.getResourceAsStream("crossinfer.properties")) {
-      checkState(in != null, "io/crossinfer/crossinfer.properties is missing from the jar");
+      if (in == null) {
+        throw new IllegalStateException(
+            "io/crossinfer/crossinfer.properties is missing from the jar");
+      }
       properties.load(in);
     } catch (IOException e) {
       throw new UncheckedIOException(e);
