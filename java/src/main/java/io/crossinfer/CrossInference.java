@@ -65,9 +65,9 @@ import org.joda.time.Duration;
  * {@code crossinfer-expansion-service} from the Python named by {@link #withPython}, else by the
  * environment variable {@code CROSSINFER_PYTHON}, else {@code python3}. That Python needs the
  * same version of crossinfer as this library ({@link #VERSION}: {@code pip install .} from the
- * root of a crossinfer checkout of that version), which is checked before the service starts. The started service admits
- * the Python callables allowed with {@link #withAllow} and nothing else, and reads models from
- * {@link #withModelRoots}/{@link #withTrustedModelRoots}.
+ * root of a crossinfer checkout of that version), which is checked before the service starts.
+ * The started service admits the Python callables allowed with {@link #withAllow} and nothing
+ * else, and reads models from {@link #withModelRoots}/{@link #withTrustedModelRoots}.
  *
  * <p><b>Versions.</b> Every request carries this library's version ({@code client_version}), and
  * any crossinfer expansion service, started here or not, refuses a request from another version,
@@ -903,7 +903,8 @@ public final class CrossInference
   @Override
   public void populateDisplayData(DisplayData.Builder builder) {
     super.populateDisplayData(builder);
-    builder.add(DisplayData.item("pythonTransform", PYTHON_TRANSFORM).withLabel("Python transform"));
+    builder.add(
+        DisplayData.item("pythonTransform", PYTHON_TRANSFORM).withLabel("Python transform"));
     builder.add(DisplayData.item("crossinferVersion", VERSION).withLabel("crossinfer version"));
     for (Map.Entry<String, Object> kwarg : kwargs.entrySet()) {
       builder.add(
@@ -944,7 +945,7 @@ public final class CrossInference
     return Row.withSchema(schema.build()).addValues(values).build();
   }
 
-  /** The Beam transform that calls {@code crossinfer.Inference} on the service at {@code address}. */
+  /** The Beam transform that calls {@code crossinfer.Inference} on the service {@code address}. */
   PythonExternalTransform<PCollection<Row>, POutput> toPythonTransform(String address) {
     // A Row, not a Map: Beam infers a Map value's field type from its runtime class and cannot
     // encode lists, maps or mixed types that way.
@@ -969,7 +970,8 @@ public final class CrossInference
       return input;
     }
     List<String> ordered = Rules.inInputOrder(schema, needed);
-    return input.apply("SelectFieldsPythonReads", Select.fieldNames(ordered.toArray(new String[0])));
+    return input.apply(
+        "SelectFieldsPythonReads", Select.fieldNames(ordered.toArray(new String[0])));
   }
 
   /** This transform with keyword argument {@code name} set to the wire value {@code value}. */
