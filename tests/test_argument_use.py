@@ -51,16 +51,13 @@ _FIELDS = [f"f{i}" for i in range(models.N_FEATURES)]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, str]:
+def files(tmp_path_factory, sklearn_model, mlp_model, sequence_model) -> dict[str, str]:
     d = tmp_path_factory.mktemp("argument_use")
-    models.train_sklearn(d / "a.pkl", seed=0)
-    models.train_sklearn(d / "b.pkl", seed=1)
-    models.train_mlp(d / "mlp.pt", seed=0)
-    models.make_sequence_model(d / "seq.pt")
+    models.train_sklearn(d / "b.pkl", seed=1)  # a second model of the same shape
     (d / "updates").mkdir()
-    shutil.copy(d / "a.pkl", d / "updates" / "first.pkl")  # model_updates needs one at start
-    return {"sk": str(d / "a.pkl"), "sk2": str(d / "b.pkl"), "pt": str(d / "mlp.pt"),
-            "seq": str(d / "seq.pt"), "updates": str(d / "updates" / "*.pkl")}
+    shutil.copy(sklearn_model[0], d / "updates" / "first.pkl")  # model_updates needs one
+    return {"sk": str(sklearn_model[0]), "sk2": str(d / "b.pkl"), "pt": str(mlp_model[0]),
+            "seq": str(sequence_model[0]), "updates": str(d / "updates" / "*.pkl")}
 
 
 def _bases(f: dict[str, str]) -> dict[str, dict[str, Any]]:
