@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
-import inspect
 import re
 import shutil
 import types
-from pathlib import Path
 from typing import Any, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -136,7 +135,7 @@ def _snapshot(obj: Any, depth: int = 8, seen: Optional[set] = None) -> Any:
     if isinstance(obj, enum.Enum):
         return repr(obj)
     if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
-                        type, types.ModuleType, functools_partial)):
+                        type, types.ModuleType, functools.partial)):
         return ("code", getattr(obj, "__module__", None),
                 getattr(obj, "__qualname__", getattr(obj, "__name__", type(obj).__name__)))
     if isinstance(obj, (beam.Pipeline, beam.pvalue.PValue, Inference)):
@@ -158,10 +157,7 @@ def _snapshot(obj: Any, depth: int = 8, seen: Optional[set] = None) -> Any:
         return ("object", type(obj).__module__, type(obj).__qualname__, _stable(repr(obj)))
     return (type(obj).__module__, type(obj).__qualname__,
             [(k, _snapshot(v, depth - 1, seen)) for k, v in sorted(state.items())
-             if not k.startswith("__") and not inspect.isroutine(v) or k == "_fn"])
-
-
-functools_partial = __import__("functools").partial
+             if not k.startswith("__")])
 
 
 def _stable(text: str) -> str:
