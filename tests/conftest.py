@@ -21,8 +21,32 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Any:
     if collection_path.name != "test_tensorflow.py":
         return None
     named = any(Path(str(a).split("::")[0]).name == collection_path.name for a in config.args)
-    selected = config.getoption("markexpr", "").strip() == "tensorflow"
+    # `-m tensorflow`, or `-m "tensorflow and …"` (scripts/test.sh --quick)
+    selected = config.getoption("markexpr", "").strip().split(" ")[0] == "tensorflow"
     return None if named or selected else True
+
+
+# The `slow` tests, in one place so the quick selection (`scripts/test.sh --quick`) is
+# reviewable: whole modules that start expansion services (each start is seconds of imports),
+# and single tests that start fresh interpreters or run for more than ~10 s.
+SLOW_MODULES = frozenset({
+    "test_expansion_service.py", "test_kept_service.py", "test_readme.py", "test_security.py",
+    "test_security_fairness.py", "test_security_files.py", "test_security_fuzz.py",
+    "test_security_sandbox.py", "test_sharing.py", "test_worker_pool.py"})
+SLOW_TESTS = frozenset({
+    "test_arguments.py::test_json_for_the_java_contract_test",
+    "test_frameworks.py::test_every_framework_implements_the_protocol",
+    "test_frameworks.py::test_the_service_imports_frameworks_on_use_and_its_inspectors_ahead",
+    "test_model_updates.py::test_an_accepted_onnx_model_is_the_one_that_predicts",
+    "test_policy.py::test_a_policy_pickles_as_a_reference_to_its_own_process",
+    "test_pytorch.py::test_in_process_full_collections_skip_older_objects_for_a_bundle_only"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.name
+        if module in SLOW_MODULES or f"{module}::{item.originalname}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 
 _collected: dict[str, list[Any]] = {}

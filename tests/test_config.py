@@ -175,5 +175,5 @@ def test_a_request_from_another_crossinfer_version_is_refused():
     assert parse(**base, client_version=mine).client_version == mine
     with pytest.raises(ConfigurationError, match=(
             rf"the client is crossinfer 9\.9\.9, but the expansion service has crossinfer "
-            rf"{re.escape(mine)}.*pip install crossinfer==9\.9\.9")):
+            rf"{re.escape(mine)}.*`pip install \.` from the root of a crossinfer 9\.9\.9 checkout")):
         parse(**base, client_version="9.9.9")

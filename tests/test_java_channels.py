@@ -22,7 +22,7 @@ import pytest
 from tests import models
 from tests._java import EXAMPLES_TEST_CLASSPATH, PrismJobServer, classpath, run_java
 
-pytestmark = pytest.mark.java
+pytestmark = [pytest.mark.java, pytest.mark.prism]
 
 CANARY = "io.crossinfer.examples.ChannelAudit.canary"
 AUDIT = "io.crossinfer.examples.ChannelAudit."

@@ -117,7 +117,7 @@ def _check_bad_rows(java_fails):
     assert all(f["error"].startswith("ParseError: ") for f in by_stage["parse"])
 
 
-@pytest.mark.parametrize("runner", ["prism", "job_server"])
+@pytest.mark.parametrize("runner", [pytest.param("prism", marks=pytest.mark.prism), "job_server"])
 def test_sklearn_with_nothing_started_by_hand(runner, request, tmp_path, sklearn_model):
     """Zero setup, on Prism and on Beam's Python job server: no service address, no
     environment flags; the started service is stopped when the JVM exits."""
@@ -142,6 +142,7 @@ def test_sklearn_with_nothing_started_by_hand(runner, request, tmp_path, sklearn
     assert "ready in" in log.read_text()
 
 
+@pytest.mark.prism
 def test_a_kept_service_serves_the_next_jvm_and_exits_once_unused(prism, tmp_path,
                                                                  sklearn_model):
     """CROSSINFER_KEEP_SERVICE: the first JVM's service outlives it; the next JVM with the same
@@ -186,6 +187,7 @@ def test_torchscript(job_server, tmp_path, mlp_model):
     _check_bad_rows(fails)
 
 
+@pytest.mark.prism
 def test_onnx_variable_length_token_ids_on_prism(prism, tmp_path, sequence_model):
     """An ONNX model from Java on Prism (the runner once failed such a job decoding the Python
     stage's batch-size distribution)."""
@@ -312,7 +314,8 @@ def test_a_python_without_crossinfer_gets_the_pip_command(tmp_path, listener):
     stderr = _construct_only(tmp_path, java_env(CROSSINFER_PYTHON=str(python)), listener)
     version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M)[1]
     assert f"has no crossinfer" in stderr
-    assert f"{python} -m pip install crossinfer=={version}" in stderr
+    assert f"from the root of a crossinfer {version} checkout" in stderr
+    assert f"`{python} -m pip install .`" in stderr
 
 
 def test_an_unreachable_job_endpoint_fails_at_once_saying_how_to_start_one(tmp_path):
@@ -338,6 +341,23 @@ def test_an_unreachable_job_endpoint_fails_at_once_saying_how_to_start_one(tmp_p
     # The JVM's own start (a few seconds on a loaded machine) is not the wait being bounded.
     assert elapsed < 5 + 25, elapsed
     assert "DEADLINE_EXCEEDED" not in done.stderr
+
+
+def test_an_address_that_is_not_an_expansion_service_is_named_with_the_fix(tmp_path, job_server):
+    """withExpansionService at a gRPC port that serves something else (here Beam's job server):
+    the pipeline fails at construction naming the address and what to start, not Beam's bare
+    "UNIMPLEMENTED: unknown service"."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "features": [1.0]}\n')
+    done = run_java(classpath(EXAMPLES_CLASSPATH), CLASSIFY, f"--input={src}",
+                    f"--output={tmp_path / 'out'}", *job_server.flags(),
+                    f"--expansionService={job_server.endpoint}", "--modelUri=/m.pkl",
+                    timeout=120)
+    assert done.returncode != 0
+    assert (f"the service at {job_server.endpoint} is not an expansion service"
+            in done.stderr), done.stderr[-3000:]
+    assert "crossinfer-expansion-service --port PORT" in done.stderr
+    assert not (tmp_path / "out-predictions.jsonl").exists()
 
 
 def _fake_crossinfer(tmp_path, version: str) -> str:

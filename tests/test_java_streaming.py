@@ -16,7 +16,7 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
 from tests._java import EXAMPLES_CLASSPATH, PrismJobServer, classpath, java_env
 
-pytestmark = [pytest.mark.java, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.java, pytest.mark.prism, pytest.mark.timeout(900)]
 
 STREAM = "io.crossinfer.examples.StreamRows"
 WINDOWS = 3  # closed windows checked whole

@@ -1,47 +1,84 @@
-"""The Java library's argument surface is generated from the argument table: the checked-in
-sources are current, a stale one is named with the command that regenerates it, and the
-module sizes the project holds to are kept."""
+"""Everything generated from the argument table is written by one command: the checked-in Java
+and README tables are current, a stale one is named with the command that regenerates it, and
+the Java surface is one public class whose every method is in CrossInference.java."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import re
 from pathlib import Path
+from typing import NamedTuple
 
-from crossinfer import _javagen
-from crossinfer._arguments import ARGUMENTS, BLOCKS_RULES
+from crossinfer import _javagen, frameworks
+from crossinfer._arguments import ARGUMENTS, BLOCKS_RULES, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / _javagen.PACKAGE_DIR
 
 
-def _check(root: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT)])}
-    return subprocess.run([sys.executable, "-m", "crossinfer._javagen", "--check", "--root",
-                           str(root)], capture_output=True, text=True, env=env, timeout=120)
+class _Done(NamedTuple):
+    returncode: int
+    stderr: str
 
 
-def test_the_checked_in_java_sources_are_current():
-    done = _check(ROOT)
+def _run(root: Path, *flags: str) -> _Done:
+    """``python -m crossinfer._javagen FLAGS --root ROOT``, in this process (the command is
+    its ``main``): its exit code and message."""
+    try:
+        _javagen.main([*flags, "--root", str(root)])
+    except SystemExit as e:
+        return _Done(1 if e.code else 0, str(e.code or ""))
+    return _Done(0, "")
+
+
+def test_the_checked_in_java_and_readme_tables_are_current():
+    done = _run(ROOT, "--check")
     assert done.returncode == 0, done.stderr
 
 
-def test_a_stale_source_is_named_with_the_command(tmp_path):
-    package = tmp_path / _javagen.PACKAGE_DIR
-    package.mkdir(parents=True)
-    for name, make in _javagen.SOURCES.items():
-        (package / name).write_text(make(), encoding="utf-8")
-    assert _check(tmp_path).returncode == 0
-    edited = package / "InferenceArguments.java"
-    edited.write_text(edited.read_text().replace("withMaxBatchSize", "withMaxBatch"))
-    done = _check(tmp_path)
+def _copy(tmp_path: Path) -> None:
+    for target in _javagen.TARGETS:
+        (tmp_path / target.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / target.path).write_text((ROOT / target.path).read_text(encoding="utf-8"),
+                                            encoding="utf-8")
+
+
+def test_one_command_rewrites_a_stale_java_method_and_readme_table(tmp_path):
+    _copy(tmp_path)
+    java = tmp_path / _javagen.PACKAGE_DIR / "CrossInference.java"
+    readme = tmp_path / "README.md"
+    java.write_text(java.read_text().replace("withMaxBatchSize(int", "withMaxBatch(int"))
+    readme.write_text(readme.read_text().replace("| `model_copies` |", "| `copies` |"))
+    done = _run(tmp_path, "--check")
     assert done.returncode != 0
-    assert "InferenceArguments.java not current" in done.stderr
+    assert "CrossInference.java" in done.stderr and "README.md" in done.stderr
     assert "python -m crossinfer._javagen" in done.stderr
+    assert _run(tmp_path).returncode == 0  # the one command
+    assert _run(tmp_path, "--check").returncode == 0
+    assert java.read_text() == (ROOT / _javagen.PACKAGE_DIR / "CrossInference.java").read_text()
+    assert readme.read_text() == (ROOT / "README.md").read_text()
+
+
+def test_hand_written_code_outside_the_markers_is_kept_and_a_lost_marker_named(tmp_path):
+    _copy(tmp_path)
+    java = tmp_path / _javagen.PACKAGE_DIR / "CrossInference.java"
+    java.write_text(java.read_text().replace("public CrossInference withPython(",
+                                             "public CrossInference withPythonExe("))
+    assert _run(tmp_path).returncode == 0
+    assert "withPythonExe(" in java.read_text()
+    java.write_text(java.read_text().replace(_javagen._JAVA_MARKERS[1], ""))
+    done = _run(tmp_path, "--check")
+    assert done.returncode != 0 and "END GENERATED" in done.stderr
+
+
+def test_readme_holds_the_rendered_tables_between_markers():
+    readme = (ROOT / "README.md").read_text()
+    for name, table in (("arguments", markdown()), ("frameworks", frameworks.markdown())):
+        begin, end = _javagen._markers(name)
+        assert begin + table + end in readme
 
 
 def test_every_one_value_argument_has_a_generated_setter():
-    source = _javagen.framework_arguments() + _javagen.inference_arguments()
+    source = _javagen.region()
     generated = [a for a in ARGUMENTS if _javagen.setter(a)]
     assert len(generated) >= 20
     for a in generated:
@@ -52,14 +89,16 @@ def test_every_one_value_argument_has_a_generated_setter():
         assert f'"{rule.other.name}"' in rules and rule.why.replace('"', '\\"') in rules
 
 
-def test_module_sizes():
-    too_long = {}
-    for folder in ("python", "expansion_service", "java/src"):
-        for path in (ROOT / folder).rglob("*"):
-            if path.suffix in (".py", ".java"):
-                lines = len(path.read_text(encoding="utf-8").splitlines())
-                if lines > 400:
-                    too_long[str(path.relative_to(ROOT))] = lines
-    assert too_long == {}, f"split these modules (at most 400 lines each): {too_long}"
-    facade = ROOT / "java/src/main/java/io/crossinfer/CrossInference.java"
-    assert len(facade.read_text(encoding="utf-8").splitlines()) <= 300
+def test_cross_inference_is_the_one_public_class_and_extends_ptransform():
+    public = [p.name for p in PACKAGE.glob("*.java")
+              if re.search(r"^public .*\b(class|interface|enum)\b", p.read_text(), re.M)]
+    assert public == ["CrossInference.java"]
+    source = (PACKAGE / "CrossInference.java").read_text()
+    declared = re.search(r"^public final class CrossInference\s+extends (\w+)<", source, re.M)
+    assert declared and declared.group(1) == "PTransform"
+    # every Java method the table names is declared in CrossInference.java itself
+    for a in ARGUMENTS:
+        for method in a.java.split("|"):
+            name = method.split("(")[0].strip()
+            if name.startswith("with"):
+                assert re.search(rf"public CrossInference {name}\(", source), name

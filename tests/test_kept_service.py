@@ -8,6 +8,7 @@ import os
 import stat
 import threading
 import time
+import types
 from concurrent import futures
 
 import grpc
@@ -68,7 +69,11 @@ def _server(activity: _kept.Activity) -> tuple[grpc.Server, int]:
     return server, port
 
 
-def test_an_rpc_after_the_decision_to_exit_is_refused_and_a_running_job_keeps_it(tmp_path):
+def test_an_rpc_after_the_decision_to_exit_is_refused_and_a_running_job_keeps_it(
+        tmp_path, monkeypatch):
+    # The idle clock is the test's: behaviour at each instant, not a sleep racing a window.
+    now = [1000.0]
+    monkeypatch.setattr(_kept, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     job = threading.Event()
     activity = _kept.Activity(0.5, busy=job.is_set)
     server, port = _server(activity)
@@ -76,12 +81,13 @@ def test_an_rpc_after_the_decision_to_exit_is_refused_and_a_running_job_keeps_it
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert _check(channel) == health_pb2.HealthCheckResponse.SERVING
             assert not activity.should_stop()  # just used
+            now[0] += 0.4
+            assert not activity.should_stop()  # within the idle time
             job.set()  # a worker runs a job: no RPC comes, and it must stay
-            time.sleep(1.0)
+            now[0] += 10.0
             assert not activity.should_stop()
             job.clear()
-            time.sleep(1.0)
-            assert activity.should_stop()
+            assert activity.should_stop()  # idle for longer than its idle time, no job
             with pytest.raises(grpc.RpcError) as refused:
                 _check(channel)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

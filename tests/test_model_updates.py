@@ -347,6 +347,7 @@ def check_updates_stream(run: dict) -> None:
     assert run["counters"].get("model_updates_accepted", 0) >= 2, run["counters"]
 
 
+@pytest.mark.prism
 @pytest.mark.parametrize("large_model", [False, True], ids=["one-per-process", "large_model"])
 def test_models_change_mid_stream_on_prism_with_a_backlog(tmp_path: Path,
                                                           large_model: bool) -> None:
@@ -390,6 +391,8 @@ class _PrismJobServer:
         self._log.close()
 
 
+@pytest.mark.java
+@pytest.mark.prism
 def test_java_pipeline_with_model_updates_on_prism(tmp_path: Path) -> None:
     """Java on Prism: failures mixed in, a good file, a broken one, one whose input differs,
     then two good ones at once; the rate source ends and the job ends by itself. Every row is

@@ -16,7 +16,7 @@ import crossinfer
 
 from crossinfer import _prism
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.prism, pytest.mark.timeout(300)]
 
 
 def test_setup_provides_prism_of_the_installed_beam():

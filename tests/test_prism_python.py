@@ -21,7 +21,7 @@ from crossinfer import _prism
 from tests import models
 from tests.conftest import collect, collected, failure_ids, feature_rows
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.prism, pytest.mark.timeout(600)]
 
 
 def _options(**extra) -> PipelineOptions:

@@ -46,6 +46,7 @@ def test_the_first_example_prints_a_prediction_and_a_failure(first):
     assert "has 31 values but the model takes exactly 32" in out[1]
 
 
+@pytest.mark.prism
 def test_the_model_updates_example_switches_models_while_it_runs(first):
     out = [l for l in _run(first[0], 1).splitlines() if l.startswith("Prediction(")]
     # An update's model_id is its path and a version (path@sha256 prefix).
@@ -58,6 +59,7 @@ def test_the_model_updates_example_switches_models_while_it_runs(first):
     assert models[:first_new] and set(models[first_new:]) == {"models/model-002.pkl"}, models
 
 
+@pytest.mark.prism
 def test_the_prism_example_predicts_on_prism(first):
     out = _run(first[0], 2).splitlines()
     predictions = [l for l in out if l.startswith("Prediction(")]

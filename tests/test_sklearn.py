@@ -63,8 +63,9 @@ def test_regression_and_feature_fields(tmp_path):
 def test_raw_gives_every_probability(sklearn_model):
     path, model = sklearn_model
     x, _ = models.dataset(n=20, seed=2)
-    preds, _ = run(feature_rows(x), framework="sklearn", model_uri=str(path),
-                   feature_field="features", passthrough_fields=["id"], postprocess="raw")
+    preds, fails = run(feature_rows(x), framework="sklearn", model_uri=str(path),
+                       feature_field="features", passthrough_fields=["id"], postprocess="raw")
+    assert fails == [] and sorted(p.id for p in preds) == list(range(20))
     proba = model.predict_proba(x)
     for p in preds:
         np.testing.assert_allclose(p.output, proba[p.id], rtol=1e-5)

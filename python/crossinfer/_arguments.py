@@ -6,8 +6,9 @@ ceiling, which the expansion service also checks on a raw request), its default,
 frameworks use it, the rules that tie it to other arguments, the Java ``with…`` method that
 sets it, and its documentation. From it follow ``Inference``'s signature, ``_config.Config``
 and ``parse``, the expansion service's number caps, the README's argument table, and the Java
-library's generated ``InferenceArguments`` (``python -m crossinfer._javagen``). Its JSON, for
-the Java contract test: ``python -m crossinfer._arguments`` (``--markdown`` for the README).
+library's generated ``with…`` methods (``python -m crossinfer._javagen`` writes those and
+README's tables). Its JSON, for the Java contract test: ``python -m crossinfer._arguments``
+(``--markdown`` prints README's table).
 """
 
 from __future__ import annotations

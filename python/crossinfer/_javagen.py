@@ -1,32 +1,29 @@
-"""The Java library's argument surface, generated from the argument table and the framework
-registry: ``FrameworkArguments.java`` (the framework factories, and the ``with…`` methods of
-the arguments only some frameworks take) and ``InferenceArguments.java`` (those of the
-arguments every framework takes), the generated bases of ``CrossInference``; and
-``ArgumentRules.java`` (when Python reads whole rows, else which fields, and what blocks cannot
-be combined with: the built-in postprocess names come with those), which ``Rules.java``
-applies.
+"""Everything generated from crossinfer's argument table and framework registry, written by one
+command: the Java library's framework factories and one-value ``with…`` methods (between the
+GENERATED markers of ``CrossInference.java``, so a Java user finds every method in that one
+class), ``ArgumentRules.java`` (package-private data: when Python reads whole rows, else which
+fields, and what blocks cannot be combined with), which ``Rules.java`` applies, and README's
+argument and framework tables (between their GENERATED markers).
 
-``python -m crossinfer._javagen`` (from the repository root) rewrites them under
-java/src/main/java/io/crossinfer/; ``--check`` says whether the checked-in files are current
-(tests/test_javagen.py runs it). An argument whose Java method does more than send one value
-(``java_written``, or a method not named ``with`` + its name) is written by hand in
-``CrossInferenceOptions``.
+``python -m crossinfer._javagen`` (from the repository root) rewrites them; ``--check`` says
+whether the checked-in files are current (tests/test_javagen.py runs it). An argument whose
+Java method does more than send one value (``java_written``, or a method not named ``with`` +
+its name) is written by hand in ``CrossInference.java``, outside the markers.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
-import re
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
 from crossinfer import frameworks
-from crossinfer._arguments import (
-    ARGUMENTS, BLOCKS_RULES, FRAMEWORKS, WHOLE_ROWS, Argument)
+from crossinfer._arguments import ARGUMENTS, BLOCKS_RULES, WHOLE_ROWS, Argument
+from crossinfer._arguments import markdown as _arguments_markdown
 from crossinfer._rules import When
 
 PACKAGE_DIR = Path("java/src/main/java/io/crossinfer")
@@ -147,62 +144,11 @@ def _factories() -> list[str]:
     return out
 
 
-def _setters(common: bool) -> list[str]:
-    """The generated setters of the arguments every framework takes (``common``), or of those
-    only some take."""
-    out = []
-    for a in ARGUMENTS:
-        method = setter(a)
-        if method and (a.frameworks == FRAMEWORKS) == common:
-            out += _setter(a, method)
-    return out
-
-
-_IMPORTS = ("java.util.Arrays", "java.util.List", "java.util.Map",
-            "org.apache.beam.sdk.transforms.PTransform",
-            "org.apache.beam.sdk.transforms.WithFailures",
-            "org.apache.beam.sdk.values.PCollection", "org.apache.beam.sdk.values.Row")
-
-
-def _class(name: str, base: str, doc: str, body: list[str]) -> str:
-    code = [line for line in body if not line.lstrip().startswith(("/**", "*"))]
-    text = "\n".join([base, *code])
-    imports = [f"import {i};" for i in _IMPORTS
-               if re.search(r"\b" + i.rsplit(".", 1)[1] + r"\b", text)]
-    lines = [_HEADER, *imports, ""] if imports else [_HEADER]
-    lines += _comment(doc, indent="")
-    declaration = f"abstract class {name} extends {base} {{"
-    lines += [declaration] if len(declaration) <= 100 else [
-        f"abstract class {name}", f"    extends {base} {{"]
-    lines += ["  private static final long serialVersionUID = 1L;", "",
-              f"  {name}(String name) {{", "    super(name);", "  }", ""]
-    return "\n".join(lines + body).rstrip() + "\n}\n"
-
-
-def framework_arguments() -> str:
-    """The source of FrameworkArguments.java."""
-    body = _comment("This transform, with keyword argument {@code name} set to the wire value "
-                    "{@code value}.", ["@param name the Python keyword argument",
-                                       "@param value its value, in its wire type",
-                                       "@return a new transform with this setting"])
-    body += ["  abstract CrossInference with(String name, Object value);", ""]
-    return _class(
-        "FrameworkArguments", "PTransform<PCollection<Row>, WithFailures.Result<PCollection<Row>, "
-        "Row>>", "The framework factories of {@link CrossInference}, one per framework of "
-        "crossinfer's framework registry ({@code CrossInference.custom} and {@code "
-        "CrossInference.of} are written by hand), and the {@code with…} methods of the arguments "
-        "only some frameworks take, generated from the registry and the argument table.",
-        body + _factories() + _setters(False))
-
-
-def inference_arguments() -> str:
-    """The source of InferenceArguments.java."""
-    return _class(
-        "InferenceArguments", "FrameworkArguments", "The {@code with…} methods of {@link "
-        "CrossInference} that send one keyword argument of {@code crossinfer.Inference} each, "
-        "for the arguments every framework takes, generated from its argument table. Each "
-        "checks only what encoding the value needs; the Python side checks what it means when "
-        "the transform is expanded.", _setters(True))
+def region() -> str:
+    """The generated part of CrossInference.java: the framework factories, then one ``with…``
+    method per argument that sends one value, in the table's order."""
+    setters = [line for a in ARGUMENTS if (method := setter(a)) for line in _setter(a, method)]
+    return "\n".join(_factories() + setters).rstrip() + "\n"
 
 
 def _list(values: Sequence[object]) -> str:
@@ -249,15 +195,61 @@ def argument_rules() -> str:
     return "\n".join(lines) + "\n}\n"
 
 
-SOURCES = {"FrameworkArguments.java": framework_arguments,
-           "InferenceArguments.java": inference_arguments, "ArgumentRules.java": argument_rules}
+_JAVA_MARKERS = (f"  // BEGIN GENERATED by `{COMMAND}` from the argument table; do not edit.\n",
+                 "  // END GENERATED\n")
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return (f"<!-- BEGIN GENERATED {name}: `{COMMAND}` writes this table; do not edit. -->\n",
+            f"<!-- END GENERATED {name} -->\n")
+
+
+class Target:
+    """One generated text: a whole file, or the part of a file between two marker lines."""
+
+    def __init__(self, path: str, make: Callable[[], str],
+                 markers: Optional[tuple[str, str]] = None) -> None:
+        self.path, self.make, self.markers = Path(path), make, markers
+
+    def render(self, current: str) -> str:
+        """The file's text with the generated part current; a missing marker is an error that
+        says which line to put back."""
+        if self.markers is None:
+            return self.make()
+        begin, end = self.markers
+        if current.count(begin) != 1 or current.count(end) != 1 or (
+                current.index(begin) > current.index(end)):
+            raise SystemExit(f"{self.path}: put back the lines {begin.strip()!r} and "
+                             f"{end.strip()!r} (once each, in this order) around the generated "
+                             "part")
+        head, rest = current.split(begin)
+        return head + begin + self.make() + end + rest.split(end, 1)[1]
+
+
+TARGETS = (
+    Target(str(PACKAGE_DIR / "ArgumentRules.java"), argument_rules),
+    Target(str(PACKAGE_DIR / "CrossInference.java"), region, _JAVA_MARKERS),
+    Target("README.md", _arguments_markdown, _markers("arguments")),
+    Target("README.md", frameworks.markdown, _markers("frameworks")),
+)
+
+
+def _rendered(root: Path) -> dict[Path, tuple[str, str]]:
+    """Each generated file under ``root``: its current text and the text it should have."""
+    out: dict[Path, tuple[str, str]] = {}
+    for target in TARGETS:
+        path = root / target.path
+        current = out[path][1] if path in out else (
+            path.read_text(encoding="utf-8") if path.is_file() else "")
+        old = out[path][0] if path in out else current
+        out[path] = (old, target.render(current))
+    return out
 
 
 def stale(root: Path) -> list[str]:
     """The generated files under ``root`` that differ from what the table generates."""
-    return [name for name, make in SOURCES.items()
-            if not (root / PACKAGE_DIR / name).is_file()
-            or (root / PACKAGE_DIR / name).read_text(encoding="utf-8") != make()]
+    return [str(path.relative_to(root)) for path, (old, new) in _rendered(root).items()
+            if old != new]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -272,8 +264,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if old:
             sys.exit(f"{', '.join(old)} not current: run `{COMMAND}`")
         return
-    for name, make in SOURCES.items():
-        (args.root / PACKAGE_DIR / name).write_text(make(), encoding="utf-8")
+    for path, (old, new) in _rendered(args.root).items():
+        if old != new:
+            path.write_text(new, encoding="utf-8")
 
 
 def _checkout() -> Path:

@@ -27,10 +27,12 @@ def check_client(client_version: Optional[str]) -> None:
     if mine is None:
         raise ConfigurationError(
             f"client_version={client_version!r}: the expansion service's crossinfer has no "
-            f"version (it was not installed with pip); install it with "
-            f"`pip install crossinfer=={client_version}`")
+            f"version (it was not installed with pip); install crossinfer {client_version} "
+            f"with `pip install .` from the root of a crossinfer {client_version} checkout (the "
+            f"directory holding pyproject.toml; crossinfer is on no package index)")
     raise ConfigurationError(
         f"client_version={client_version!r}: the client is crossinfer {client_version}, but the "
         f"expansion service has crossinfer {mine}; the two sides must be the same version: "
-        f"`pip install crossinfer=={client_version}` where the service runs, or depend on "
+        f"where the service runs, `pip install .` from the root of a crossinfer "
+        f"{client_version} checkout (crossinfer is on no package index), or depend on "
         f"io.crossinfer:crossinfer:{mine}")

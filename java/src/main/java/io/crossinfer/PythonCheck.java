@@ -56,10 +56,11 @@ final class PythonCheck {
   static void check(Process probe, String python, String libraryVersion) {
     String how =
         String.format(
-            "install it into that Python with `%s -m pip install crossinfer==%s`, or name "
-                + "another Python with CrossInference.withPython(\"/path/to/python\") or the "
-                + "environment variable %s",
-            python, libraryVersion, LocalExpansionService.PYTHON_ENV);
+            "install crossinfer %s into that Python from the root of a crossinfer %s checkout "
+                + "(the directory holding pyproject.toml; crossinfer is on no package index): "
+                + "`%s -m pip install .`, or name another Python with "
+                + "CrossInference.withPython(\"/path/to/python\") or the environment variable %s",
+            libraryVersion, libraryVersion, python, LocalExpansionService.PYTHON_ENV);
     List<String> out = new ArrayList<>();
     int code;
     try {

@@ -43,6 +43,19 @@ final class PythonOutputs {
                 address),
             e);
       }
+      if (unimplemented(e)) {
+        // Something answers gRPC at the address but not Beam's expansion API (a job server, a
+        // worker pool, another service): Beam says only "UNIMPLEMENTED: unknown service".
+        throw new IllegalStateException(
+            String.format(
+                "CrossInference: the service at %s is not an expansion service (it does not "
+                    + "serve Beam's ExpansionService API); start "
+                    + "`crossinfer-expansion-service --port PORT` and pass its address to "
+                    + "withExpansionService, or leave withExpansionService out to have one "
+                    + "started",
+                address),
+            e);
+      }
       throw e;
     }
     checkState(
@@ -56,6 +69,21 @@ final class PythonOutputs {
     withRowSchema(tuple, new TupleTag<>(CrossInference.FAILURES));
     checkFailureSchema(tuple.get(new TupleTag<Row>(CrossInference.FAILURES)).getSchema());
     return tuple;
+  }
+
+  // gRPC's status UNIMPLEMENTED anywhere in the cause chain (read from the message: the status
+  // class is Beam's vendored gRPC, which this library does not use).
+  private static boolean unimplemented(Throwable e) {
+    for (Throwable t = e; t != null; t = t.getCause()) {
+      String message = t.getMessage();
+      if (message != null && message.contains("UNIMPLEMENTED")) {
+        return true;
+      }
+      if (t.getCause() == t) {
+        break;
+      }
+    }
+    return false;
   }
 
   private static void checkFailureSchema(Schema schema) {
