@@ -29,6 +29,7 @@ from crossinfer._errors import ConfigurationError, InputError, ModelLoadError, O
 from crossinfer._errors import describe
 from crossinfer._prepare_ops import IDS, NUMBER, OPERATIONS, STRING, Step, kind_of, parse
 from crossinfer._schemas import Failure, input_fields
+from crossinfer._version import check_client
 
 PREPARED = "prepared"
 MANIFEST = "crossinfer_prepare.json"
@@ -193,8 +194,10 @@ class Prepare(beam.PTransform):
     def __init__(self, *, operations: Optional[list[dict[str, Any]]] = None,
                  write_artifact_location: Optional[str] = None,
                  read_artifact_location: Optional[str] = None,
-                 passthrough_fields: Optional[list[str]] = None) -> None:
+                 passthrough_fields: Optional[list[str]] = None,
+                 client_version: Optional[str] = None) -> None:
         super().__init__()
+        check_client(client_version)  # the Java library's version must be the service's
         self._policy = _policy.current()
         if bool(write_artifact_location) == bool(read_artifact_location):
             raise ConfigurationError(

@@ -9,6 +9,7 @@ download models or call a service at run time and are not offered.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -127,6 +128,12 @@ def parse(operations: Any, argument: str = "operations") -> list[Step]:
     """``operations`` (a list of dicts of plain values) -> checked steps."""
     example = ('[{"operation": "ScaleTo01", "columns": ["x"]}, '
                '{"operation": "ComputeAndApplyVocabulary", "columns": ["color"]}]')
+    if isinstance(operations, str):  # the Java library sends the list as JSON text
+        try:
+            operations = json.loads(operations)
+        except ValueError as e:
+            raise ConfigurationError(f"{argument} is not valid JSON ({e}); give a list such "
+                                     f"as {example}") from None
     if not isinstance(operations, (list, tuple)) or not operations:
         raise ConfigurationError(
             f"{argument} must be a non-empty list of operations, e.g. {example}")
