@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
-from apache_beam import coders
+from apache_beam.typehints.row_type import RowTypeConstraint
 from apache_beam.io.filesystems import FileSystems
 
 from crossinfer import _policy
@@ -150,8 +150,9 @@ def _fed(column: str, value: Any, kind: str) -> Any:
 class _ToRows(beam.DoFn):
     """MLTransform's element (numpy arrays) -> the typed output row."""
 
-    def __init__(self, row_type: type, scalars: frozenset[str], strings: frozenset[str]) -> None:
-        self._type = row_type
+    def __init__(self, names: Sequence[str], scalars: frozenset[str],
+                 strings: frozenset[str]) -> None:
+        self._names = tuple(names)
         self._scalars = scalars
         self._strings = strings
 
@@ -159,12 +160,12 @@ class _ToRows(beam.DoFn):
         values = element.as_dict() if hasattr(element, "as_dict") else dict(element)
         try:
             out = {}
-            for name in self._type._fields:
+            for name in self._names:
                 value = values[name]
                 if name in self._strings or name in self._scalars or isinstance(value, np.ndarray):
                     value = _plain(name, value, name in self._scalars)
                 out[name] = value
-            yield self._type(**out)
+            yield beam.Row(**out)
         except Exception as e:  # pylint: disable=broad-except
             yield failure(values, "output", describe(e))
 
@@ -337,10 +338,13 @@ class Prepare(beam.PTransform):
                    for name, t in declared.items()]
         strings = frozenset(n for n, t in declared.items()
                             if (typing.get_args(t) or (None,))[0] is bytes)
-        row_type = NamedTuple("Prepared", [(p, fields[p]) for p in self._passthrough] + columns)
-        coders.registry.register_coder(row_type, coders.RowCoder)
+        # beam.Row, not a NamedTuple made here: rows are pickled downstream (RunInference's
+        # batches), and a class made at run time cannot be.
+        typed = [(p, fields[p]) for p in self._passthrough] + columns
+        row_type = RowTypeConstraint.from_fields(typed)
         out = transformed | "ToRows" >> beam.ParDo(
-            _ToRows(row_type, plan.scalars, strings)).with_outputs(FAILURES, main=PREPARED)
+            _ToRows([n for n, _ in typed], plan.scalars, strings)).with_outputs(
+                FAILURES, main=PREPARED)
         prepared = out[PREPARED]
         prepared.element_type = row_type
         failures = ((fed[FAILURES], out[FAILURES])
