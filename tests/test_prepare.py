@@ -19,6 +19,7 @@ import pytest
 from crossinfer import ConfigurationError, Inference, ModelLoadError, Prepare, _policy
 from crossinfer._repository import Repository
 from tests.conftest import collect, collected
+from tests.test_java_e2e import prism  # noqa: F401 - the fixture
 
 pytest.importorskip("tensorflow_transform", reason="needs the prepare extra (tf.Transform)")
 
@@ -284,3 +285,61 @@ def test_artifact_locations_outside_the_roots_fail_at_build(tmp_path: Path) -> N
         with pytest.raises(ConfigurationError, match="already holds files; each write job "
                            "needs a new directory"):
             _build(ROWS, operations=ops, write_artifact_location=str(trusted / "a"))
+
+
+# --- from Java, on Prism -------------------------------------------------------------------
+
+
+def _java(prism: Any, tmp: Path, name: str, mode: str, art: Path, model: Path, rows: list[Sale],
+          root: Path) -> tuple[list[dict], list[dict]]:
+    from tests._java import EXAMPLES_TEST_CLASSPATH, classpath, run_java
+
+    csv = tmp / f"{name}.csv"
+    csv.write_text("".join(f"{r.id},{r.x!r},{r.color}\n".replace("nan", "NaN") for r in rows))
+    out = tmp / name
+    done = run_java(classpath(EXAMPLES_TEST_CLASSPATH), "io.crossinfer.examples.PrepareThenInfer",
+                    str(out), mode, str(art), str(model), str(csv), str(root), *prism.flags())
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
+    read = lambda kind: [json.loads(l) for l in Path(f"{out}-{kind}.jsonl").read_text()
+                         .splitlines() if l.strip()]
+    return read("output"), read("failures")
+
+
+@pytest.mark.java
+def test_java_prepares_then_infers_on_prism(prism: Any, tmp_path: Path) -> None:
+    """A Java preparation job writes the artifacts (vocabulary and scaling), a Java job reads
+    them and infers in one chain; every prediction equals the Python path's."""
+    from sklearn.linear_model import LogisticRegression
+
+    root = tmp_path / "models"
+    root.mkdir()
+    art, model = root / "prep", root / "m.pkl"
+    rng = np.random.default_rng(5)
+    train = [Sale(i, float(rng.uniform(0, 10)), COLORS[i % 4]) for i in range(40)]
+    prepared, fails = _java(prism, tmp_path, "write", "write", art, model,
+                            train + [Sale(99, float("nan"), "red")], root)
+    assert [json.loads(f["element"])["id"] for f in fails] == [99]
+    assert fails[0]["stage"] == "prepare"
+    prepared = sorted(prepared, key=lambda r: r["id"])
+    assert [r["id"] for r in prepared] == list(range(40))
+    assert {r["color"] for r in prepared} == {0, 1, 2, 3}
+    assert min(r["x"] for r in prepared) == 0.0 and max(r["x"] for r in prepared) == 1.0
+    x = np.array([[r["x"], r["color"]] for r in prepared], dtype=np.float32)
+    fitted = LogisticRegression().fit(x, [int(a > 0.5) ^ int(c == 1) for a, c in x])
+    model.write_bytes(pickle.dumps(fitted))
+
+    later = [Sale(1000 + i, float(rng.uniform(-1, 11)), COLORS[(i * 3) % 4]) for i in range(15)]
+    java_preds, fails = _java(prism, tmp_path, "read", "read", art, model, later, root)
+    assert fails == []
+    with beam.Pipeline() as p:
+        prepared = p | beam.Create(later) | Prepare(read_artifact_location=str(art),
+                                                    passthrough_fields=["id"])
+        result = prepared["prepared"] | Inference(
+            framework="sklearn", model_uri=str(model), feature_fields=["x", "color"],
+            passthrough_fields=["id"])
+        token = collect(result["predictions"], "python")
+    python_preds = {r.id: r for r in collected(token)}
+    assert sorted(r["id"] for r in java_preds) == sorted(python_preds)
+    for r in java_preds:
+        assert r["label"] == python_preds[r["id"]].label
+        assert r["score"] == pytest.approx(python_preds[r["id"]].score, rel=1e-6)
