@@ -172,7 +172,7 @@ def _check_payload_values(payload: external_transforms_pb2.ExternalConfiguration
     constructor = getattr(row, "constructor", None)
     if constructor in _CODE_CONSTRUCTORS:
         raise Rejected(f"constructor {constructor!r} carries Python source code to run; "
-                       f"{_NEVER_RUN}, and expands only {SERVED_CONSTRUCTOR}")
+                       f"{_NEVER_RUN}, and expands only {' and '.join(SERVED_CONSTRUCTORS)}")
     if constructor not in SERVED_CONSTRUCTORS:
         raise Rejected(f"constructor {constructor!r} is not served: this service expands only "
                        f"{' and '.join(SERVED_CONSTRUCTORS)}")
