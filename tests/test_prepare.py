@@ -343,3 +343,48 @@ def test_java_prepares_then_infers_on_prism(prism: Any, tmp_path: Path) -> None:
     for r in java_preds:
         assert r["label"] == python_preds[r["id"]].label
         assert r["score"] == pytest.approx(python_preds[r["id"]].score, rel=1e-6)
+
+
+def test_the_service_serves_prepare_and_keeps_artifacts_in_trusted_roots(tmp_path: Path) -> None:
+    """Through a real expansion service: crossinfer.Prepare expands (write mode, in a trusted
+    root, from the fields its request carries); artifacts outside the roots, or read from a
+    root that is not trusted, are refused when the pipeline is built, naming the fix."""
+    from tests._service_helpers import Service, expansion_request, fqn_payload
+
+    data, trusted, outside = (tmp_path / d for d in ("data", "trusted", "outside"))
+    for d in (data, trusted, outside):
+        d.mkdir()
+    (data / "a").mkdir()
+    (data / "a" / "crossinfer_prepare.json").write_text("{}")
+    service = Service("--port", "0", "--model-root", str(data), "--trusted-model-root",
+                      str(trusted), log_path=tmp_path / "service.log")
+    # Through the service operations travel as JSON text (as the Java library sends them): a
+    # list of dicts of mixed values would be a pickled value, which the service refuses.
+    ops = json.dumps([{"operation": "ScaleTo01", "columns": ["features"]}])
+
+    def expand(**kwargs: Any) -> Any:
+        return service.expand(expansion_request(fqn_payload("crossinfer.Prepare", **kwargs),
+                                                unique_name="Prepare"))
+
+    try:
+        done = expand(operations=ops, write_artifact_location=str(trusted / "a"),
+                      passthrough_fields=["id"])
+        assert done.error == "", done.error
+        assert set(done.transform.outputs) == {"prepared", "failures"}
+        assert (trusted / "a" / "crossinfer_prepare.json").exists()
+        refusals = {
+            "outside": expand(read_artifact_location=str(outside / "a")).error,
+            "untrusted": expand(read_artifact_location=str(data / "a")).error,
+            "write untrusted": expand(operations=ops,
+                                      write_artifact_location=str(data / "b")).error,
+            "unknown": expand(operations='[{"operation": "Scale", "columns": ["features"]}]',
+                              write_artifact_location=str(trusted / "c")).error,
+        }
+    finally:
+        service.stop()
+    assert "not a readable file under this service's model roots" in refusals["outside"]
+    assert "only from a trusted model root" in refusals["untrusted"]
+    assert "not trusted; " in refusals["write untrusted"]
+    assert "write them there" in refusals["write untrusted"]
+    assert "unknown operation 'Scale'; use one of ScaleTo01" in refusals["unknown"]
+    assert not (data / "b").exists()
