@@ -16,8 +16,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 
-from crossinfer import ConfigurationError, Inference, ModelLoadError, Prepare, _policy
-from crossinfer._repository import Repository
+from crossinfer import ConfigurationError, Inference, Prepare
 from tests.conftest import collect, collected
 from tests.test_java_e2e import prism  # noqa: F401 - the fixture
 
@@ -162,44 +161,34 @@ def test_write_and_read_modes_equal_mltransform(tmp_path: Path) -> None:
     _same(ours, _direct(later, [], str(tmp_path / "ours"), write=False), SCALARS)
 
 
-class Maybe(typing.NamedTuple):
+class Sale(typing.NamedTuple):
     id: int
     x: Optional[float]
     color: str
 
 
-def test_bad_rows_are_failures_and_good_rows_stay(tmp_path: Path) -> None:
-    rows = [Maybe(i, float(i), COLORS[i % 4]) for i in range(6)]
-    rows += [Maybe(100, float("nan"), "red"), Maybe(101, None, "red")]
-    ops = [{"operation": "ScaleTo01", "columns": ["x"]},
-           {"operation": "ComputeAndApplyVocabulary", "columns": ["color"]}]
-    ours, fails, _ = _ours(rows, operations=ops, write_artifact_location=str(tmp_path / "a"))
-    assert sorted(r.id for r in ours) == list(range(6))
-    by_x = [r.x for r in sorted(ours, key=lambda r: r.id)]
-    assert by_x == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # NaN not in the range
-    by_id = {json.loads(f.element)["id"]: f for f in fails}
-    assert set(by_id) == {100, 101}
-    assert by_id[100].stage == "prepare" and "'x' is nan" in by_id[100].error
-    assert "'x' is null" in by_id[101].error
-
-
-class Sale(typing.NamedTuple):
-    id: int
-    x: float
-    color: str
-
-
 def test_prepare_then_inference_with_passthrough_and_no_map(tmp_path: Path) -> None:
-    """Read-mode Prepare feeds Inference directly: typed scalar columns as feature_fields and
-    the passthrough id, predictions equal to the model on MLTransform's own output."""
+    """Write mode with bad rows among good ones, then read-mode Prepare feeding Inference
+    directly: typed scalar columns as feature_fields and the passthrough id, predictions equal
+    to the model on MLTransform's own output."""
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(3)
     train = [Sale(i, float(rng.uniform(0, 10)), COLORS[i % 4]) for i in range(40)]
     ops = [{"operation": "ScaleTo01", "columns": ["x"]},
            {"operation": "ComputeAndApplyVocabulary", "columns": ["color"]}]
-    prepared, _, _ = _ours(train, operations=ops, write_artifact_location=str(tmp_path / "a"))
+    # Rows tf.Transform cannot take are failures; the others are prepared as without them.
+    bad = [Sale(100, float("nan"), "red"), Sale(101, None, "red"), Sale(102, float("inf"), "x")]
+    prepared, fails, _ = _ours(train + bad, operations=ops,
+                               write_artifact_location=str(tmp_path / "a"))
+    by_id = {json.loads(f.element)["id"]: f for f in fails}
+    assert set(by_id) == {100, 101, 102} and {f.stage for f in fails} == {"prepare"}
+    assert "'x' is nan" in by_id[100].error and "'x' is null" in by_id[101].error
+    assert "'x' is inf" in by_id[102].error
     prepared = sorted(prepared, key=lambda r: r.id)
+    assert [r.id for r in prepared] == list(range(40))
+    low, high = min(train, key=lambda r: r.x), max(train, key=lambda r: r.x)
+    assert prepared[low.id].x == 0.0 and prepared[high.id].x == 1.0  # NaN, inf not in the range
     features = np.array([[r.x, r.color] for r in prepared], dtype=np.float32)
     labels = [int(r.x > 0.5) ^ int(r.color == 0) for r in prepared]
     model = LogisticRegression().fit(features, labels)
@@ -257,34 +246,6 @@ def test_read_mode_without_artifacts_fails_at_build(tmp_path: Path) -> None:
         _build(ROWS, read_artifact_location=str(tmp_path))
     with pytest.raises(ConfigurationError, match="exactly one of write_artifact_location"):
         _build(ROWS, operations=[{"operation": "ScaleTo01", "columns": ["x"]}])
-
-
-def test_artifact_locations_outside_the_roots_fail_at_build(tmp_path: Path) -> None:
-    """On a service: artifacts only under its roots, and (tf.Transform graphs are code) read
-    only from, and so written only to, a trusted root."""
-    data, trusted, outside = (tmp_path / d for d in ("data", "trusted", "outside"))
-    for d in (data, trusted, outside):
-        d.mkdir()
-    ops = [{"operation": "ScaleTo01", "columns": ["x"]}]
-    with beam.Pipeline() as p:  # artifacts in the trusted root, written without a service
-        _ = p | beam.Create(ROWS * 3) | Prepare(operations=ops,
-                                                write_artifact_location=str(trusted / "a"))
-    (data / "a").mkdir()
-    (data / "a" / "crossinfer_prepare.json").write_text((trusted / "a" / "crossinfer_prepare.json")
-                                                        .read_text())
-    policy = _policy.Policy(repository=Repository([str(data)], [str(trusted)]))
-    with _policy.applied(policy):
-        _build(ROWS, read_artifact_location=str(trusted / "a"))  # admitted
-        with pytest.raises(ModelLoadError, match="not a readable file under this service's "
-                           "model roots"):
-            _build(ROWS, read_artifact_location=str(outside / "a"))
-        with pytest.raises(ModelLoadError, match="only from a trusted model root"):
-            _build(ROWS, read_artifact_location=str(data / "a"))
-        with pytest.raises(ModelLoadError, match="not trusted; .* write them there"):
-            _build(ROWS, operations=ops, write_artifact_location=str(data / "b"))
-        with pytest.raises(ConfigurationError, match="already holds files; each write job "
-                           "needs a new directory"):
-            _build(ROWS, operations=ops, write_artifact_location=str(trusted / "a"))
 
 
 # --- from Java, on Prism -------------------------------------------------------------------
@@ -379,6 +340,7 @@ def test_the_service_serves_prepare_and_keeps_artifacts_in_trusted_roots(tmp_pat
                                       write_artifact_location=str(data / "b")).error,
             "unknown": expand(operations='[{"operation": "Scale", "columns": ["features"]}]',
                               write_artifact_location=str(trusted / "c")).error,
+            "again": expand(operations=ops, write_artifact_location=str(trusted / "a")).error,
         }
     finally:
         service.stop()
@@ -387,4 +349,5 @@ def test_the_service_serves_prepare_and_keeps_artifacts_in_trusted_roots(tmp_pat
     assert "not trusted; " in refusals["write untrusted"]
     assert "write them there" in refusals["write untrusted"]
     assert "unknown operation 'Scale'; use one of ScaleTo01" in refusals["unknown"]
+    assert "already holds files; each write job needs a new directory" in refusals["again"]
     assert not (data / "b").exists()

@@ -16,7 +16,7 @@ import math
 import posixpath
 import typing
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 import apache_beam as beam
 import numpy as np
@@ -185,14 +185,15 @@ class Prepare(beam.PTransform):
     """Beam's MLTransform over schema'd rows, configured with plain values.
 
     ``operations``: a list of dicts, each ``{"operation": NAME, "columns": [...], ARG: value}``
-    (the names and arguments of ``apache_beam.ml.transforms.tft``), applied in order; write
+    (the names and arguments of ``apache_beam.ml.transforms.tft``), applied in order, or that
+    list as JSON text (how it crosses the expansion service); write
     mode (``write_artifact_location``) analyses the rows and saves the artifacts, read mode
     (``read_artifact_location``) applies saved ones. Returns ``{"prepared": ..., "failures":
     ...}``: typed rows (``passthrough_fields`` + every column the operations write) and one
     failure row per input row that could not be prepared.
     """
 
-    def __init__(self, *, operations: Optional[list[dict[str, Any]]] = None,
+    def __init__(self, *, operations: Optional[Union[list[dict[str, Any]], str]] = None,
                  write_artifact_location: Optional[str] = None,
                  read_artifact_location: Optional[str] = None,
                  passthrough_fields: Optional[list[str]] = None,

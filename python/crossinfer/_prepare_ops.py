@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 from crossinfer._errors import ConfigurationError
+from crossinfer._schemas import is_array_type
 
 NUMBER, STRING, IDS = "number", "string", "integer ids"
 
@@ -176,11 +180,6 @@ def parse(operations: Any, argument: str = "operations") -> list[Step]:
 
 def kind_of(field_type: Any) -> tuple[Optional[str], bool]:
     """(NUMBER/STRING/None, is a list) of a Beam field type."""
-    from crossinfer._schemas import is_array_type
-    import typing
-
-    import numpy as np
-
     t = field_type
     args = [a for a in typing.get_args(t) if a is not type(None)]
     if typing.get_origin(t) is typing.Union and len(args) == 1:
