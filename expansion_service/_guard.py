@@ -30,6 +30,11 @@ from expansion_service import _encoding, _limits, _options
 
 SERVED_URN = "beam:transforms:python:fully_qualified_named"
 SERVED_CONSTRUCTOR = "crossinfer.Inference"
+# Every constructor served: Inference, and Prepare (Beam's MLTransform with plain values).
+SERVED_CONSTRUCTORS = (SERVED_CONSTRUCTOR, "crossinfer.Prepare")
+# The same two names as one glob, for Beam's own filter (fnmatch has no alternation; the
+# check above is exact).
+SERVED_GLOB = "crossinfer.[IP][nr][fe][ep][ra][er]*"
 
 _PYTHON_CALLABLE_URN = common_urns.python_callable.urn
 _CODE_CONSTRUCTORS = ("__callable__", "__constructor__")
@@ -167,15 +172,15 @@ def _check_payload_values(payload: external_transforms_pb2.ExternalConfiguration
     constructor = getattr(row, "constructor", None)
     if constructor in _CODE_CONSTRUCTORS:
         raise Rejected(f"constructor {constructor!r} carries Python source code to run; "
-                       f"{_NEVER_RUN}, and expands only {SERVED_CONSTRUCTOR}")
-    if constructor != SERVED_CONSTRUCTOR:
+                       f"{_NEVER_RUN}, and expands only {' and '.join(SERVED_CONSTRUCTORS)}")
+    if constructor not in SERVED_CONSTRUCTORS:
         raise Rejected(f"constructor {constructor!r} is not served: this service expands only "
-                       f"{SERVED_CONSTRUCTOR}")
+                       f"{' and '.join(SERVED_CONSTRUCTORS)}")
     _limits.check_values(getattr(row, "kwargs", None))
     args = tuple(getattr(row, "args", None) or ())
     if args:
         raise Rejected(f"positional arguments are not accepted ({len(args)} given): "
-                       f"{SERVED_CONSTRUCTOR} takes keyword arguments only")
+                       f"{constructor} takes keyword arguments only")
     return constructor
 
 

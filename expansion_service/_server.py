@@ -214,8 +214,8 @@ def serve(config: ServiceConfig) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
-    # Beam's own second layer: its FullyQualifiedNamedTransform resolves this one name only.
-    with FullyQualifiedNamedTransform.with_filter(_guard.SERVED_CONSTRUCTOR):
+    # Beam's own second layer: its FullyQualifiedNamedTransform resolves these names only.
+    with FullyQualifiedNamedTransform.with_filter(_guard.SERVED_GLOB):
         _registry.settle()
         if pool_server is not None:
             pool_server.start()

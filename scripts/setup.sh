@@ -6,11 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-echo "== Python packages (apache-beam[gcp]==2.77.0, torch, scikit-learn, onnxruntime, tensorflow, xgboost, crossinfer)"
-# The tensorflow and xgboost extras add about 1.4 GB and a minute; the tests of those
+echo "== Python packages (apache-beam[gcp]==2.77.0, torch, scikit-learn, onnxruntime, tensorflow, xgboost, tensorflow-transform, crossinfer)"
+# The tensorflow, xgboost and prepare extras add about 1.4 GB and a minute; the tests of those
 # frameworks are skipped where they are not installed.
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-  -e ".[test,bench,tensorflow,xgboost]"
+  -e ".[test,bench,tensorflow,xgboost,prepare]"
 
 # Prism of the installed apache-beam: $CROSSINFER_PRISM or a `prism` on PATH if it is that
 # version, else a build kept in ~/.cache/crossinfer/prism/v<version>/, else built there from

@@ -15,10 +15,10 @@ import pytest
 from tests import models
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Any:
-    """TensorFlow's tests import TensorFlow when collected, and TensorFlow and torch's
+    """TensorFlow's tests (and Prepare's: tf.Transform) import TensorFlow when collected, and TensorFlow and torch's
     compiler cannot share a process (the other tests train torch models): they are collected
     only when named or selected with ``-m tensorflow`` (scripts/test.sh runs them apart)."""
-    if collection_path.name != "test_tensorflow.py":
+    if collection_path.name not in ("test_tensorflow.py", "test_prepare.py"):
         return None
     named = any(Path(str(a).split("::")[0]).name == collection_path.name for a in config.args)
     # `-m tensorflow`, or `-m "tensorflow and …"` (scripts/test.sh --quick)

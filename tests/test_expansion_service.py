@@ -192,6 +192,9 @@ def test_a_port_in_use_fails_naming_it():
 @pytest.mark.parametrize("constructor, args, kwargs, says", [
     ("os.system", ("touch {marker}",), {}, "not served"),
     ("crossinfer.os.system", ("touch {marker}",), {}, "not served"),
+    # Names of crossinfer's package beside the two served transforms, and near misses.
+    ("crossinfer.InputError", (), {}, "not served"),
+    ("crossinfer.Prepared", (), {}, "not served"),
     ("subprocess.call", (), {"args": "touch {marker}", "shell": True}, "not served"),
     ("__callable__", (), {"source": "import pathlib\npathlib.Path({marker!r}).touch()\n"
                                     "lambda pcoll: pcoll"}, "source code"),
@@ -204,7 +207,7 @@ def test_rejects_every_other_constructor(service, marker, constructor, args, kwa
                           **{k: fill(v) for k, v in kwargs.items()})
     error = _rejected(service.expand(expansion_request(payload)))
     assert repr(constructor) in error and says in error
-    assert "crossinfer.Inference" in error
+    assert "crossinfer.Inference" in error and "crossinfer.Prepare" in error
     assert not marker.exists()
 
 

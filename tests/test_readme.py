@@ -36,7 +36,7 @@ def first(tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_readme_has_the_examples_this_file_runs():
-    assert len(EXAMPLES) == 3, "a Python example was added to README: run it here too"
+    assert len(EXAMPLES) == 4, "a Python example was added to README: run it here too"
 
 
 def test_the_first_example_prints_a_prediction_and_a_failure(first):
@@ -66,3 +66,18 @@ def test_the_prism_example_predicts_on_prism(first):
     assert len(predictions) == 1, out
     assert re.fullmatch(r"Prediction\(id=1, label=0, score=0\.82\d*, model_id='model\.pkl'\)",
                         predictions[0]), predictions
+
+
+def test_the_data_preparation_example_prepares_then_predicts(tmp_path):
+    """Prepare (write mode), then Prepare (read mode) straight into Inference; the NaN row is
+    a failure. Its own directory: it writes the artifacts and model it reads."""
+    out = _run(tmp_path, 3).splitlines()
+    assert sorted(l for l in out if l.startswith("Row(")) == [
+        "Row(id=1, amount=0.0, color=0)", "Row(id=2, amount=0.7727272510528564, color=2)",
+        "Row(id=3, amount=0.375, color=0)", "Row(id=4, amount=1.0, color=1)"], out
+    [prediction] = [l for l in out if l.startswith("Prediction(")]
+    assert re.fullmatch(r"Prediction\(id=5, label=1, score=0\.7\d*, model_id='sales\.pkl'\)",
+                        prediction), prediction
+    [failure] = [l for l in out if l.startswith("Failure(")]
+    assert failure.startswith("Failure(element='{\"id\": 6, \"amount\": \"nan\"") and \
+        "stage='prepare'" in failure and "field 'amount' is nan" in failure, failure

@@ -13,6 +13,7 @@ from crossinfer._schemas import Failure
 __all__ = [
     "Failure",
     "Inference",
+    "Prepare",
     "CallableNotAllowedError",
     "ConfigurationError",
     "CrossinferError",
@@ -38,4 +39,8 @@ def __getattr__(name: str):
         from crossinfer._transform import Inference
 
         return Inference
+    if name == "Prepare":
+        from crossinfer._prepare import Prepare
+
+        return Prepare
     raise AttributeError(f"module 'crossinfer' has no attribute {name!r}")
