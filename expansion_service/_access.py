@@ -264,10 +264,17 @@ class Access(grpc.ServerInterceptor):
         return handler
 
 
-def server_credentials(cert_path: str, key_path: str) -> grpc.ServerCredentials:
-    """TLS credentials from PEM files (the key readable by its owner only)."""
+def read_tls(cert_path: str, key_path: str) -> tuple[bytes, bytes]:
+    """The TLS key and certificate chain from PEM files (the key readable by its owner only).
+    Turned into credentials only later (``server_credentials``): making them starts gRPC's
+    threads, and the inspectors' zygote must be forked before any thread runs."""
     info = os.stat(key_path)
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ValueError(f"{key_path} can be read by other users; chmod 600 it")
     with open(key_path, "rb") as k, open(cert_path, "rb") as c:
-        return grpc.ssl_server_credentials([(k.read(), c.read())])
+        return k.read(), c.read()
+
+
+def server_credentials(pem: tuple[bytes, bytes]) -> grpc.ServerCredentials:
+    """TLS credentials from what ``read_tls`` read."""
+    return grpc.ssl_server_credentials([pem])

@@ -95,8 +95,7 @@ def serve(config: ServiceConfig) -> int:
         access = _access.Access(
             mode="token" if config.token_file else "anyone" if config.any_client else "owner",
             tokens=_access.read_tokens(config.token_file) if config.token_file else ())
-        credentials = (_access.server_credentials(config.tls_cert, config.tls_key)
-                       if config.tls_cert else None)
+        tls = _access.read_tls(config.tls_cert, config.tls_key) if config.tls_cert else None
     except (OSError, ValueError) as e:
         print(f"crossinfer-expansion-service: {e}", file=sys.stderr)
         return 2
@@ -132,6 +131,7 @@ def serve(config: ServiceConfig) -> int:
     except ConfigurationError as e:  # a fence the kernel refuses (and no --allow-weak-sandbox)
         print(f"crossinfer-expansion-service: {e}", file=sys.stderr)
         return 2
+    credentials = _access.server_credentials(tls) if tls is not None else None  # threads now
     # grpc's default SO_REUSEPORT would let a second service share a fixed port silently.
     # Expansions take at most _EXPANSIONS threads; the rest stay free for health and artifacts.
     from expansion_service._limits import MAX_REQUEST_BYTES

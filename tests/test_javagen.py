@@ -89,13 +89,17 @@ def test_every_one_value_argument_has_a_generated_setter():
         assert f'"{rule.other.name}"' in rules and rule.why.replace('"', '\\"') in rules
 
 
-def test_cross_inference_is_the_one_public_class_and_extends_ptransform():
-    public = [p.name for p in PACKAGE.glob("*.java")
-              if re.search(r"^public .*\b(class|interface|enum)\b", p.read_text(), re.M)]
-    assert public == ["CrossInference.java"]
+def test_each_transform_is_one_public_class_that_extends_ptransform():
+    """The public classes are the transforms, one class each (Beam's style): CrossInference and
+    CrossPrepare, each a PTransform itself, with no generated superclass in between."""
+    public = sorted(p.name for p in PACKAGE.glob("*.java")
+                    if re.search(r"^public .*\b(class|interface|enum)\b", p.read_text(), re.M))
+    assert public == ["CrossInference.java", "CrossPrepare.java"]
+    for name in public:
+        declared = re.search(rf"^public final class {name[:-5]}\s+extends (\w+)<",
+                             (PACKAGE / name).read_text(), re.M)
+        assert declared and declared.group(1) == "PTransform", name
     source = (PACKAGE / "CrossInference.java").read_text()
-    declared = re.search(r"^public final class CrossInference\s+extends (\w+)<", source, re.M)
-    assert declared and declared.group(1) == "PTransform"
     # every Java method the table names is declared in CrossInference.java itself
     for a in ARGUMENTS:
         for method in a.java.split("|"):

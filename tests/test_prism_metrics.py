@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from crossinfer import _prism
 from expansion_service import _short_ids
 
@@ -29,6 +31,7 @@ def test_short_ids_are_prefixed_and_resolve_back():
     assert sdk_worker.SHORT_ID_CACHE.get_infos([sid])[sid].urn == info.urn
 
 
+@pytest.mark.prism
 def test_two_worker_processes_reporting_different_metrics_pass_on_prism():
     # Stage A reports 20 distributions, stage B 20 counters, each in its own worker process.
     out = subprocess.run([sys.executable, REPRO, str(_prism.locate()), "2", "--prefixed"],

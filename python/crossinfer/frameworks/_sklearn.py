@@ -36,10 +36,16 @@ class _Handler(SklearnModelHandlerNumpy):
                  **kwargs: Any) -> None:
         super().__init__(model_uri, file_type, **kwargs)
         self._policy = policy
+        self._uri, self._file_type = model_uri, file_type  # (Beam's own copies are private)
+
+    def update_model_path(self, model_path: Optional[str] = None) -> None:
+        super().update_model_path(model_path)
+        if model_path:
+            self._uri = model_path
 
     def load_model(self) -> Any:
-        data = io.BytesIO(self._policy.read(self._model_uri))
-        if self._model_file_type == ModelFileType.JOBLIB:
+        data = io.BytesIO(self._policy.read(self._uri))
+        if self._file_type == ModelFileType.JOBLIB:
             import joblib
 
             return joblib.load(data)

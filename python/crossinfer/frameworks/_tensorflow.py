@@ -1,7 +1,7 @@
 """TensorFlow: Beam's TFModelHandlerNumpy, fed one stacked array per batch.
 
 Two formats: a Keras file (``.keras``, or legacy ``.h5``), loaded with
-``tf.keras.models.load_model`` (Keras's ``safe_mode``, not compiled; ``load_model_args`` may
+Keras 3's ``keras.models.load_model`` (Keras's ``safe_mode``, not compiled; ``load_model_args`` may
 change both), and a SavedModel directory, called through its ``serving_default`` signature
 (Keras 3 no longer loads those). Either is loaded from a private copy the core made through the
 model repository's descriptors: this module never opens the name it was given. Several outputs
@@ -77,7 +77,12 @@ def _load(path: str, load_args: Mapping[str, Any]) -> Any:
     pipeline's own name (a directory: a SavedModel)."""
     if tf.saved_model.contains_saved_model(path):
         return _SavedModel(path)
-    return tf.keras.models.load_model(path, **{**_KERAS_ARGS, **load_args})
+    # Keras 3 by name, not tf.keras: a process that imported tf.Transform (crossinfer.Prepare)
+    # has TF_USE_LEGACY_KERAS=1, which turns tf.keras into Keras 2, and Keras 2 cannot read a
+    # Keras 3 file (Keras 3 still reads legacy .h5 files).
+    import keras
+
+    return keras.models.load_model(path, **{**_KERAS_ARGS, **load_args})
 
 
 class _Handler(TFModelHandlerNumpy):
