@@ -18,13 +18,12 @@ import secrets
 import threading
 from typing import Iterable
 
-from apache_beam.runners.worker import sdk_worker
+from crossinfer import _beam
 
 _LOCK = threading.Lock()
 
-
-# Beam internals (read from 2.77): the cache class and the module global its harness reads.
-_BASE = getattr(sdk_worker, "ShortIdCache", object)
+# Beam's cache class (an internal: crossinfer/_beam.py), or object on a Beam without it.
+_BASE = _beam.short_id_cache_class() or object
 
 
 class ProcessShortIds(_BASE):  # type: ignore[misc,valid-type]
@@ -47,16 +46,14 @@ class ProcessShortIds(_BASE):  # type: ignore[misc,valid-type]
 
 def install() -> str:
     """Makes this process's SDK workers report prefixed short ids; returns the prefix."""
-    if _BASE is object or not hasattr(sdk_worker, "SHORT_ID_CACHE"):
+    if _BASE is object:
         # Another Beam: nothing to prefix here; Prism may then mix two processes' metrics.
         logging.getLogger("expansion_service").warning(
             "this Beam has no sdk_worker.SHORT_ID_CACHE: metric short ids are not prefixed")
         return ""
     with _LOCK:
-        cache = sdk_worker.SHORT_ID_CACHE
-        if not isinstance(cache, ProcessShortIds):
-            # Beam's harness looks the module global up at each report, so replacing it is
-            # enough; ids handed out before (none in a fresh service) stay unprefixed.
-            cache = ProcessShortIds(f"ci{os.getpid():x}{secrets.token_hex(3)}-")
-            sdk_worker.SHORT_ID_CACHE = cache
+        # Ids handed out before (none in a fresh service) stay unprefixed.
+        cache = _beam.replace_short_id_cache(
+            lambda current: current if isinstance(current, ProcessShortIds)
+            else ProcessShortIds(f"ci{os.getpid():x}{secrets.token_hex(3)}-"))
         return cache.prefix

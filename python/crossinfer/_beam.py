@@ -122,3 +122,26 @@ def wrapped_handler(handler: Any) -> Optional[Any]:
     inside decides how a custom handler's inputs are converted (tensors for PyTorch's).
     """
     return getattr(handler, "_base", None)
+
+
+def short_id_cache_class() -> Optional[type]:
+    """Beam's per-process cache of metric short ids (``sdk_worker.ShortIdCache``), or None on
+    a Beam without it. Not published: the SDK harness numbers ids per process, and Prism keeps
+    one map per job (``expansion_service/_short_ids.py`` says why that matters); no public
+    hook lets a process choose its ids."""
+    from apache_beam.runners.worker import sdk_worker
+
+    if not hasattr(sdk_worker, "SHORT_ID_CACHE"):
+        return None
+    return getattr(sdk_worker, "ShortIdCache", None)
+
+
+def replace_short_id_cache(make: Any) -> Any:
+    """Sets this process's short-id cache to ``make(current)`` unless ``make`` returns the
+    current one; returns the cache in force. Beam's harness reads the module global at each
+    report, so replacing it is enough."""
+    from apache_beam.runners.worker import sdk_worker
+
+    cache = make(sdk_worker.SHORT_ID_CACHE)
+    sdk_worker.SHORT_ID_CACHE = cache
+    return cache
