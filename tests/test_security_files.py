@@ -316,3 +316,19 @@ def test_errors_never_show_the_directory_behind_a_root_link(tmp_path):
                                       model_uri=str(link / "data" / "ok.onnx"))).error == ""
     finally:
         svc.stop()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="inspectors run as nobody only when the service "
+                    "runs as root")
+def test_a_file_only_root_can_read_is_refused_naming_the_fix(channel, place):
+    """As root the inspectors run as nobody: a model file only root can read cannot be opened
+    there, and the refusal says so and what to do (not "not readable by the service")."""
+    private = place / "roots" / "trusted" / "private.pkl"
+    write_sklearn_model(private)
+    os.chmod(private, 0o600)
+    response = expand(channel, request(model_uri=str(private)))
+    assert response.error.startswith("ModelLoadError"), response.error
+    assert "'nobody'" in response.error and "chmod o+r" in response.error, response.error
+    os.chmod(private, 0o644)  # readable by others: it now loads
+    assert expand(channel, request(model_uri=str(private),
+                                   max_batch_size=4097)).error == ""

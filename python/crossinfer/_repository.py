@@ -307,7 +307,11 @@ def _refusal(error: OSError, where: str, rel: str) -> str:
         return (f"{where}: {rel} in its model root goes through a symbolic link or a "
                 "non-directory; the repository follows no links")
     if error.errno in (errno.EACCES, errno.EPERM):
-        return f"{where}: {rel} in its model root is not readable by the service"
+        # Inspectors of a service running as root run as nobody (crossinfer/_sandbox/fences.py).
+        return (f"{where}: {rel} in its model root is not readable by the service or by its "
+                "model inspectors, which run as the unprivileged user 'nobody' when the "
+                "service runs as root: make it readable by others (chmod o+r, and o+x on its "
+                "directories), or run the service as the files' owner")
     code = errno.errorcode.get(error.errno, "error")
     return f"{where}: {rel} in its model root cannot be opened ({code})"
 
