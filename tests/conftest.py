@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.path.name
         if module in SLOW_MODULES or f"{module}::{item.originalname}" in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temp_dirs_others_can_read(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """As root, the expansion service's model inspectors run as nobody, so a model root must
+    be readable by others (README: the service as root). pytest makes each temporary directory
+    0700: open the ones the tests make to others, as a user's model directory would be."""
+    if os.getuid() == 0:
+        make = tmp_path_factory.mktemp
+
+        def mktemp(basename: str, numbered: bool = True) -> Path:
+            path = make(basename, numbered)
+            path.chmod(0o755)
+            return path
+
+        tmp_path_factory.mktemp = mktemp  # type: ignore[method-assign]
+    yield
 
 
 _collected: dict[str, list[Any]] = {}
