@@ -156,19 +156,26 @@ class FileCreator:
         return (open, (self.path, "w"))
 
 
-def pickled_coder(path: Path):
-    """A ``beam:coder:pickled_python:v1`` coder, as Beam writes one, that creates ``path``."""
+def _armed(what):
+    """``what``, or for a path the object whose unpickling creates it."""
+    return FileCreator(what) if isinstance(what, (str, Path)) else what
+
+
+def pickled_coder(path):
+    """A ``beam:coder:pickled_python:v1`` coder, as Beam writes one, that creates ``path`` (or
+    that unpickles the object ``path``)."""
     from apache_beam.coders.coders import serialize_coder
     from apache_beam.portability.api import beam_runner_api_pb2
     from google.protobuf import wrappers_pb2
 
-    payload = wrappers_pb2.BytesValue(value=serialize_coder(FileCreator(path)))
+    payload = wrappers_pb2.BytesValue(value=serialize_coder(_armed(path)))
     return beam_runner_api_pb2.Coder(spec=beam_runner_api_pb2.FunctionSpec(
         urn="beam:coder:pickled_python:v1", payload=payload.SerializeToString()))
 
 
-def pickled_window_fn(path: Path):
-    """A ``beam:window_fn:pickled_python:v1`` spec, as Beam writes one, that creates ``path``."""
+def pickled_window_fn(path):
+    """A ``beam:window_fn:pickled_python:v1`` spec, as Beam writes one, that creates ``path``
+    (or that unpickles the object ``path``)."""
     from apache_beam.portability.api import beam_runner_api_pb2
     from google.protobuf import wrappers_pb2
 
@@ -177,11 +184,12 @@ def pickled_window_fn(path: Path):
         urn="beam:window_fn:pickled_python:v1", payload=payload.SerializeToString())
 
 
-def pickled_bytes(path: Path) -> bytes:
-    """Beam's pickler output (what ``pickler.loads`` reads) that creates ``path``."""
+def pickled_bytes(path) -> bytes:
+    """Beam's pickler output (what ``pickler.loads`` reads) that creates ``path`` (or that
+    unpickles the object ``path``)."""
     from apache_beam.internal import pickler
 
-    return pickler.dumps(FileCreator(path))
+    return pickler.dumps(_armed(path))
 
 
 def expand_with_stock_beam(request) -> None:

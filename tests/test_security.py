@@ -1,9 +1,10 @@
 """The expansion service as an attacker sees it: a real service process, hostile requests.
 
 Every attempt below would run code, read a file, hang or exhaust the service if a defence were
-missing. Each checks that no code ran (its marker file never appears), that the service did
-not crash, and (after every test) that health still answers. The heavier checks (fuzzing,
-concurrency, memory, denial of service, SIGTERM) print their figures.
+missing. Each checks that no code ran (``Code.ran``: no marker file from the service process, no
+token in the service log from an inspector; positive controls show both can see code that does
+run), that the service did not crash, and (after every test) that health still answers. The
+heavier checks (fuzzing, concurrency, memory, denial of service, SIGTERM) print their figures.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from apache_beam.portability.api import (
     schema_pb2,
 )
 
+from tests._security_helpers import code_pickle
 from tests._service_helpers import (
-    FileCreator,
     expansion_request,
     fqn_payload,
     pickled_bytes,
@@ -43,8 +44,8 @@ from tests._service_helpers import (
     pickled_window_fn,
 )
 from tests._security_base import (  # noqa: F401 - fixtures
-    EXPAND, PROBE, _callable_type, _code, _nested_payload, _rss_kib, channel, expand, healthy,
-    inference, marker, place, refused, service, still_serving)
+    EXPAND, PROBE, Code, _callable_type, _nested_payload, _rss_kib, channel, check_the_checks,
+    code, expand, healthy, inference, place, refused, service, still_serving)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -55,26 +56,33 @@ def test_a_good_request_expands(channel, place):
     assert set(response.transform.outputs) == {"predictions", "failures"}
 
 
+def test_the_checks_see_code_that_runs(channel, service, place):
+    # Positive controls: without them a "no code ran" check below could pass whether or not
+    # code ran (a marker file from an inspector never appears).
+    check_the_checks(channel, service, place)
+
+
 # --- constructors and URNs ------------------------------------------------------------------
 
 @pytest.mark.parametrize("constructor, args, kwargs", [
-    ("os.system", ("touch {m}",), {}),
-    ("subprocess.call", (), {"args": "touch {m}", "shell": True}),
-    ("builtins.exec", ("open({m!r}, 'w')",), {}),
-    ("crossinfer.os.system", ("touch {m}",), {}),
+    ("os.system", ("{shell}",), {}),
+    ("subprocess.call", (), {"args": "{shell}", "shell": True}),
+    ("builtins.exec", ("{source}",), {}),
+    ("crossinfer.os.system", ("{shell}",), {}),
     ("crossinfer.Inference.__init__", (), {}),
     ("crossinfer._callables.resolve", ("os:system", "x"), {}),
     ("apache_beam.Map", (), {}),
-    ("__callable__", (), {"source": "open({m!r}, 'w')\nlambda pcoll: pcoll"}),
-    ("__constructor__", (), {"source": "open({m!r}, 'w')\nlambda: None"}),
+    ("__callable__", (), {"source": "{source}lambda pcoll: pcoll"}),
+    ("__constructor__", (), {"source": "{source}lambda: None"}),
     ("crossinfer.Inference ", (), {}),
 ])
-def test_other_constructors(channel, marker, constructor, args, kwargs):
-    fill = lambda v: v.format(m=str(marker)) if isinstance(v, str) else v  # noqa: E731
+def test_other_constructors(channel, service, code, constructor, args, kwargs):
+    fill = lambda v: v.replace("{shell}", code.shell).replace(  # noqa: E731
+        "{source}", code.source) if isinstance(v, str) else v
     payload = fqn_payload(constructor, tuple(fill(a) for a in args),
                           **{k: fill(v) for k, v in kwargs.items()})
     refused(expand(channel, expansion_request(payload)), "Rejected")
-    assert not marker.exists()
+    assert not code.ran(service)
 
 
 @pytest.mark.parametrize("urn", [
@@ -84,9 +92,10 @@ def test_other_constructors(channel, marker, constructor, args, kwargs):
     "beam:transform:org.apache.beam:javasdk:v1",
     "",
 ])
-def test_other_urns(channel, marker, urn):
-    refused(expand(channel, expansion_request(pickled_bytes(marker), urn=urn)), "not served")
-    assert not marker.exists()
+def test_other_urns(channel, service, code, urn):
+    refused(expand(channel, expansion_request(pickled_bytes(code.pickled()), urn=urn)),
+            "not served")
+    assert not code.ran(service)
 
 
 # --- code and pickles inside the request -------------------------------------------------
@@ -105,31 +114,31 @@ def _retype(payload: bytes, path: list[str], field_type) -> bytes:
 
 
 
-def _callable_kwarg(place, marker):
+def _callable_kwarg(place, code):
     return expansion_request(_retype(inference(
-        model_uri=str(place / "roots/trusted/model.pkl"), preprocess=_code(marker),
+        model_uri=str(place / "roots/trusted/model.pkl"), preprocess=code.callable_source,
         feature_field=None), ["kwargs", "preprocess"], _callable_type()))
 
 
-def _callable_nested(place, marker):
+def _callable_nested(place, code):
     payload = inference(model_uri=str(place / "roots/trusted/model.pkl"),
-                        model_params={"hook": _code(marker)})
+                        model_params={"hook": code.callable_source})
     return expansion_request(_retype(payload, ["kwargs", "model_params"], schema_pb2.FieldType(
         map_type=schema_pb2.MapType(key_type=schema_pb2.FieldType(atomic_type=schema_pb2.STRING),
                                     value_type=_callable_type()))))
 
 
-def _pickled_kwarg(place, marker):
+def _pickled_kwarg(place, code):
     return expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl"),
-                                       extra=FileCreator(marker)))
+                                       extra=code.pickled()))
 
 
-def _pickled_in_list(place, marker):
+def _pickled_in_list(place, code):
     return expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl"),
-                                       passthrough_fields=[FileCreator(marker)]))
+                                       passthrough_fields=[code.pickled()]))
 
 
-def _callable_in_input_schema(place, marker):
+def _callable_in_input_schema(place, code):
     request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
     coder_id = request.components.pcollections["input_pc"].coder_id
     schema = schema_pb2.Schema.FromString(request.components.coders[coder_id].spec.payload)
@@ -138,23 +147,23 @@ def _callable_in_input_schema(place, marker):
     return request
 
 
-def _callable_schema_option(place, marker):
+def _callable_schema_option(place, code):
     message = external_transforms_pb2.ExternalConfigurationPayload.FromString(
         inference(model_uri=str(place / "roots/trusted/model.pkl")))
     message.schema.options.append(schema_pb2.Option(name="x", type=_callable_type()))
     return expansion_request(message.SerializeToString())
 
 
-def _pickled_input_coder(place, marker):
+def _pickled_input_coder(place, code):
     request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
-    request.components.coders["evil"].CopyFrom(pickled_coder(marker))
+    request.components.coders["evil"].CopyFrom(pickled_coder(code.pickled()))
     request.components.pcollections["input_pc"].coder_id = "evil"
     return request
 
 
-def _pickled_component_coder(place, marker):
+def _pickled_component_coder(place, code):
     request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
-    request.components.coders["evil"].CopyFrom(pickled_coder(marker))
+    request.components.coders["evil"].CopyFrom(pickled_coder(code.pickled()))
     request.components.coders["kv"].CopyFrom(beam_runner_api_pb2.Coder(
         spec=beam_runner_api_pb2.FunctionSpec(urn=common_urns.coders.KV.urn),
         component_coder_ids=["evil", "evil"]))
@@ -162,39 +171,39 @@ def _pickled_component_coder(place, marker):
     return request
 
 
-def _pickled_coder_id(place, marker):
+def _pickled_coder_id(place, code):
     request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
-    request.components.pcollections["input_pc"].coder_id = pickled_bytes(marker).decode()
+    request.components.pcollections["input_pc"].coder_id = pickled_bytes(code.pickled()).decode()
     return request
 
 
-def _pickled_window_fn(place, marker):
+def _pickled_window_fn(place, code):
     request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
     for ws in request.components.windowing_strategies.values():
-        ws.window_fn.CopyFrom(pickled_window_fn(marker))
+        ws.window_fn.CopyFrom(pickled_window_fn(code.pickled()))
     return request
 
 
-def _pickled_producer(place, marker):
+def _pickled_producer(place, code):
     request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
     request.components.transforms["impulse_input"].spec.CopyFrom(beam_runner_api_pb2.FunctionSpec(
-        urn="beam:transform:pickled_python:v1", payload=pickled_bytes(marker)))
+        urn="beam:transform:pickled_python:v1", payload=pickled_bytes(code.pickled())))
     return request
 
 
-def _pickled_output_coder_id(place, marker):
+def _pickled_output_coder_id(place, code):
     request = expansion_request(inference(model_uri=str(place / "roots/trusted/model.pkl")))
-    request.output_coder_requests["0"] = pickled_bytes(marker).decode()
+    request.output_coder_requests["0"] = pickled_bytes(code.pickled()).decode()
     return request
 
 
-def _pickled_option(place, marker):
+def _pickled_option(place, code):
     import base64
 
     return expansion_request(
         inference(model_uri=str(place / "roots/trusted/model.pkl")),
         pipeline_options={"on_success_matcher": base64.b64encode(
-            pickle.dumps(FileCreator(marker))).decode(),
+            pickle.dumps(code.pickled())).decode(),
             "pickle_library": "dill", "environment_type": "DOCKER"})
 
 
@@ -204,11 +213,11 @@ def _pickled_option(place, marker):
     _pickled_component_coder, _pickled_coder_id, _pickled_window_fn, _pickled_producer,
     _pickled_output_coder_id, _pickled_option,
 ])
-def test_code_in_the_request_never_runs(channel, place, marker, build):
-    response = expand(channel, build(place, marker))
+def test_code_in_the_request_never_runs(channel, service, place, code, build):
+    response = expand(channel, build(place, code))
     if build is not _pickled_option:  # options are filtered, the expansion goes on
         refused(response)
-    assert not marker.exists()
+    assert not code.ran(service)
 
 
 def _coder_cycle(place):
@@ -307,36 +316,37 @@ def test_callables_outside_the_allowlist(channel, place, argument, name):
 
 # --- model files and URIs ---------------------------------------------------------------------
 
-def _code_pickle(path: Path, marker: Path) -> Path:
+def _code_pickle(path: Path, code: Code) -> Path:
+    """A model file (a real estimator) whose loading runs ``code``: if it is ever opened, it is
+    in an inspector, where only ``code.ran``'s log token can tell."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(FileCreator(marker)))
-    return path
+    return code_pickle(path, code.source)
 
 
 @pytest.mark.parametrize("framework, name", [
     ("sklearn", "evil.pkl"), ("sklearn", "evil.joblib"), ("pytorch", "evil.pt"),
     ("custom", "evil.bin"),
 ])
-def test_code_formats_outside_trusted_roots(channel, place, marker, framework, name):
-    path = _code_pickle(place / "roots" / "data" / name, marker)
+def test_code_formats_outside_trusted_roots(channel, service, place, code, framework, name):
+    path = _code_pickle(place / "roots" / "data" / name, code)
     kwargs = dict(framework=framework, model_uri=str(path))
     if framework == "custom":
         kwargs.update(handler=f"{PROBE}.features:features")
     error = refused(expand(channel, expansion_request(inference(**kwargs))))
     assert "trusted model root" in error or "CallableNotAllowed" in error
-    assert not marker.exists()
+    assert not code.ran(service)
 
 
-def _uri_cases(place: Path, marker: Path) -> dict[str, str]:
+def _uri_cases(place: Path, code: Code) -> dict[str, str]:
     data = place / "roots" / "data"
-    outside = _code_pickle(place / "outside" / f"{marker.name}.pkl", marker)
-    escape = data / f"link-{marker.name}.pkl"
+    outside = _code_pickle(place / "outside" / f"{code.id}.pkl", code)
+    escape = data / f"link-{code.id}.pkl"
     escape.symlink_to(outside)
-    to_stdout = data / f"stdout-{marker.name}"
+    to_stdout = data / f"stdout-{code.id}"
     to_stdout.symlink_to("/proc/self/fd/1")
-    fifo = data / f"fifo-{marker.name}"
+    fifo = data / f"fifo-{code.id}"
     os.mkfifo(fifo)
-    sock_path = data / f"s-{marker.name[:8]}"
+    sock_path = data / f"s-{code.id[:8]}"
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(sock_path))
     sock.close()
@@ -370,8 +380,8 @@ URI_CASES = [
 
 @pytest.mark.parametrize("case", URI_CASES)
 @pytest.mark.parametrize("framework", ["onnx", "sklearn"])
-def test_uris_outside_the_repository(channel, place, marker, case, framework):
-    uri = _uri_cases(place, marker)[case]
+def test_uris_outside_the_repository(channel, service, place, code, case, framework):
+    uri = _uri_cases(place, code)[case]
     # Refused by the model repository's check, naming model_uri: not a timeout (a fifo or
     # device opened for reading would block until the request's deadline), not another error.
     error = refused(expand(channel, expansion_request(inference(framework=framework,
@@ -379,16 +389,16 @@ def test_uris_outside_the_repository(channel, place, marker, case, framework):
     assert error.startswith("ModelLoadError: model_uri="), error
     assert "Linux version" not in error and "PATH=" not in error  # no file contents
     assert str(place / "roots") not in error.replace(repr(uri)[1:-1], "")  # no service paths
-    assert not marker.exists()
+    assert not code.ran(service)
 
 
-def test_models_map_with_one_bad_value(channel, place, marker):
-    outside = _code_pickle(place / "outside" / "m.pkl", marker)
+def test_models_map_with_one_bad_value(channel, service, place, code):
+    outside = _code_pickle(place / "outside" / f"{code.id}.pkl", code)
     payload = inference(model_uri=None, models={
         "good": str(place / "roots/trusted/model.pkl"), "bad": str(outside)},
         model_key_field="id")
     refused(expand(channel, expansion_request(payload)), "models['bad']")
-    assert not marker.exists()
+    assert not code.ran(service)
 
 
 def test_missing_and_unreadable_outside_roots_read_the_same(channel, place):

@@ -18,7 +18,9 @@ import pytest
 
 from tests._security_helpers import (  # noqa: F401 - service, channel: fixtures
     channel, service,
-    client, code_pickle, expand, healthy, make_place, refused, request, small_onnx, start)
+    client, code_pickle, expand, healthy, make_place, refused, request, small_onnx, start,
+    wait_until)
+from tests._security_base import Code
 from tests._service_helpers import write_sklearn_model
 
 pytestmark = pytest.mark.timeout(300)
@@ -268,19 +270,26 @@ def test_overlapping_roots_are_refused_at_start(tmp_path, layout):
 def test_a_renamed_and_recreated_root_is_not_trusted(tmp_path):
     place = make_place(tmp_path)
     trusted = place / "roots" / "trusted"
-    marker = place / "markers" / "renamed"
     write_sklearn_model(trusted / "model.pkl")
+    # The positive control: the same kind of pickle in the real trusted root runs, in an
+    # inspector, where it can write no marker file the test sees: only its token in the
+    # service log tells (a marker file alone never could: that check was blind).
+    allowed, code = Code(place), Code(place)
+    code_pickle(trusted / "allowed.pkl", allowed.source)
     svc = start(place, log="renamed.log")
     try:
         with svc.channel() as ch:
             assert expand(ch, request(model_uri=str(trusted / "model.pkl"))).error == ""
+            expand(ch, request(model_uri=str(trusted / "allowed.pkl")))
+            assert wait_until(lambda: allowed.ran(svc), 10), "a trusted pickle did not run"
+            assert not allowed.marker.exists()
             # Anyone who can write the parent renames the trusted root and makes a new one.
             trusted.rename(place / "roots" / "trusted-old")
             trusted.mkdir()
-            code_pickle(trusted / "evil.pkl", f"open({str(marker)!r}, 'w').write('ran')")
+            code_pickle(trusted / "evil.pkl", code.source)
             error = refused(expand(ch, request(model_uri=str(trusted / "evil.pkl"))),
                             "does not exist")
-            assert not marker.exists(), "a pickle from a re-created root ran"
+            assert not code.ran(svc), "a pickle from a re-created root ran"
             assert str(place / "roots" / "trusted-old") not in error
             assert healthy(ch)
     finally:

@@ -23,7 +23,6 @@ from apache_beam.portability.api import (
 
 from tests._service_helpers import (
     FQN_URN,
-    FileCreator,
     expansion_request,
     fqn_payload,
     pickled_bytes,
@@ -31,8 +30,8 @@ from tests._service_helpers import (
     pickled_window_fn,
 )
 from tests._security_base import (  # noqa: F401 - fixtures
-    EXPAND, PROBE, _callable_type, _code, _nested_payload, _rss_kib, channel, expand, healthy,
-    inference, marker, place, refused, service, still_serving)
+    EXPAND, PROBE, Code, _callable_type, _nested_payload, _rss_kib, channel, check_the_checks,
+    code, expand, healthy, inference, place, refused, service, still_serving)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,10 +42,15 @@ def _raw_stub(channel):
     return channel.unary_unary(EXPAND, request_serializer=None, response_deserializer=None)
 
 
-def test_fuzzed_requests(channel, service, place, marker):
+def test_the_checks_see_code_that_runs(channel, service, place):
+    # Positive controls for the checks below (and after every test), on this module's service.
+    check_the_checks(channel, service, place)
+
+
+def test_fuzzed_requests(channel, service, place, code):
     good = expansion_request(inference(model_uri=str(place / "roots/data/nothing.onnx")))
     evil = expansion_request(inference(model_uri=str(place / "roots/data/nothing.onnx"),
-                                       extra=FileCreator(marker)))
+                                       extra=code.pickled()))
     seeds = [good.SerializeToString(), evil.SerializeToString(),
              expansion_request(fqn_payload("os.system", ("x",))).SerializeToString()]
     rng = random.Random(7)
@@ -86,7 +90,7 @@ def test_fuzzed_requests(channel, service, place, marker):
             outcomes[outcome] += 1
     print(f"\n1000 fuzzed requests in {time.monotonic() - started:.1f} s: {outcomes}")
     assert service.proc.poll() is None, "the service crashed"
-    assert healthy(channel) and not marker.exists()
+    assert healthy(channel) and not code.ran(service)
 
 
 # Structured: valid requests, their decoded fields mutated and serialized again, so that
@@ -100,7 +104,7 @@ _ARGUMENT_NAMES = [
     "output", "inference_args", "client_version", "extra", "__class__", "_fields", ""]
 
 
-def _fuzz_values(place: Path, marker: Path) -> list:
+def _fuzz_values(place: Path, code: Code) -> list:
     data, trusted = place / "roots" / "data", place / "roots" / "trusted"
     return [
         0, 1, -1, 2 ** 63 - 1, -2 ** 63, 10 ** 9, 0.5, float("nan"), float("inf"), -0.0,
@@ -108,10 +112,10 @@ def _fuzz_values(place: Path, marker: Path) -> list:
         "argmax", "raw", "logits", str(trusted / "model.pkl"), str(data / "nothing.onnx"),
         str(data / "bomb.onnx"), "/etc/passwd", "/proc/self/environ", "../../outside/x.pkl",
         "gs://bucket/x.onnx", "file:///etc/passwd", "os:system", "builtins:eval",
-        f"{PROBE}.features:features", f"{PROBE}.sidecar:f", _code(marker), "{" * 50,
-        b"", b"\x80\x04\x95", pickled_bytes(marker), [], [1, 2], ["id", "features"],
-        [[1.0]], {}, {"a": 1}, {"hook": _code(marker)}, {"k": {"k": {"k": "v"}}},
-        FileCreator(marker)]
+        f"{PROBE}.features:features", f"{PROBE}.sidecar:f", code.callable_source, "{" * 50,
+        b"", b"\x80\x04\x95", pickled_bytes(code.pickled()), [], [1, 2], ["id", "features"],
+        [[1.0]], {}, {"a": 1}, {"hook": code.callable_source}, {"k": {"k": {"k": "v"}}},
+        code.pickled()]
 
 
 def _schema_fields(schema, found: list) -> list:
@@ -161,7 +165,7 @@ def _random_field_type(rng: random.Random, depth: int = 0):
     return schema_pb2.FieldType()  # no type at all
 
 
-def _mutate_payload(rng, request, values, place, marker) -> None:
+def _mutate_payload(rng, request, values, place, code) -> None:
     spec = request.transform.spec
     try:
         message = external_transforms_pb2.ExternalConfigurationPayload.FromString(spec.payload)
@@ -231,13 +235,13 @@ def _fuzz_payload(rng, values, place) -> bytes:
         return fqn_payload(constructor, model_uri=kwargs["model_uri"])
 
 
-def _environment(rng, marker: Path):
+def _environment(rng, code: Code):
     kind = rng.randrange(4)
     if kind == 0:
         return beam_runner_api_pb2.Environment(
             urn=common_urns.environments.PROCESS.urn,
             payload=beam_runner_api_pb2.ProcessPayload(
-                command=f"touch {marker}").SerializeToString())
+                command=code.shell).SerializeToString())
     if kind == 1:
         return beam_runner_api_pb2.Environment(
             urn=common_urns.environments.DOCKER.urn,
@@ -259,7 +263,7 @@ def _environment(rng, marker: Path):
         capabilities=["beam:coder:pickled_python:v1"])
 
 
-def _mutate_components(rng, request, values, place, marker) -> None:
+def _mutate_components(rng, request, values, place, code) -> None:
     components = request.components
     op = rng.randrange(9)
     coder_ids = list(components.coders) or ["none"]
@@ -270,13 +274,13 @@ def _mutate_components(rng, request, values, place, marker) -> None:
             common_urns.coders.ROW.urn, common_urns.coders.ITERABLE.urn, ""])
         if rng.random() < 0.5:
             coder.spec.payload = rng.choice([
-                pickled_coder(marker).spec.payload, b"\xff" * 8,
+                pickled_coder(code.pickled()).spec.payload, b"\xff" * 8,
                 schema_pb2.Schema(fields=[schema_pb2.Field(
                     name="hook", type=_random_field_type(rng))]).SerializeToString()])
     elif op == 1:
         coder = components.coders[rng.choice(coder_ids)]
         coder.component_coder_ids.extend(rng.choice([
-            [coder_ids[0]], ["missing"], [pickled_bytes(marker).decode(errors="replace")],
+            [coder_ids[0]], ["missing"], [pickled_bytes(code.pickled()).decode(errors="replace")],
             coder_ids * 3]))
         if rng.random() < 0.3:  # a coder made of itself
             coder.component_coder_ids.append(next(k for k, v in components.coders.items()
@@ -285,13 +289,14 @@ def _mutate_components(rng, request, values, place, marker) -> None:
         pc = components.pcollections["input_pc"]
         pc.coder_id = rng.choice(coder_ids + ["missing", "", "evil"])
         if pc.coder_id == "evil":
-            components.coders["evil"].CopyFrom(pickled_coder(marker))
+            components.coders["evil"].CopyFrom(pickled_coder(code.pickled()))
         if rng.random() < 0.3:
             pc.windowing_strategy_id = rng.choice(["missing", ""])
     elif op == 3:
         for ws in components.windowing_strategies.values():
             ws.window_fn.CopyFrom(rng.choice([
-                pickled_window_fn(marker), beam_runner_api_pb2.FunctionSpec(urn="beam:x:v1"),
+                pickled_window_fn(code.pickled()),
+                beam_runner_api_pb2.FunctionSpec(urn="beam:x:v1"),
                 beam_runner_api_pb2.FunctionSpec(urn=common_urns.fixed_windows.urn,
                                                  payload=b"\xff\xff")]))
             if rng.random() < 0.5:
@@ -303,11 +308,11 @@ def _mutate_components(rng, request, values, place, marker) -> None:
                     urn=rng.choice(["beam:transform:pickled_python:v1",
                                     common_urns.primitives.IMPULSE.urn,
                                     "beam:transform:python:callable_source"]),
-                    payload=pickled_bytes(marker)),
+                    payload=pickled_bytes(code.pickled())),
                 outputs={"out": rng.choice(["input_pc", "other"])}))
     elif op == 5:
         env_id = rng.choice(list(components.environments) + ["evil"])
-        components.environments[env_id].CopyFrom(_environment(rng, marker))
+        components.environments[env_id].CopyFrom(_environment(rng, code))
         request.transform.environment_id = rng.choice([env_id, "", "missing"])
         if rng.random() < 0.5:
             components.transforms["impulse_input"].environment_id = env_id
@@ -319,14 +324,15 @@ def _mutate_components(rng, request, values, place, marker) -> None:
             is_bounded=rng.choice([0, 1, 2])))
     elif op == 7:
         request.output_coder_requests[rng.choice(["0", "predictions", "x" * 300])] = \
-            rng.choice(coder_ids + ["missing", pickled_bytes(marker).decode(errors="replace")])
+            rng.choice(coder_ids + ["missing",
+                                    pickled_bytes(code.pickled()).decode(errors="replace")])
     elif rng.random() < 0.3:
         components.coders.clear()
     else:
         components.pcollections.clear()
 
 
-def _mutate_request(rng, request, values, place, marker) -> None:
+def _mutate_request(rng, request, values, place, code) -> None:
     op = rng.randrange(7)
     transform = request.transform
     if op == 0:
@@ -335,7 +341,7 @@ def _mutate_request(rng, request, values, place, marker) -> None:
             "beam:schematransform:org.apache.beam:yaml:v1", "", FQN_URN + " ",
             FQN_URN.upper()])
         if rng.random() < 0.5:
-            transform.spec.payload = pickled_bytes(marker)
+            transform.spec.payload = pickled_bytes(code.pickled())
     elif op == 1:
         if rng.random() < 0.3:
             transform.inputs.clear()
@@ -353,14 +359,14 @@ def _mutate_request(rng, request, values, place, marker) -> None:
                                "extra_packages", "on_success_matcher", "runner",
                                "environment_config", "x"]): rng.choice(values[:30])
                    for _ in range(rng.randint(1, 4))}
-        options.setdefault("environment_config", f'{{"command": "touch {marker}"}}')
+        options.setdefault("environment_config", f'{{"command": "{code.shell}"}}')
         request.pipeline_options.CopyFrom(_options_struct(options))
     elif op == 5:
         request.requirements.extend(rng.choice([["beam:requirement:x:v1"], [""]]))
     else:
-        transform.annotations["x"] = pickled_bytes(marker)
+        transform.annotations["x"] = pickled_bytes(code.pickled())
         transform.display_data.append(beam_runner_api_pb2.DisplayData(
-            urn="beam:display_data:labelled:v1", payload=pickled_bytes(marker)))
+            urn="beam:display_data:labelled:v1", payload=pickled_bytes(code.pickled())))
 
 
 def _options_struct(options: dict):
@@ -375,15 +381,15 @@ def _options_struct(options: dict):
     return struct
 
 
-def test_structured_fuzzed_requests(channel, service, place, marker):
-    values = _fuzz_values(place, marker)
+def test_structured_fuzzed_requests(channel, service, place, code):
+    values = _fuzz_values(place, code)
     rng = random.Random(11)
     mutators = [_mutate_payload] * 3 + [_mutate_components] * 2 + [_mutate_request]
     cases = []
     for _ in range(1200):
         request = expansion_request(_fuzz_payload(rng, values, place))
         for _ in range(rng.randint(1, 3)):
-            rng.choice(mutators)(rng, request, values, place, marker)
+            rng.choice(mutators)(rng, request, values, place, code)
         cases.append(request.SerializeToString())
     raw = _raw_stub(channel)
     outcomes: dict[str, int] = {}
@@ -404,14 +410,14 @@ def test_structured_fuzzed_requests(channel, service, place, marker):
     with concurrent.futures.ThreadPoolExecutor(4) as ex:
         for outcome in ex.map(send, cases):
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            assert not marker.exists(), "code ran in the service"
+            assert not code.marker.exists(), "code ran in the service"  # (the log: after)
     seconds = time.monotonic() - started
     print(f"\n{len(cases)} structurally fuzzed requests in {seconds:.1f} s: "
           f"{dict(sorted(outcomes.items(), key=lambda kv: -kv[1]))}")
     assert outcomes.get("rpc error", 0) < len(cases) // 10  # they reach the guard
     assert sum(n for k, n in outcomes.items() if not k.startswith("Rejected")) > 50  # and Beam
     assert service.proc.poll() is None, "the service crashed"
-    assert healthy(channel) and not marker.exists()
+    assert healthy(channel) and not code.ran(service)
     assert seconds < 60
 
 
