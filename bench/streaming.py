@@ -144,7 +144,7 @@ def java_latency(rate: int, seconds: float, work: Path, delay: float = 60.0) -> 
         java = subprocess.Popen(
             ["java", f"-Drate={rate}", f"-DstartDelayMs={int(delay * 1000)}",
              "-cp", classpath(EXAMPLES_TEST_CLASSPATH), "io.crossinfer.examples.ModelUpdatesStream", str(out), str(rows),
-             str(repo / "m0.pkl"), str(repo / "*.pkl"), str(repo),
+             "sklearn", str(repo / "m0.pkl"), str(repo / "*.pkl"), str(repo),
              *prism.flags()],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=java_env())
         printed: list[str] = []

@@ -10,6 +10,7 @@ import java.nio.file.Paths;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collections;
 import java.util.List;
 import java.util.Random;
 import org.apache.beam.sdk.Pipeline;
@@ -20,6 +21,7 @@ import org.apache.beam.sdk.metrics.MetricResult;
 import org.apache.beam.sdk.metrics.MetricsFilter;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
 import org.apache.beam.sdk.schemas.Schema;
+import org.apache.beam.sdk.transforms.Create;
 import org.apache.beam.sdk.transforms.DoFn;
 import org.apache.beam.sdk.transforms.FlatMapElements;
 import org.apache.beam.sdk.transforms.MapElements;
@@ -40,12 +42,19 @@ import org.joda.time.Instant;
  * A streaming Java pipeline whose model changes while it runs, run by the end-to-end tests and
  * bench/streaming.py: a source of ROWS rows (10 a second from the program's start, or
  * {@code -Drate=N}; every ninth has too few features), 2-second windows, {@link
- * CrossInference#withModelUpdates}, and each output appended to a file as it comes
- * ({@code P,id,windowStart,wallMillis,model_id}; failures as {@code F,row as JSON}).
+ * CrossInference#of}{@code (FRAMEWORK, MODEL)} with {@link CrossInference#withModelUpdates}, and
+ * each output appended to a file as it comes ({@code P,id,windowStart,wallMillis,model_id};
+ * failures as {@code F,row as JSON}).
  *
  * <pre>
- * ModelUpdatesStream OUT ROWS MODEL.pkl PATTERN MODEL_ROOT [pipeline options]
+ * ModelUpdatesStream OUT ROWS FRAMEWORK MODEL PATTERN MODEL_ROOT [pipeline options]
  * </pre>
+ *
+ * <p>FRAMEWORK is a registry name ({@code sklearn}, {@code xgboost}, {@code tensorflow}, ...);
+ * the model takes 8 doubles. {@code -DwarmUp=true}: the transform is first expanded once in a
+ * pipeline that is never run (which starts the expansion service and loads the framework), and
+ * the rows' clock ({@code -DstartDelayMs}) starts after that, so a slow start-up is not a
+ * backlog that outlasts the stream.
  *
  * <p>The source ends after ROWS rows, and the job then ends by itself once every window is
  * scored (a drain). This then prints the crossinfer counters as {@code counter NAME=VALUE}:
@@ -110,14 +119,54 @@ public final class ModelUpdatesStream {
   }
 
   /**
+   * The transform under test: every run of this program, and its warm-up, uses the same one.
+   *
+   * @param framework the framework's registry name
+   * @param model the first model
+   * @param pattern the watched pattern
+   * @param root the trusted model root
+   * @return the transform
+   */
+  static CrossInference transform(String framework, String model, String pattern, String root) {
+    return CrossInference.of(framework, model)
+        .withFeatureField("features")
+        .withPassthroughFields("id")
+        .withTrustedModelRoots(root)
+        .withModelUpdates(pattern, Duration.standardSeconds(1));
+  }
+
+  /**
    * Runs the pipeline until its source ends and every window is scored.
    *
-   * @param args output file, row count, first model, watched pattern, model root, then options
+   * @param args output file, row count, framework, first model, watched pattern, model root,
+   *     then options
    * @throws Exception if the job fails
    */
   public static void main(String[] args) throws Exception {
     String out = args[0];
     long rows = Long.parseLong(args[1]);
+    String framework = args[2];
+    String model = args[3];
+    String pattern = args[4];
+    String root = args[5];
+    String[] options = Arrays.copyOfRange(args, 6, args.length);
+    Schema schema =
+        Schema.builder()
+            .addInt64Field("id")
+            .addArrayField("features", Schema.FieldType.DOUBLE)
+            .build();
+    if (Boolean.getBoolean("warmUp")) {
+      Pipeline warm = Pipeline.create(PipelineOptionsFactory.fromArgs(options).create());
+      warm.apply(
+              Create.of(
+                      Row.withSchema(schema)
+                          .addValues(0L, Collections.nCopies(WIDTH, 0.0))
+                          .build())
+                  .withRowSchema(schema))
+          .apply(Window.into(FixedWindows.of(Duration.standardSeconds(2))))
+          .apply(transform(framework, model, pattern, root));
+      System.out.println("warmed up");
+    }
     // An unbounded source that ends (a bounded GenerateSequence would be read whole before any
     // window closes): rows from the start of the program, so a slow start is a backlog.
     // -DstartDelayMs=N: the first row N ms after the program's start (a benchmark's rows then
@@ -126,14 +175,7 @@ public final class ModelUpdatesStream {
     // -Drate=N rows a second (default 10), in bursts every tenth of a second.
     long perTick = Math.max(1, Integer.getInteger("rate", 10) / 10);
     long ticks = (rows + perTick - 1) / perTick;
-    Pipeline p =
-        Pipeline.create(
-            PipelineOptionsFactory.fromArgs(Arrays.copyOfRange(args, 5, args.length)).create());
-    Schema schema =
-        Schema.builder()
-            .addInt64Field("id")
-            .addArrayField("features", Schema.FieldType.DOUBLE)
-            .build();
+    Pipeline p = Pipeline.create(PipelineOptionsFactory.fromArgs(options).create());
     PCollection<Row> input =
         p.apply(
                 PeriodicImpulse.create()
@@ -167,12 +209,7 @@ public final class ModelUpdatesStream {
             .setRowSchema(schema)
             .apply(Window.into(FixedWindows.of(Duration.standardSeconds(2))));
     WithFailures.Result<PCollection<Row>, Row> result =
-        input.apply(
-            CrossInference.sklearn(args[2])
-                .withFeatureField("features")
-                .withPassthroughFields("id")
-                .withTrustedModelRoots(args[4])
-                .withModelUpdates(args[3], Duration.standardSeconds(1)));
+        input.apply(transform(framework, model, pattern, root));
     result
         .output()
         .apply("Line", ParDo.of(new PredictionLine()))
