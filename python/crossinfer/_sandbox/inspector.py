@@ -119,7 +119,7 @@ def run_zygote(policy: Confinement, limits: Limits, control_fd: int,
         ready.write(json.dumps({"ready": False, "error": str(e)}).encode() + b"\n")
         ready.flush()
         return 2
-    _scrub_environment()
+    _scrub_environment(policy.network)
     _die_with_parent()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -192,14 +192,26 @@ def run_zygote(policy: Confinement, limits: Limits, control_fd: int,
 _KEPT_ENVIRONMENT = ("PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "PYTHONHASHSEED",
                      "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                      "TF_CPP_MIN_LOG_LEVEL")
+# With a gs:// root the inspectors have the network, and Cloud Storage's clients find their
+# endpoint, project and proxies here (not credentials: a key file is outside the sandbox's
+# tree; on Google Cloud the metadata server serves them).
+_KEPT_FOR_NETWORK = ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK", "GOOGLE_CLOUD_PROJECT",
+                     "GCE_METADATA_HOST", "GCE_METADATA_IP", "HTTPS_PROXY", "HTTP_PROXY",
+                     "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
 
 
-def _scrub_environment() -> None:
+def kept_environment(network: bool) -> dict:
+    """What of this process's environment an inspector keeps."""
+    names = _KEPT_ENVIRONMENT + (_KEPT_FOR_NETWORK if network else ())
+    return {k: v for k, v in os.environ.items() if k in names or k.startswith("LC_")}
+
+
+def _scrub_environment(network: bool) -> None:
     """The service's environment (credentials, tokens) stays the service's: a fork has a copy
     of it, in os.environ and in the block /proc/<pid>/environ shows, both cleared here."""
     import ctypes
 
-    kept = {k: v for k, v in os.environ.items() if k in _KEPT_ENVIRONMENT or k.startswith("LC_")}
+    kept = kept_environment(network)
     try:
         with open("/proc/self/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()

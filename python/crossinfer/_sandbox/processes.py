@@ -45,14 +45,12 @@ _BOOTSTRAP = (
     "raise SystemExit(inspector.bootstrap(spec, package, sys.argv[1], int(sys.argv[2])))\n")
 
 
-def _environment() -> dict:
+def _environment(network: bool) -> dict:
     # A fresh zygote gets none of the service's environment (its credentials, tokens).
     from crossinfer._sandbox.fences import SCRATCH
-    from crossinfer._sandbox.inspector import _KEPT_ENVIRONMENT
+    from crossinfer._sandbox.inspector import kept_environment
 
-    return {**{k: v for k, v in os.environ.items()
-               if k in _KEPT_ENVIRONMENT or k.startswith("LC_")},
-            "HOME": SCRATCH, "TMPDIR": SCRATCH}
+    return {**kept_environment(network), "HOME": SCRATCH, "TMPDIR": SCRATCH}
 
 
 class Zygote:
@@ -74,7 +72,7 @@ class Zygote:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP, config, str(theirs.fileno())],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                close_fds=True, pass_fds=fds, cwd=workdir, env=_environment())
+                close_fds=True, pass_fds=fds, cwd=workdir, env=_environment(policy.network))
         theirs.close()
         threading.Thread(target=_relay, args=(self.proc.stderr, self.proc.pid), daemon=True,
                          name="zygote-output").start()
