@@ -91,6 +91,9 @@ def main() -> int:
 
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="crossinfer-demo-"))
+    # A model root must be readable by others when the service runs as root: its inspectors
+    # then run as nobody (mkdtemp makes the directory 0700).
+    work.chmod(0o755)
     model_path, input_path = make_data(work, args.rows)
     print(f"model: {model_path}\ninput: {input_path} ({args.rows} rows + 4 corrupt lines)")
 
