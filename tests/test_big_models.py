@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from bench import big_model
 from tests._security_base import expand, inference
 from tests._service_helpers import Service, expansion_request
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_inspection_limits_grow_with_the_model_size(tmp_path):
@@ -22,7 +25,11 @@ def test_inspection_limits_grow_with_the_model_size(tmp_path):
     big_model.write_sparse_safetensors(model, rows, 1024)
     service = Service("--port", "0", "--inspect-memory-mb", "128", "--inspect-timeout", "60",
                       "--inspect-cpu-seconds", "60", "--model-root", str(root),
-                      "--allow", "tests.models.*", log_path=tmp_path / "service.log")
+                      "--allow", "tests.models.*", log_path=tmp_path / "service.log",
+                      # This checkout's tests package first: a third-party distribution
+                      # installs a top-level "tests" too, which --allow would refuse.
+                      env={"PYTHONPATH": os.pathsep.join(
+                          [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])})
     try:
         with service.channel() as channel:
             response = expand(channel, expansion_request(inference(

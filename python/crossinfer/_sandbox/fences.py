@@ -189,23 +189,22 @@ def _user_namespace(others: int) -> None:
 
 
 def _python_paths() -> list[str]:
-    # The installation, and the entries of sys.path that modules were imported from (not the
-    # service's working directory, unless code came from there).
+    # The installation and the entries of sys.path (PYTHONPATH, site-packages: where an
+    # allowed module of the user's is found later), but not the service's working directory
+    # (``python -m`` puts it first) unless code came from there.
     found = {sys.prefix, sys.base_prefix, sys.exec_prefix,
              os.path.dirname(os.path.realpath(sys.executable))}
+    cwd = os.path.realpath(os.getcwd())
     entries = sorted({os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)},
                      key=len, reverse=True)
+    found.update(e for e in entries if e != cwd)
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
-        if name == "__main__":
+        if name == "__main__" or not isinstance(path, str):
             continue
-        if not isinstance(path, str):
-            continue
-        path = os.path.realpath(path)
-        for entry in entries:  # the deepest entry holding it
-            if path.startswith(entry.rstrip("/") + "/"):
-                found.add(entry)
-                break
+        if os.path.realpath(path).startswith(cwd.rstrip("/") + "/"):
+            found.add(cwd)  # code came from the working directory
+            break
     return sorted({os.path.realpath(p) for p in found if os.path.isabs(p)})
 
 
