@@ -202,9 +202,15 @@ def _python_paths() -> list[str]:
         path = getattr(module, "__file__", None)
         if name == "__main__" or not isinstance(path, str):
             continue
-        if os.path.realpath(path).startswith(cwd.rstrip("/") + "/"):
+        path = os.path.realpath(path)
+        if path.startswith(cwd.rstrip("/") + "/"):
             found.add(cwd)  # code came from the working directory
-            break
+        elif "." not in name and not any(path.startswith(e.rstrip("/") + "/")
+                                         for e in entries):
+            # A top-level package found by an import hook, not through sys.path (an
+            # editable install): the directory that holds it.
+            top = os.path.dirname(path)
+            found.add(os.path.dirname(top) if path.endswith("/__init__.py") else top)
     return sorted({os.path.realpath(p) for p in found if os.path.isabs(p)})
 
 
