@@ -5,6 +5,7 @@ left by a killed service. Each figure is printed as measured."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import subprocess
@@ -163,40 +164,10 @@ def _pool(channel, place):
     raise AssertionError("no EXTERNAL environment")
 
 
-def test_silent_start_worker_endpoints_do_not_block_others(channel, place):
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(64)  # accepts connections (the kernel does), never says a word
-    control = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
-    port = control.add_insecure_port("127.0.0.1:0")
-    control.start()
-    try:
-        with grpc.insecure_channel(_pool(channel, place)) as ch:
-            stub = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(ch)
-
-            def start_worker(worker: str, target: int):
-                started = time.monotonic()
-                reply = stub.StartWorker(beam_fn_api_pb2.StartWorkerRequest(
-                    worker_id=worker, control_endpoint=endpoints_pb2.ApiServiceDescriptor(
-                        url=f"127.0.0.1:{target}")), timeout=30)
-                return reply.error, time.monotonic() - started
-
-            for round_ in range(2):
-                for i in range(4):
-                    start_worker(f"silent-{round_}-{i}", silent.getsockname()[1])
-                error, seconds = start_worker(f"legit-{round_}", port)
-                print(f"\nStartWorker behind 4 silent endpoints: {seconds * 1000:.0f} ms, "
-                      f"error {error!r}")
-                assert error == "" and seconds < 1.0
-    finally:
-        control.stop(0)
-        silent.close()
-
-
-def test_a_start_worker_after_a_flood_waits_for_its_turn(channel, place):
-    """20 StartWorkers naming silent endpoints take every starting slot (each for the 5-s
-    handshake deadline); the legitimate one that follows waits and starts, not refused
-    (Beam's clients do not retry)."""
+@contextlib.contextmanager
+def _pool_with_endpoints(channel, place):
+    """A stub of the service's worker pool, a silent endpoint (the kernel accepts, nobody
+    answers) and a live control endpoint's port."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(64)
@@ -205,28 +176,49 @@ def test_a_start_worker_after_a_flood_waits_for_its_turn(channel, place):
     control.start()
     try:
         with grpc.insecure_channel(_pool(channel, place)) as ch:
-            stub = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(ch)
-
-            def start_worker(worker: str, target: int):
-                return stub.StartWorker(beam_fn_api_pb2.StartWorkerRequest(
-                    worker_id=worker, control_endpoint=endpoints_pb2.ApiServiceDescriptor(
-                        url=f"127.0.0.1:{target}")), timeout=120).error
-
-            with concurrent.futures.ThreadPoolExecutor(20) as ex:
-                flood = [ex.submit(start_worker, f"flood-{i}", silent.getsockname()[1])
-                         for i in range(20)]
-                time.sleep(0.5)
-                started = time.monotonic()
-                error = start_worker("legit-after-flood", port)
-                seconds = time.monotonic() - started
-                flooded = [f.result() for f in flood]
-            print(f"\nStartWorker after 20 silent ones: {seconds:.1f} s, error {error!r}; "
-                  f"the flood's errors: {sorted(set(flooded))}")
-            assert error == ""
-            assert all("too many" not in e for e in flooded + [error])
+            yield (beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(ch),
+                   silent.getsockname()[1], port)
     finally:
         control.stop(0)
         silent.close()
+
+
+def _start_worker(stub, worker: str, target: int, timeout: float) -> str:
+    return stub.StartWorker(beam_fn_api_pb2.StartWorkerRequest(
+        worker_id=worker, control_endpoint=endpoints_pb2.ApiServiceDescriptor(
+            url=f"127.0.0.1:{target}")), timeout=timeout).error
+
+
+def test_silent_start_worker_endpoints_do_not_block_others(channel, place):
+    with _pool_with_endpoints(channel, place) as (stub, silent, port):
+        for round_ in range(2):
+            for i in range(4):
+                _start_worker(stub, f"silent-{round_}-{i}", silent, 30)
+            started = time.monotonic()
+            error = _start_worker(stub, f"legit-{round_}", port, 30)
+            seconds = time.monotonic() - started
+            print(f"\nStartWorker behind 4 silent endpoints: {seconds * 1000:.0f} ms, "
+                  f"error {error!r}")
+            assert error == "" and seconds < 1.0
+
+
+def test_a_start_worker_after_a_flood_waits_for_its_turn(channel, place):
+    """20 StartWorkers naming silent endpoints take every starting slot (each for the 5-s
+    handshake deadline); the legitimate one that follows waits and starts, not refused
+    (Beam's clients do not retry)."""
+    with _pool_with_endpoints(channel, place) as (stub, silent, port):
+        with concurrent.futures.ThreadPoolExecutor(20) as ex:
+            flood = [ex.submit(_start_worker, stub, f"flood-{i}", silent, 120)
+                     for i in range(20)]
+            time.sleep(0.5)
+            started = time.monotonic()
+            error = _start_worker(stub, "legit-after-flood", port, 120)
+            seconds = time.monotonic() - started
+            flooded = [f.result() for f in flood]
+        print(f"\nStartWorker after 20 silent ones: {seconds:.1f} s, error {error!r}; "
+              f"the flood's errors: {sorted(set(flooded))}")
+        assert error == ""
+        assert all("too many" not in e for e in flooded + [error])
 
 
 # --- limits before work ----------------------------------------------------------------------

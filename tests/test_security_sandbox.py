@@ -21,7 +21,8 @@ import pytest
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from tests._security_helpers import (
+from tests._security_helpers import (  # noqa: F401 - channel: a fixture (of this service)
+    channel,
     alive, code_pickle, expand, healthy, make_place, request, small_onnx, start, wait_until)
 from tests._service_helpers import write_sklearn_model
 
@@ -87,12 +88,6 @@ def service(place, mode):
     svc = start(place, user=mode[1], env={_SECRET: "s3cr3t-" + secrets.token_hex(8)})
     yield svc
     svc.stop()
-
-
-@pytest.fixture(scope="module")
-def channel(service):
-    with service.channel() as ch:
-        yield ch
 
 
 def _pool_path(channel, place) -> str:
