@@ -2,10 +2,6 @@ package io.crossinfer.examples;
 
 import io.crossinfer.CrossInference;
 import java.io.IOException;
-import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
-import java.nio.file.Paths;
-import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import org.apache.beam.sdk.Pipeline;
@@ -52,22 +48,8 @@ public final class FrameworkRows {
       default:
         throw new IllegalArgumentException("no test program for " + args[1]);
     }
-    Schema schema =
-        Schema.builder()
-            .addInt64Field("id")
-            .addArrayField("features", Schema.FieldType.DOUBLE)
-            .build();
-    List<Row> rows = new ArrayList<>();
-    for (String line : Files.readAllLines(Paths.get(args[3]), StandardCharsets.UTF_8)) {
-      if (!line.isEmpty()) {
-        String[] values = line.split(",");
-        List<Double> features = new ArrayList<>();
-        for (int i = 1; i < values.length; i++) {
-          features.add(Double.parseDouble(values[i]));
-        }
-        rows.add(Row.withSchema(schema).addValues(Long.parseLong(values[0]), features).build());
-      }
-    }
+    Schema schema = FeatureCsv.SCHEMA;
+    List<Row> rows = FeatureCsv.read(args[3]);
     Pipeline p =
         Pipeline.create(
             PipelineOptionsFactory.fromArgs(Arrays.copyOfRange(args, 6, args.length)).create());

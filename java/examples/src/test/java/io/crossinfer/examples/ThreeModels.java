@@ -2,10 +2,6 @@ package io.crossinfer.examples;
 
 import io.crossinfer.CrossInference;
 import java.io.IOException;
-import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
-import java.nio.file.Paths;
-import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import org.apache.beam.sdk.Pipeline;
@@ -43,22 +39,8 @@ public final class ThreeModels {
    * @throws IOException if the rows cannot be read
    */
   public static void main(String[] args) throws IOException {
-    Schema schema =
-        Schema.builder()
-            .addInt64Field("id")
-            .addArrayField("features", Schema.FieldType.DOUBLE)
-            .build();
-    List<Row> rows = new ArrayList<>();
-    for (String line : Files.readAllLines(Paths.get(args[1]), StandardCharsets.UTF_8)) {
-      if (!line.isEmpty()) {
-        String[] values = line.split(",");
-        List<Double> features = new ArrayList<>();
-        for (int i = 1; i < values.length; i++) {
-          features.add(Double.parseDouble(values[i]));
-        }
-        rows.add(Row.withSchema(schema).addValues(Long.parseLong(values[0]), features).build());
-      }
-    }
+    Schema schema = FeatureCsv.SCHEMA;
+    List<Row> rows = FeatureCsv.read(args[1]);
     int runs = Integer.parseInt(args[7]);
     String[] options = Arrays.copyOfRange(args, 8, args.length);
     for (int run = 1; run <= runs; run++) {
